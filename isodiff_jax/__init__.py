@@ -1,0 +1,1 @@
+"""isodiff-jax: Isometric Diffusion in JAX/Flax."""
