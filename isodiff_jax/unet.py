@@ -18,11 +18,12 @@ import jax
 import jax.numpy as jnp
 
 
-def timestep_embedding(t, dim, *, flip_sin_to_cos=True, freq_shift=0.0, max_period=10000.0):
+def timestep_embedding(t, dim, *, flip_sin_to_cos=True, freq_shift=0.0, max_period=10000.0,
+                       dtype=jnp.float32):
     """Sinusoidal embedding of timesteps t (B,) -> (B, dim), as diffusers' `get_timestep_embedding`."""
     half = dim // 2
-    exponent = -math.log(max_period) * jnp.arange(half, dtype=jnp.float32) / (half - freq_shift)
-    angles = jnp.asarray(t, jnp.float32)[:, None] * jnp.exp(exponent)[None, :]
+    exponent = -math.log(max_period) * jnp.arange(half, dtype=dtype) / (half - freq_shift)
+    angles = jnp.asarray(t, dtype)[:, None] * jnp.exp(exponent)[None, :]
     sin, cos = jnp.sin(angles), jnp.cos(angles)
     emb = jnp.concatenate([cos, sin] if flip_sin_to_cos else [sin, cos], axis=-1)
     if dim % 2:
@@ -42,7 +43,8 @@ class TimeEmbedding(nn.Module):
     @nn.compact
     def __call__(self, t):
         emb = timestep_embedding(t, self.sinusoid_dim, flip_sin_to_cos=self.flip_sin_to_cos,
-                                 freq_shift=self.freq_shift).astype(self.dtype)
+                                 freq_shift=self.freq_shift,
+                                 dtype=jnp.promote_types(self.dtype, jnp.float32)).astype(self.dtype)
         emb = nn.Dense(self.features, dtype=self.dtype, name="linear_1")(emb)
         return nn.Dense(self.features, dtype=self.dtype, name="linear_2")(nn.silu(emb))
 
@@ -87,7 +89,8 @@ class AttentionBlock(nn.Module):
         split = lambda a: a.reshape(b, hgt * wid, heads, self.head_dim)
         q, k, v = (split(dense(n)(y)) for n in ("to_q", "to_k", "to_v"))
         logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.head_dim)
-        weights = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(self.dtype)
+        upcast = jnp.promote_types(self.dtype, jnp.float32)  # softmax in ≥ float32 (bf16 safe)
+        weights = jax.nn.softmax(logits.astype(upcast), axis=-1).astype(self.dtype)
         y = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, hgt * wid, c)
         y = dense("to_out")(y)
         return x + y.reshape(b, hgt, wid, c)

@@ -1,0 +1,116 @@
+"""The U-Net: shapes, h-space encode/injection, diffusers layout and parameter count."""
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from isodiff_jax import isometry
+from isodiff_jax.unet import UNet, timestep_embedding
+
+TINY = dict(block_out_channels=(8, 16), attention_levels=(False, True), layers_per_block=1,
+            attention_head_dim=4, norm_num_groups=4)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    model = UNet(**TINY)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+    t = jnp.array([10, 900])
+    params = model.init(jax.random.PRNGKey(1), x, t)
+    # conv_out starts at zero (eps ≡ 0); give it weights so eps depends on h
+    params = jax.tree_util.tree_map_with_path(
+        lambda path, p: p + 0.1 if "conv_out" in jax.tree_util.keystr(path) else p, params)
+    return model, params, x, t
+
+
+def test_shapes_and_encode_equals_h(tiny):
+    model, params, x, t = tiny
+    eps, h = model.apply(params, x, t)
+    assert eps.shape == x.shape and eps.dtype == jnp.float32
+    assert h.shape == (2, 4, 4, 16)
+    h_enc = model.apply(params, x, t, method=UNet.encode)
+    np.testing.assert_allclose(h_enc, h, rtol=1e-6, atol=1e-6)
+
+
+def test_encode_does_not_need_the_decoder(tiny):
+    model, params, x, t = tiny
+    encoder_only = {"params": {k: v for k, v in params["params"].items()
+                               if not k.startswith(("up_blocks", "conv_out", "conv_norm_out"))}}
+    h = model.apply(encoder_only, x, t, method=UNet.encode)
+    np.testing.assert_allclose(h, model.apply(params, x, t)[1], rtol=1e-6, atol=1e-6)
+    with pytest.raises(Exception):
+        model.apply(encoder_only, x, t)
+
+
+def test_h_injection(tiny):
+    model, params, x, t = tiny
+    eps, h = model.apply(params, x, t)
+    eps_same, h_same = model.apply(params, x, t, h=h)
+    np.testing.assert_allclose(eps_same, eps, rtol=1e-6, atol=1e-6)
+    eps_edit, h_edit = model.apply(params, x, t, h=h + 1.0)
+    np.testing.assert_allclose(h_edit, h + 1.0, rtol=1e-6)
+    assert float(jnp.max(jnp.abs(eps_edit - eps))) > 1e-3
+    with pytest.raises(ValueError, match="injected h"):
+        model.apply(params, x, t, h=h[:, :2])
+
+
+def test_time_enters_and_scalar_t_broadcasts(tiny):
+    model, params, x, _ = tiny
+    eps_a, _ = model.apply(params, x, jnp.array([5, 5]))
+    eps_b, _ = model.apply(params, x, 5)
+    np.testing.assert_allclose(eps_a, eps_b, rtol=1e-6, atol=1e-6)
+    eps_c, _ = model.apply(params, x, 700)
+    assert float(jnp.max(jnp.abs(eps_c - eps_a))) > 1e-4
+
+
+def test_timestep_embedding_matches_diffusers_formula():
+    t = np.array([0, 3, 999])
+    emb = timestep_embedding(t, 8, flip_sin_to_cos=True, freq_shift=0.0)
+    freqs = np.exp(-math.log(10000.0) * np.arange(4) / 4)
+    args = t[:, None] * freqs[None]
+    np.testing.assert_allclose(emb, np.concatenate([np.cos(args), np.sin(args)], -1), rtol=1e-5, atol=1e-5)
+    emb2 = timestep_embedding(t, 8, flip_sin_to_cos=False, freq_shift=1.0)
+    args = t[:, None] * np.exp(-math.log(10000.0) * np.arange(4) / 3)[None]
+    np.testing.assert_allclose(emb2, np.concatenate([np.sin(args), np.cos(args)], -1), rtol=1e-5, atol=1e-5)
+
+
+def test_benchmark_configuration_parameter_count_and_layout():
+    """(64, 128, 128), attention at 16×16 and in the middle block: 6,472,195 like the PyTorch model."""
+    model = UNet(block_out_channels=(64, 128, 128), attention_levels=(False, True, False),
+                 layers_per_block=2, attention_head_dim=8, norm_num_groups=32)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)), jnp.zeros((1,)))
+    assert sum(math.prod(a.shape) for a in jax.tree.leaves(shapes)) == 6_472_195
+    p = shapes["params"]
+    assert p["up_blocks_1"]["resnets_0"]["conv1"]["kernel"].shape == (3, 3, 256, 128)  # [x, skip]
+    assert p["up_blocks_2"]["resnets_0"]["conv_shortcut"]["kernel"].shape == (1, 1, 192, 64)
+    assert set(p["mid_block"]) == {"resnets_0", "attentions_0", "resnets_1"}
+    assert "attentions_2" in p["up_blocks_1"] and "attentions_0" not in p["down_blocks_0"]
+
+
+def test_bad_configuration_and_input_are_named():
+    x = jnp.zeros((1, 8, 8, 3))
+    with pytest.raises(ValueError, match="attention_levels"):
+        UNet(**{**TINY, "attention_levels": (True,)}).init(jax.random.PRNGKey(0), x, 0)
+    with pytest.raises(ValueError, match="norm_num_groups"):
+        UNet(**{**TINY, "norm_num_groups": 3}).init(jax.random.PRNGKey(0), x, 0)
+    with pytest.raises(ValueError, match="NHWC"):
+        UNet(**TINY).init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 8, 8)), 0)
+
+
+def test_isometry_loss_on_unet_encoder_float64(tiny):
+    """Chart and tangent forms agree on the real encoder; the loss has gradients in every block."""
+    model, params, _, _ = tiny
+    params64 = jax.tree.map(lambda p: p.astype(jnp.float64), params)
+    model64 = UNet(**TINY, dtype=jnp.float64)
+    x = jax.random.normal(jax.random.PRNGKey(2), (2, 4, 4, 3), jnp.float64)
+    encode = lambda p: (lambda x_: model64.apply(p, x_, 800, method=UNet.encode))
+    tangent = isometry.exact_isometry_traces(encode(params64), x, form="tangent")
+    chart = isometry.exact_isometry_traces(encode(params64), x, form="chart")
+    np.testing.assert_allclose(chart, tangent, rtol=1e-10)
+    grads = jax.grad(lambda p: isometry.isometry_loss(encode(p), x, jax.random.PRNGKey(3))[0])(params64)
+    for block in ("conv_in", "down_blocks_0", "down_blocks_1", "mid_block", "time_embedding"):
+        norm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads["params"][block])))
+        assert jnp.isfinite(norm) and norm > 0, block
+    assert all(jnp.all(g == 0) for g in jax.tree.leaves(grads["params"]["up_blocks_0"]))
