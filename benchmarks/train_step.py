@@ -1,0 +1,111 @@
+"""Times one training step of the benchmark model (6,472,195 parameters), batch 8, 32×32, float32.
+
+Each variant runs in its own process so that its peak RSS is its own. Prints one line per variant:
+
+    variant=NAME median_s=… compile_s=… peak_rss_mb=… ratio_to_plain=…
+
+Usage: python benchmarks/train_step.py [--variants plain,sphere] [--iters N] [--devices D] [--no-onednn]
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+VARIANTS = {  # name -> Regularizer keyword arguments (None: plain diffusion step)
+    "plain": None,
+    "sphere": dict(kind="sphere"),
+    "sphere_jvp_jvp": dict(kind="sphere", estimator="jvp_jvp"),
+    "sphere_chart": dict(kind="sphere", form="chart"),
+    "euclidean": dict(kind="euclidean"),
+    "path_length": dict(kind="path_length"),
+}
+BENCH_MODEL = dict(block_out_channels=(64, 128, 128), attention_levels=(False, True, False),
+                   layers_per_block=2, attention_head_dim=8, norm_num_groups=32)
+
+
+def worker(name, iters, batch, devices):
+    """Runs in a fresh process: compile, warm up, time `iters` steps; prints a JSON line."""
+    import jax
+    jax.config.update("jax_num_cpu_devices", devices)
+    import jax.numpy as jnp
+    import resource
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+    from isodiff_jax import diffusion
+    from isodiff_jax.train import step as train_step
+    from isodiff_jax.unet import UNet
+
+    model = UNet(**BENCH_MODEL)
+    schedule = diffusion.make_schedule("linear", 1000)
+    optimizer = train_step.make_optimizer(1e-4, weight_decay=1e-6)
+    reg = VARIANTS[name]
+    step = train_step.make_train_step(
+        model, schedule, optimizer,
+        regularizer=train_step.Regularizer(**reg) if reg else None,
+        t_range=(500, 1000) if reg else (0, 1000))
+    mesh = Mesh(jax.devices()[:devices], ("data",))
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    state = train_step.init_state(model, optimizer, jax.random.PRNGKey(0), (batch, 32, 32, 3))
+    state = jax.device_put(state, replicated)
+    x0 = jax.device_put(jax.random.uniform(jax.random.PRNGKey(1), (batch, 32, 32, 3), minval=-1, maxval=1),
+                        sharded)
+    key = jax.random.PRNGKey(2)
+    jitted = jax.jit(step, donate_argnums=0)
+    t0 = time.perf_counter()
+    compiled = jitted.lower(state, x0, key).compile()
+    compile_s = time.perf_counter() - t0
+    for _ in range(2):  # warm-up
+        state, metrics = compiled(state, x0, key)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(iters):
+        t0 = time.perf_counter()
+        state, metrics = compiled(state, x0, key)
+        jax.block_until_ready(state)
+        times.append(time.perf_counter() - t0)
+    assert all(bool(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)), metrics
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"variant": name, "median_s": statistics.median(times), "compile_s": compile_s,
+                      "peak_rss_mb": peak_mb}))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--devices", type=int, default=1, help="simulated CPU devices the batch is split over")
+    parser.add_argument("--no-onednn", action="store_true", help="leave XLA's oneDNN convolutions off")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args.worker, args.iters, args.batch, args.devices)
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
+    if args.batch % args.devices:
+        parser.error(f"--batch {args.batch} does not divide over --devices {args.devices}")
+    env = dict(os.environ)
+    if not args.no_onednn:
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_experimental_onednn_custom_call=true").strip()
+    results = {}
+    for name in names:
+        cmd = [sys.executable, __file__, "--worker", name, "--iters", str(args.iters),
+               "--batch", str(args.batch), "--devices", str(args.devices)]
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        if proc.returncode:
+            sys.exit(f"variant {name} failed:\n{proc.stderr[-4000:]}")
+        results[name] = json.loads(proc.stdout.strip().splitlines()[-1])
+        r = results[name]
+        plain = results.get("plain")
+        ratio = f"{r['median_s'] / plain['median_s']:.2f}" if plain else "n/a"
+        print(f"variant={name} median_s={r['median_s']:.3f} compile_s={r['compile_s']:.1f} "
+              f"peak_rss_mb={r['peak_rss_mb']:.0f} ratio_to_plain={ratio}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""DDPM forward process, ε-prediction loss, DDIM sampling and inversion (method.md §1, §5).
+
+Notation follows the papers: `abar_t` is ᾱ_t = Π_{s≤t} (1 − β_s), and
+
+    x_t = sqrt(ᾱ_t) x0 + sqrt(1 − ᾱ_t) ε,        ε ~ N(0, I).
+
+Arrays of samples have a leading batch axis B and any trailing shape: (B, H, W, C) images or
+(B, n) vectors. Per-sample schedule values are gathered at integer timesteps t of shape (B,) and
+broadcast over the trailing axes. Results take the dtype of the input samples, not of the
+schedule, so a float64 schedule can drive a float32 model.
+
+Samplers are pure functions of an `eps_fn(x, t) -> ε̂` (x: (B, ...), t: int32 (B,)); wrap them in
+`jax.jit` with the network closed over. The step count, η and the clipping bound are static.
+"""
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+SCHEDULE_KINDS = ("linear", "cosine")
+
+
+@flax.struct.dataclass
+class Schedule:
+    """A noise schedule; a pytree, so it can be an argument of jitted functions.
+
+    Attributes:
+      betas: (T,) per-step variances β_t, t = 0 … T−1.
+      alphas_cumprod: (T,) ᾱ_t = Π_{s≤t} (1 − β_s), decreasing.
+    """
+
+    betas: jax.Array
+    alphas_cumprod: jax.Array
+
+    @property
+    def num_timesteps(self) -> int:
+        """T, read from the (static) shape, so it is a Python int even under `jax.jit`."""
+        return self.betas.shape[0]
+
+
+def _linear_betas(num_timesteps, beta_start, beta_end):
+    """DDPM (Ho et al. 2020): β evenly spaced from beta_start to beta_end. Float64 (T,)."""
+    return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
+
+
+def _cosine_betas(num_timesteps, s):
+    """Nichol & Dhariwal (2021): ᾱ(t) = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2).
+
+    β_t = 1 − ᾱ(t)/ᾱ(t−1) for t = 1 … T, clipped to ≤ 0.999 so that ᾱ stays positive at the end
+    (f(T) = 0 would make x0 unrecoverable). Float64 (T,).
+    """
+    t = np.arange(num_timesteps + 1, dtype=np.float64)
+    f = np.cos((t / num_timesteps + s) / (1 + s) * np.pi / 2) ** 2
+    abar = f / f[0]
+    return np.minimum(1.0 - abar[1:] / abar[:-1], 0.999)
+
+
+def make_schedule(
+    kind: str,
+    num_timesteps: int = 1000,
+    *,
+    beta_start: float = 1e-4,
+    beta_end: float = 0.02,
+    cosine_s: float = 0.008,
+    dtype=jnp.float32,
+) -> Schedule:
+    """Builds a "linear" or "cosine" schedule of `num_timesteps` steps.
+
+    Computed in float64 NumPy and cast to `dtype` at the end; ᾱ is always the cumulative product of
+    the (possibly clipped) betas, so the two fields agree exactly.
+    """
+    if kind not in SCHEDULE_KINDS:
+        raise ValueError(f"unknown schedule kind {kind!r}; expected one of {SCHEDULE_KINDS}")
+    if num_timesteps < 1:
+        raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
+    if kind == "linear":
+        betas = _linear_betas(num_timesteps, beta_start, beta_end)
+    else:
+        betas = _cosine_betas(num_timesteps, cosine_s)
+    alphas_cumprod = np.cumprod(1.0 - betas)
+    return Schedule(
+        betas=jnp.asarray(betas, dtype=dtype),
+        alphas_cumprod=jnp.asarray(alphas_cumprod, dtype=dtype),
+    )
+
+
+def _per_sample(values, like):
+    """Values (B,) reshaped to (B, 1, …, 1) to broadcast against `like` (B, ...), in its dtype."""
+    values = values.astype(like.dtype)
+    return values.reshape(values.shape + (1,) * (like.ndim - 1))
+
+
+def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, eps: jax.Array) -> jax.Array:
+    """Forward process x_t = sqrt(ᾱ_t) x0 + sqrt(1 − ᾱ_t) ε.
+
+    Args:
+      schedule: the noise schedule.
+      x0: (B, ...) clean samples.
+      t: (B,) integer timesteps in [0, T).
+      eps: (B, ...) standard Gaussian noise, same shape as x0.
+    Returns:
+      x_t: (B, ...) in x0's dtype.
+    """
+    abar_t = _per_sample(schedule.alphas_cumprod[t], x0)
+    return jnp.sqrt(abar_t) * x0 + jnp.sqrt(1 - abar_t) * eps
+
+
+def epsilon_loss(eps: jax.Array, eps_hat: jax.Array) -> jax.Array:
+    """The simple DDPM loss: mean of (ε − ε̂)² over every element. (B, ...) × 2 -> ()."""
+    return jnp.mean(jnp.square(eps - eps_hat))
+
+
+def ddim_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
+    """The S = num_steps timesteps DDIM visits, ascending: 0, k, 2k, … with k = T // S.
+
+    This is the "leading" spacing of diffusers (without an offset): t = 0 is always included, so
+    the last sampling step denoises from ᾱ_0 ≈ 1. Returns int32 (S,).
+    """
+    if not 1 <= num_steps <= num_timesteps:
+        raise ValueError(f"num_steps must be in [1, {num_timesteps}], got {num_steps}")
+    return np.arange(num_steps, dtype=np.int32) * (num_timesteps // num_steps)
+
+
+def _predict_x0(x, eps_hat, abar_t, clip_x0=None):
+    """x0_hat = (x − sqrt(1 − ᾱ_t) ε̂) / sqrt(ᾱ_t), optionally clipped to [−clip_x0, clip_x0]."""
+    x0_hat = (x - jnp.sqrt(1 - abar_t) * eps_hat) / jnp.sqrt(abar_t)
+    if clip_x0 is not None:
+        x0_hat = jnp.clip(x0_hat, -clip_x0, clip_x0)
+    return x0_hat
+
+
+def _ddim_sigma(eta, abar_t, abar_prev):
+    """σ_t(η) of Song et al. (2021), Eq. 16; zero when η = 0 or ᾱ_prev = 1."""
+    return eta * jnp.sqrt((1 - abar_prev) / (1 - abar_t)) * jnp.sqrt(1 - abar_t / abar_prev)
+
+
+def ddim_sample(eps_fn, schedule: Schedule, x_T, num_steps: int, *, eta: float = 0.0, key=None,
+                clip_x0: float | None = None):
+    """DDIM sampling (Song et al. 2021) from x_T down to x_0 in `num_steps` steps, as a `lax.scan`.
+
+    Args:
+      eps_fn: (x (B, ...), t int32 (B,)) -> ε̂ (B, ...).
+      schedule: the noise schedule the model was trained with.
+      x_T: (B, ...) starting noise at the largest timestep of `ddim_timesteps`.
+      num_steps: S, static.
+      eta: η, a static Python float; 0 gives the deterministic ODE sampler, 1 DDPM-like noise.
+      key: PRNG key, required when η > 0; step i draws its noise from `fold_in(key, i)`.
+      clip_x0: if given, the predicted x0 is clipped to [−clip_x0, clip_x0] at every step.
+    Returns:
+      x_0: (B, ...) in x_T's dtype. The last step targets ᾱ = 1, so it is that step's x0_hat.
+    """
+    eta = float(eta)
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    if eta > 0 and key is None:
+        raise ValueError(f"a PRNG key is required when eta > 0 (got eta={eta})")
+    ts = ddim_timesteps(schedule.num_timesteps, num_steps)[::-1]
+    abar = schedule.alphas_cumprod.astype(x_T.dtype)
+    abar_t = abar[ts]
+    abar_prev = jnp.concatenate([abar[ts[1:]], jnp.ones((1,), x_T.dtype)])
+    batch = x_T.shape[0]
+
+    def step(x, inputs):
+        i, t, a_t, a_prev = inputs
+        eps_hat = eps_fn(x, jnp.full((batch,), t, jnp.int32))
+        x0_hat = _predict_x0(x, eps_hat, a_t, clip_x0)
+        if eta == 0.0:
+            return jnp.sqrt(a_prev) * x0_hat + jnp.sqrt(1 - a_prev) * eps_hat, None
+        sigma = _ddim_sigma(eta, a_t, a_prev)
+        z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+        # max(·, 0): at η = 1 the coefficient can round to a tiny negative number.
+        eps_scale = jnp.sqrt(jnp.maximum(1 - a_prev - sigma**2, 0))
+        return jnp.sqrt(a_prev) * x0_hat + eps_scale * eps_hat + sigma * z, None
+
+    steps = (jnp.arange(num_steps), jnp.asarray(ts, jnp.int32), abar_t, abar_prev)
+    x_0, _ = jax.lax.scan(step, x_T, steps)
+    return x_0
+
+
+def ddim_invert(eps_fn, schedule: Schedule, x0, num_steps: int):
+    """DDIM inversion: the deterministic (η = 0) DDIM ODE run upward from x0, as a `lax.scan`.
+
+    Visits `ddim_timesteps` in ascending order; at t_k it predicts ε̂ = eps_fn(x, t_k) at the
+    current point (noise level ᾱ_{t_{k−1}}, or 1 at the start) and moves to level ᾱ_{t_k}.
+    `ddim_sample(eps_fn, schedule, ddim_invert(eps_fn, schedule, x0, S), S)` reconstructs x0 up to
+    the discretization error of evaluating ε̂ at the other end of each step.
+
+    Args:
+      eps_fn: (x (B, ...), t int32 (B,)) -> ε̂ (B, ...).
+      schedule: the noise schedule.
+      x0: (B, ...) clean samples.
+      num_steps: S, static.
+    Returns:
+      x_T: (B, ...) latents at the largest DDIM timestep, in x0's dtype.
+    """
+    ts = ddim_timesteps(schedule.num_timesteps, num_steps)
+    abar = schedule.alphas_cumprod.astype(x0.dtype)
+    abar_next = abar[ts]
+    abar_cur = jnp.concatenate([jnp.ones((1,), x0.dtype), abar[ts[:-1]]])
+    batch = x0.shape[0]
+
+    def step(x, inputs):
+        t, a_cur, a_next = inputs
+        eps_hat = eps_fn(x, jnp.full((batch,), t, jnp.int32))
+        x0_hat = _predict_x0(x, eps_hat, a_cur)
+        return jnp.sqrt(a_next) * x0_hat + jnp.sqrt(1 - a_next) * eps_hat, None
+
+    x_T, _ = jax.lax.scan(step, x0, (jnp.asarray(ts, jnp.int32), abar_cur, abar_next))
+    return x_T

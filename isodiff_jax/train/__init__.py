@@ -1,0 +1,1 @@
+"""Training: state, optimizer, step factories (and, later, the loop and checkpoints)."""

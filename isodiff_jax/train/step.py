@@ -1,0 +1,117 @@
+"""The training step: diffusion loss plus an optional geometric regularizer (method.md §3-4).
+
+`make_train_step` returns a pure `(state, x0, key) -> (state, metrics)` function; the caller
+jits it once. Timestep gating (method.md §4) is done on the host by building two steps, one
+plain with t in [0, pT) and one regularized with t in [pT, T), so plain steps pay nothing.
+"""
+import dataclasses
+from typing import Any, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from isodiff_jax import diffusion, isometry
+from isodiff_jax.unet import UNet
+
+REGULARIZERS = ("sphere", "euclidean", "path_length")
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    ema_params: Any
+    opt_state: Any
+    pl_mean: jax.Array  # running mean of |Jᵀy| for the path-length penalty
+
+
+@dataclasses.dataclass(frozen=True)
+class Regularizer:
+    """Which regularizer, with what weight λ and estimator options (see isodiff_jax.isometry)."""
+
+    kind: str = "sphere"
+    weight: float = 1e-3
+    form: str = "tangent"
+    estimator: str = "jvp_vjp"
+    num_probes: int = 1
+    radius: str = "point"
+    pl_decay: float = 0.99
+
+    def __post_init__(self):
+        if self.kind not in REGULARIZERS:
+            raise ValueError(f"regularizer kind={self.kind!r} is not one of {REGULARIZERS}")
+        if self.weight < 0:
+            raise ValueError(f"regularizer weight must be >= 0, got {self.weight}")
+
+    def __call__(self, encode, x_t, key, pl_mean):
+        """-> (loss, new_pl_mean, metrics) for encode: (B, ...) -> h at the batch's t."""
+        if self.kind == "path_length":
+            loss, pl_mean = isometry.path_length_penalty(encode, x_t, key, pl_mean, self.pl_decay)
+            return loss, pl_mean, {"pl_mean": pl_mean}
+        loss, aux = isometry.isometry_loss(
+            encode, x_t, key, metric=self.kind, form=self.form, estimator=self.estimator,
+            num_probes=self.num_probes, radius=self.radius)
+        return loss, pl_mean, aux
+
+
+def make_optimizer(learning_rate, *, b1=0.9, b2=0.999, weight_decay=0.0, clip_norm=1.0):
+    """Global-norm gradient clipping then AdamW; learning_rate a float or an optax schedule."""
+    return optax.chain(optax.clip_by_global_norm(clip_norm),
+                       optax.adamw(learning_rate, b1=b1, b2=b2, weight_decay=weight_decay))
+
+
+def init_state(model: UNet, optimizer, key, sample_shape) -> TrainState:
+    """Fresh state for inputs of shape (B, H, W, C)."""
+    params = model.init(key, jnp.zeros(sample_shape, jnp.float32), jnp.zeros(sample_shape[:1], jnp.int32))
+    ema_params = jax.tree.map(jnp.copy, params)  # own buffers: the state is donated to the step
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
+                      opt_state=optimizer.init(params), pl_mean=jnp.zeros((), jnp.float32))
+
+
+def ema_decay(step, max_decay):
+    """Warm-up EMA decay min(max_decay, 1 − (1 + step)^(−3/4))."""
+    return jnp.minimum(max_decay, 1.0 - (1.0 + step) ** -0.75)
+
+
+def make_train_step(model: UNet, schedule: diffusion.Schedule, optimizer, *,
+                    regularizer: Optional[Regularizer] = None, t_range=None, ema_max_decay=0.9999):
+    """A pure step (state, x0 (B, H, W, C), key) -> (state, metrics); t ~ U{t_range}.
+
+    The step's randomness is fold_in(key, state.step), so it depends only on the root key and
+    the step number (a resumed run repeats it exactly).
+    """
+    lo, hi = t_range if t_range is not None else (0, schedule.num_timesteps)
+    if not 0 <= lo < hi <= schedule.num_timesteps:
+        raise ValueError(f"t_range={t_range} must satisfy 0 <= lo < hi <= {schedule.num_timesteps}")
+
+    def loss_fn(params, pl_mean, x0, key):
+        k_t, k_eps, k_reg = jax.random.split(key, 3)
+        t = jax.random.randint(k_t, x0.shape[:1], lo, hi)
+        eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+        x_t = diffusion.q_sample(schedule, x0, t, eps)
+        eps_hat, _ = model.apply(params, x_t, t)
+        loss_eps = diffusion.epsilon_loss(eps, eps_hat)
+        metrics = {"diffusion_loss": loss_eps}
+        loss = loss_eps
+        if regularizer is not None:
+            encode = lambda x: model.apply(params, x, t, method=UNet.encode)
+            reg, pl_mean, aux = regularizer(encode, x_t, k_reg, pl_mean)
+            loss = loss + regularizer.weight * reg
+            metrics.update({"reg_loss": reg, **aux})
+        return loss, (pl_mean, metrics)
+
+    def step(state: TrainState, x0, key):
+        key = jax.random.fold_in(key, state.step)
+        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+        (loss, (pl_mean, metrics)), grads = grad_fn(state.params, state.pl_mean, x0, key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        decay = ema_decay(state.step, ema_max_decay)
+        ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
+        new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
+                                  opt_state=opt_state, pl_mean=pl_mean)
+        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
+
+    return step
