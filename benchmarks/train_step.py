@@ -4,7 +4,8 @@ Each variant runs in its own process so that its peak RSS is its own. Prints one
 
     variant=NAME median_s=… compile_s=… peak_rss_mb=… ratio_to_plain=…
 
-Usage: python benchmarks/train_step.py [--variants plain,sphere] [--iters N] [--devices D] [--no-onednn]
+Usage: python benchmarks/train_step.py [--variants plain,sphere] [--iters N] [--devices D]
+       [--no-onednn] [--default-malloc]
 """
 import argparse
 import json
@@ -26,8 +27,11 @@ BENCH_MODEL = dict(block_out_channels=(64, 128, 128), attention_levels=(False, T
                    layers_per_block=2, attention_head_dim=8, norm_num_groups=32)
 
 
-def worker(name, iters, batch, devices):
+def worker(name, iters, batch, devices, keep_memory):
     """Runs in a fresh process: compile, warm up, time `iters` steps; prints a JSON line."""
+    from isodiff_jax import runtime
+    if keep_memory:
+        runtime.keep_freed_host_memory()
     import jax
     jax.config.update("jax_num_cpu_devices", devices)
     import jax.numpy as jnp
@@ -79,10 +83,12 @@ def main():
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--devices", type=int, default=1, help="simulated CPU devices the batch is split over")
     parser.add_argument("--no-onednn", action="store_true", help="leave XLA's oneDNN convolutions off")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's default malloc settings (see isodiff_jax/runtime.py)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.iters, args.batch, args.devices)
+        return worker(args.worker, args.iters, args.batch, args.devices, not args.default_malloc)
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -96,6 +102,7 @@ def main():
     for name in names:
         cmd = [sys.executable, __file__, "--worker", name, "--iters", str(args.iters),
                "--batch", str(args.batch), "--devices", str(args.devices)]
+        cmd += ["--default-malloc"] if args.default_malloc else []
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
             sys.exit(f"variant {name} failed:\n{proc.stderr[-4000:]}")
