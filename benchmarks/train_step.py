@@ -5,7 +5,7 @@ Each variant runs in its own process so that its peak RSS is its own. Prints one
     variant=NAME median_s=… compile_s=… peak_rss_mb=… ratio_to_plain=…
 
 Usage: python benchmarks/train_step.py [--variants plain,sphere] [--iters N] [--devices D]
-       [--no-onednn] [--default-malloc]
+       [--onednn] [--default-malloc]
 """
 import argparse
 import json
@@ -82,7 +82,8 @@ def main():
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--devices", type=int, default=1, help="simulated CPU devices the batch is split over")
-    parser.add_argument("--no-onednn", action="store_true", help="leave XLA's oneDNN convolutions off")
+    parser.add_argument("--onednn", action="store_true",
+                        help="XLA's experimental oneDNN custom calls (can fall back to a slow reference matmul)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's default malloc settings (see isodiff_jax/runtime.py)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -96,7 +97,7 @@ def main():
     if args.batch % args.devices:
         parser.error(f"--batch {args.batch} does not divide over --devices {args.devices}")
     env = dict(os.environ)
-    if not args.no_onednn:
+    if args.onednn:
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " --xla_cpu_experimental_onednn_custom_call=true").strip()
     results = {}
     for name in names:

@@ -12,6 +12,10 @@ is constant, and the loss  L = mean_b Tr R_b² / (mean_b Tr R_b)²  is minimal (
 then. Traces are estimated with Gaussian probes (Hutchinson); gradients with respect to whatever
 `encode` closes over flow through every estimate (the probes are constants).
 
+Everything is computed from one linearization of `encode` at x (`jax.linearize`: one primal
+pass, then JVPs and their transposes). The `*_linear` functions take that linearization from
+the caller, so a training step can share the encoder's forward pass with its diffusion loss.
+
 Variants: metric "sphere" (the paper's loss) or "euclidean" (G = I over all of R^n, no
 projection); form "tangent" (default) or "chart" (stereographic, sphere only); estimator
 "jvp_vjp" (Tr R² ≈ |R v|², one JVP + one VJP) or "jvp_jvp" (Tr R² ≈ (vᵀ R v')², two JVPs);
@@ -31,14 +35,14 @@ ESTIMATORS = ("jvp_vjp", "jvp_jvp")
 RADII = ("point", "sqrt_n")
 
 
-class _FlatProblem(NamedTuple):
-    """The map whose traces are estimated, on flat per-sample coordinates.
+class _LinearProblem(NamedTuple):
+    """The linear map whose R is estimated, on flat per-sample coordinates.
 
-    f: (B, d) -> (B, m); y: (B, d) the point; project: probe/cotangent projection (identity
-    or P); inv_g: (B, 1) factor 1/g so that R = inv_g · Jᵀ J (1 in the tangent form).
+    lin: (B, d) -> (B, m), linear; y: (B, d) the point (ambient x or chart z); project: the
+    projection of probes and cotangents (identity or P); inv_g: (B,) so that R = inv_g · linᵀ lin.
     """
 
-    f: Callable
+    lin: Callable
     y: jax.Array
     project: Callable
     inv_g: jax.Array
@@ -49,7 +53,7 @@ def _check_choice(name, value, allowed):
         raise ValueError(f"{name}={value!r} is not one of {allowed}")
 
 
-def _check_options(metric, form, estimator, radius):
+def _check_options(metric, form, estimator="jvp_vjp", radius="point"):
     _check_choice("metric", metric, METRICS)
     _check_choice("form", form, FORMS)
     _check_choice("estimator", estimator, ESTIMATORS)
@@ -58,97 +62,114 @@ def _check_options(metric, form, estimator, radius):
         raise ValueError("form='chart' needs metric='sphere': the euclidean metric has no chart")
 
 
-def _flat_problem(encode, x, metric, form, radius) -> _FlatProblem:
-    """Rewrites encode at x as a map on flat coordinates (tangent/ambient or chart)."""
+def regularized_point(x, metric="sphere", radius="point"):
+    """The point whose sphere is regularized: x itself, or x rescaled onto radius √n ("sqrt_n")."""
     if x.ndim < 2:
         raise ValueError(f"x must be a batch of shape (B, ...), got shape {x.shape}")
-    shape = x.shape
-    flat_x = x.reshape(shape[0], -1)
-    n = flat_x.shape[1]
-    r = jnp.sqrt(geometry.squared_norm(flat_x))
-    if metric == "sphere" and radius == "sqrt_n":
-        r = jnp.full_like(r, math.sqrt(n))
-        flat_x = geometry.project_to_sphere(flat_x, r)
+    _check_choice("radius", radius, RADII)
+    if metric != "sphere" or radius == "point":
+        return x
+    flat = x.reshape(x.shape[0], -1)
+    return geometry.project_to_sphere(flat, math.sqrt(flat.shape[1])).reshape(x.shape)
 
-    def ambient(y):
-        return encode(y.reshape((-1,) + shape[1:])).reshape(y.shape[0], -1)
 
-    ones = jnp.ones_like(r)
+def _linear_problem(jvp, x, metric, form) -> _LinearProblem:
+    """Flattens jvp (tangents at x -> tangents of h) and, for the chart form, composes DΠ⁻¹."""
+    shape, batch = x.shape, x.shape[0]
+    flat_x = x.reshape(batch, -1)
+    ambient = lambda v: jvp(v.reshape((-1,) + shape[1:])).reshape(v.shape[0], -1)
+    ones = jnp.ones((batch,), x.dtype)
     if metric == "euclidean":
-        return _FlatProblem(ambient, flat_x, lambda v: v, ones)
+        return _LinearProblem(ambient, flat_x, lambda v: v, ones)
     if form == "tangent":
-        return _FlatProblem(ambient, flat_x, lambda v: geometry.tangent_projection(flat_x, v), ones)
+        return _LinearProblem(ambient, flat_x, lambda v: geometry.tangent_projection(flat_x, v), ones)
+    r = jnp.sqrt(geometry.squared_norm(flat_x))
     z = geometry.stereographic(flat_x, r)
-    inv_g = 1.0 / geometry.stereographic_metric(z, r)[:, None]
-    chart = lambda z_: ambient(geometry.inverse_stereographic(z_, r))
-    return _FlatProblem(chart, z, lambda v: v, inv_g)
+    chart_to_ambient = lambda u: jax.jvp(lambda z_: geometry.inverse_stereographic(z_, r), (z,), (u,))[1]
+    inv_g = 1.0 / geometry.stereographic_metric(z, r)
+    return _LinearProblem(lambda u: ambient(chart_to_ambient(u)), z, lambda u: u, inv_g)
+
+
+def trace_estimates_linear(jvp, x, key, *, metric="sphere", form="tangent", estimator="jvp_vjp",
+                           num_probes=1):
+    """Per-probe, per-sample Hutchinson estimates of Tr R and Tr R² from a linearization.
+
+    Args: jvp maps tangents (B, ...) at x to tangents (B, ...) of h, sample by sample (e.g. the
+    second output of `jax.linearize(encode, x)`); x (B, ...) the point; key a PRNG key.
+    Returns: (tr_r, tr_r2), each (num_probes, B), unbiased for the exact traces.
+    """
+    _check_options(metric, form, estimator)
+    if num_probes < 1:
+        raise ValueError(f"num_probes must be >= 1, got {num_probes}")
+    prob = _linear_problem(jvp, x, metric, form)
+    num_draws = 2 if estimator == "jvp_jvp" else 1
+    xi = jax.random.normal(key, (num_draws, num_probes) + prob.y.shape, prob.y.dtype)
+    jv = jax.vmap(jax.vmap(prob.lin))(prob.project(xi))  # (draws, K, B, m)
+    sq = lambda a: jnp.sum(a * a, axis=-1)
+    if estimator == "jvp_jvp":
+        tr_r = 0.5 * (sq(jv[0]) + sq(jv[1])) * prob.inv_g
+        tr_r2 = (jnp.sum(jv[0] * jv[1], axis=-1) * prob.inv_g) ** 2
+        return tr_r, tr_r2
+    lin_t = jax.linear_transpose(prob.lin, prob.y)
+    jtjv = jax.vmap(lambda u: lin_t(u)[0])(jv[0])  # (K, B, d)
+    return sq(jv[0]) * prob.inv_g, sq(prob.project(jtjv)) * prob.inv_g**2
 
 
 def trace_estimates(encode, x, key, *, metric="sphere", form="tangent", estimator="jvp_vjp",
                     num_probes=1, radius="point"):
-    """Per-probe, per-sample Hutchinson estimates of Tr R and Tr R².
-
-    Args: encode (B, ...) -> (B, ...); x (B, ...); key a PRNG key.
-    Returns: (tr_r, tr_r2), each (num_probes, B), unbiased for the exact traces.
-    """
+    """`trace_estimates_linear` of encode linearized at (the regularized point of) x."""
     _check_options(metric, form, estimator, radius)
-    if num_probes < 1:
-        raise ValueError(f"num_probes must be >= 1, got {num_probes}")
-    prob = _flat_problem(encode, x, metric, form, radius)
-    num_draws = 2 if estimator == "jvp_jvp" else 1
-    xi = jax.random.normal(key, (num_draws, num_probes) + prob.y.shape, prob.y.dtype)
-    v = prob.project(xi)
-    _, f_jvp = jax.linearize(prob.f, prob.y)
-    jv = jax.vmap(jax.vmap(f_jvp))(v)  # (draws, K, B, m)
-    sq = lambda a: jnp.sum(a * a, axis=-1)
-    if estimator == "jvp_jvp":
-        tr_r = 0.5 * (sq(jv[0]) + sq(jv[1])) * prob.inv_g[:, 0]
-        tr_r2 = (jnp.sum(jv[0] * jv[1], axis=-1) * prob.inv_g[:, 0]) ** 2
-        return tr_r, tr_r2
-    f_vjp = jax.linear_transpose(f_jvp, prob.y)
-    jtjv = jax.vmap(lambda u: f_vjp(u)[0])(jv[0])  # (K, B, d)
-    tr_r = sq(jv[0]) * prob.inv_g[:, 0]
-    tr_r2 = sq(prob.project(jtjv)) * prob.inv_g[:, 0] ** 2
-    return tr_r, tr_r2
+    x = regularized_point(x, metric, radius)
+    _, jvp = jax.linearize(encode, x)
+    return trace_estimates_linear(jvp, x, key, metric=metric, form=form, estimator=estimator,
+                                  num_probes=num_probes)
 
 
-def isometry_loss(encode, x, key, *, metric="sphere", form="tangent", estimator="jvp_vjp",
-                  num_probes=1, radius="point"):
-    """L_iso = mean_b Tr R_b² / (mean_b Tr R_b)², a ratio of batch means.
+def isometry_loss_linear(jvp, x, key, *, metric="sphere", form="tangent", estimator="jvp_vjp",
+                         num_probes=1):
+    """L_iso = mean_b Tr R_b² / (mean_b Tr R_b)² from a linearization (see trace_estimates_linear).
 
-    Args: see `trace_estimates`.
     Returns: (loss, aux) with aux["tr_r"], aux["tr_r2"] the batch means and aux["rank_loss"]
     = rank · L_iso (1 at a perfect scaled isometry; rank = min(m, dim of the tangent space)).
     """
-    tr_r, tr_r2 = trace_estimates(encode, x, key, metric=metric, form=form, estimator=estimator,
-                                  num_probes=num_probes, radius=radius)
+    tr_r, tr_r2 = trace_estimates_linear(jvp, x, key, metric=metric, form=form,
+                                         estimator=estimator, num_probes=num_probes)
     mean_r, mean_r2 = jnp.mean(tr_r), jnp.mean(tr_r2)
     loss = mean_r2 / mean_r**2
-    m = math.prod(jax.eval_shape(encode, x).shape[1:])
+    m = math.prod(jax.eval_shape(jvp, x).shape[1:])
     n = math.prod(x.shape[1:])
     rank = min(m, n - 1 if metric == "sphere" else n)
     return loss, {"tr_r": mean_r, "tr_r2": mean_r2, "rank_loss": rank * loss}
 
 
-def exact_isometry_traces(encode, x, *, metric="sphere", form="tangent", radius="point"):
-    """Exact per-sample Tr R and Tr R² from a dense Jacobian (jax.jacfwd), for tests and small maps.
+def isometry_loss(encode, x, key, *, metric="sphere", form="tangent", estimator="jvp_vjp",
+                  num_probes=1, radius="point"):
+    """The isometry loss of encode: (B, ...) -> (B, ...) on the sphere through x (B, ...).
 
-    Returns: (tr_r, tr_r2), each (B,). Costs n JVPs per sample.
+    Returns: (loss, aux) as `isometry_loss_linear`.
     """
-    _check_options(metric, form, "jvp_vjp", radius)
+    _check_options(metric, form, estimator, radius)
+    x = regularized_point(x, metric, radius)
+    _, jvp = jax.linearize(encode, x)
+    return isometry_loss_linear(jvp, x, key, metric=metric, form=form, estimator=estimator,
+                                num_probes=num_probes)
 
-    def jacobian(x_b):  # (m, d) for one sample, R = inv_g · JᵀJ on its (tangent) coordinates
-        prob = _flat_problem(encode, x_b[None], metric, form, radius)
-        jac = jax.jacfwd(prob.f)(prob.y)[0, :, 0, :]
-        if metric == "sphere" and form == "tangent":
-            jac = geometry.tangent_projection(prob.y, jac)  # rows of J P
-        return jac * jnp.sqrt(prob.inv_g[0, 0])
 
-    a = jax.vmap(jacobian)(x)  # (B, m, d)
+def exact_isometry_traces(encode, x, *, metric="sphere", form="tangent", radius="point"):
+    """Exact per-sample Tr R and Tr R² from dense Jacobians, for tests and small maps.
+
+    Builds J column by column (d JVPs, all samples at once). Returns: (tr_r, tr_r2), each (B,).
+    """
+    _check_options(metric, form, radius=radius)
+    x = regularized_point(x, metric, radius)
+    _, jvp = jax.linearize(encode, x)
+    prob = _linear_problem(jvp, x, metric, form)
+    batch, d = prob.y.shape
+    basis = jnp.broadcast_to(jnp.eye(d, dtype=prob.y.dtype)[:, None, :], (d, batch, d))
+    jac = jnp.moveaxis(jax.vmap(prob.lin)(prob.project(basis)), 0, -1)  # (B, m, d): J P or J
+    a = jac * jnp.sqrt(prob.inv_g)[:, None, None]
     gram = jnp.einsum("bmd,bkd->bmk", a, a)  # A Aᵀ has the non-zero spectrum of R
-    tr_r = jnp.trace(gram, axis1=1, axis2=2)
-    tr_r2 = jnp.sum(gram * gram, axis=(1, 2))
-    return tr_r, tr_r2
+    return jnp.trace(gram, axis1=1, axis2=2), jnp.sum(gram * gram, axis=(1, 2))
 
 
 def path_length_penalty(encode, x, key, pl_mean, decay):

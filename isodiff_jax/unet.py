@@ -88,12 +88,25 @@ class AttentionBlock(nn.Module):
         dense = lambda name: nn.Dense(c, dtype=self.dtype, name=name)
         split = lambda a: a.reshape(b, hgt * wid, heads, self.head_dim)
         q, k, v = (split(dense(n)(y)) for n in ("to_q", "to_k", "to_v"))
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q, k) / math.sqrt(self.head_dim)
-        upcast = jnp.promote_types(self.dtype, jnp.float32)  # softmax in ≥ float32 (bf16 safe)
-        weights = jax.nn.softmax(logits.astype(upcast), axis=-1).astype(self.dtype)
-        y = jnp.einsum("bhqk,bkhd->bqhd", weights, v).reshape(b, hgt * wid, c)
+        y = _softmax_attention(q / math.sqrt(self.head_dim), k, v).reshape(b, hgt * wid, c)
         y = dense("to_out")(y)
         return x + y.reshape(b, hgt, wid, c)
+
+
+def _softmax_attention(q, k, v):
+    """softmax(q kᵀ) v per head, (B, L, heads, d) each; normalised after the value product.
+
+    Dividing the (B, L, heads, d) output instead of the (B, heads, L, L) weights saves a pass
+    over the largest array; the max shift is exact under stop_gradient (softmax is shift
+    invariant), so derivatives of every order are unchanged.
+    """
+    upcast = jnp.promote_types(q.dtype, jnp.float32)  # exp and sums in ≥ float32 (bf16 safe)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(upcast)
+    logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    weights = jnp.exp(logits)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v).astype(upcast)
+    norm = jnp.sum(weights, axis=-1).transpose(0, 2, 1)[..., None]  # (B, L, heads, 1)
+    return (out / norm).astype(v.dtype)
 
 
 class Downsample(nn.Module):
@@ -169,39 +182,48 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv(self.out_channels, (3, 3), padding=1, dtype=self.dtype,
                                 kernel_init=nn.initializers.zeros)
 
-    def _encode(self, x, t):
-        """Down path + middle block: (h, skips, temb)."""
+    def _time(self, t, batch):
+        return self.time_embedding(jnp.broadcast_to(jnp.asarray(t), (batch,)))
+
+    def _encode(self, x, temb):
+        """Down path + middle block -> (h, skips)."""
         if x.ndim != 4 or x.shape[-1] != self.in_channels:
             raise ValueError(f"x must be NHWC with {self.in_channels} channels, got {x.shape}")
-        t = jnp.broadcast_to(jnp.asarray(t), (x.shape[0],))
-        temb = self.time_embedding(t)
         y = self.conv_in(x.astype(self.dtype))
         skips = [y]
         for block in self.down_blocks:
             y, outs = block.down(y, temb)
             skips.extend(outs)
-        return self.mid_block(y, temb), skips, temb
+        return self.mid_block(y, temb), skips
 
-    def encode(self, x, t):
-        """h = e_θ(x, t): (B, H, W, C), t (B,) or scalar -> (B, H/2^L, W/2^L, C_last)."""
-        return self._encode(x, t)[0]
-
-    def decode(self, h, skips, temb):
-        """Up path from h and the down path's skips -> ε̂ (B, H, W, out_channels)."""
-        y = h
+    def _decode(self, h, skips, temb):
+        y, skips = h, list(skips)
         for block in self.up_blocks:
             y = block.up(y, skips, temb)
         y = nn.silu(self.conv_norm_out(y))
         return self.conv_out(y).astype(jnp.float32)
 
+    def encode(self, x, t):
+        """h = e_θ(x, t): (B, H, W, C), t (B,) or scalar -> (B, H/2^L, W/2^L, C_last)."""
+        return self._encode(x, self._time(t, x.shape[0]))[0]
+
+    def encode_with_skips(self, x, t):
+        """(h, skips): h and the down path's outputs that `decode` needs."""
+        return self._encode(x, self._time(t, x.shape[0]))
+
+    def decode(self, h, skips, t):
+        """Up path from h and the skips of `encode_with_skips` -> ε̂ (B, H, W, out_channels)."""
+        return self._decode(h, skips, self._time(t, h.shape[0]))
+
     def __call__(self, x, t, h: Optional[jax.Array] = None):
         """(ε̂, h); a given h replaces the middle block's output (h-space injection)."""
-        h_mid, skips, temb = self._encode(x, t)
+        temb = self._time(t, x.shape[0])
+        h_mid, skips = self._encode(x, temb)
         if h is not None:
             if h.shape != h_mid.shape:
                 raise ValueError(f"injected h has shape {h.shape}, the model's h is {h_mid.shape}")
             h_mid = h.astype(h_mid.dtype)
-        return self.decode(h_mid, list(skips), temb), h_mid
+        return self._decode(h_mid, skips, temb), h_mid
 
 
 class _Blocks(nn.Module):

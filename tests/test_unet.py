@@ -114,3 +114,17 @@ def test_isometry_loss_on_unet_encoder_float64(tiny):
         norm = jnp.sqrt(sum(jnp.sum(g**2) for g in jax.tree.leaves(grads["params"][block])))
         assert jnp.isfinite(norm) and norm > 0, block
     assert all(jnp.all(g == 0) for g in jax.tree.leaves(grads["params"]["up_blocks_0"]))
+
+
+def test_attention_matches_reference_softmax_attention_and_its_derivatives():
+    from isodiff_jax.unet import _softmax_attention
+    q, k, v = (jax.random.normal(jax.random.PRNGKey(i), (2, 6, 3, 4), jnp.float64) * 3 for i in range(3))
+    reference = lambda q, k, v: jnp.einsum(
+        "bhqk,bkhd->bqhd", jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k), axis=-1), v)
+    np.testing.assert_allclose(_softmax_attention(q, k, v), reference(q, k, v), rtol=1e-12)
+    loss = lambda f: (lambda q, k, v: jnp.sum(jnp.sin(f(q, k, v))))
+    for ours, ref in zip(jax.grad(loss(_softmax_attention), (0, 1, 2))(q, k, v),
+                         jax.grad(loss(reference), (0, 1, 2))(q, k, v)):
+        np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
+    tangent = jax.jvp(_softmax_attention, (q, k, v), (v, q, k))[1]
+    np.testing.assert_allclose(tangent, jax.jvp(reference, (q, k, v), (v, q, k))[1], rtol=1e-10, atol=1e-12)

@@ -45,14 +45,29 @@ class Regularizer:
         if self.weight < 0:
             raise ValueError(f"regularizer weight must be >= 0, got {self.weight}")
 
+    @property
+    def linearizes_at_x_t(self) -> bool:
+        """True when the loss needs only the encoder's linearization at x_t itself (shareable
+        with the diffusion loss's forward pass)."""
+        return self.kind != "path_length" and (self.kind == "euclidean" or self.radius == "point")
+
+    def _isometry_options(self):
+        return dict(metric=self.kind, form=self.form, estimator=self.estimator,
+                    num_probes=self.num_probes)
+
     def __call__(self, encode, x_t, key, pl_mean):
         """-> (loss, new_pl_mean, metrics) for encode: (B, ...) -> h at the batch's t."""
         if self.kind == "path_length":
             loss, pl_mean = isometry.path_length_penalty(encode, x_t, key, pl_mean, self.pl_decay)
             return loss, pl_mean, {"pl_mean": pl_mean}
-        loss, aux = isometry.isometry_loss(
-            encode, x_t, key, metric=self.kind, form=self.form, estimator=self.estimator,
-            num_probes=self.num_probes, radius=self.radius)
+        loss, aux = isometry.isometry_loss(encode, x_t, key, radius=self.radius,
+                                           **self._isometry_options())
+        return loss, pl_mean, aux
+
+    def from_linearization(self, jvp, x_t, key, pl_mean):
+        """As __call__, from jvp = the encoder linearized at x_t (needs linearizes_at_x_t)."""
+        assert self.linearizes_at_x_t, self
+        loss, aux = isometry.isometry_loss_linear(jvp, x_t, key, **self._isometry_options())
         return loss, pl_mean, aux
 
 
@@ -91,16 +106,24 @@ def make_train_step(model: UNet, schedule: diffusion.Schedule, optimizer, *,
         t = jax.random.randint(k_t, x0.shape[:1], lo, hi)
         eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
         x_t = diffusion.q_sample(schedule, x0, t, eps)
-        eps_hat, _ = model.apply(params, x_t, t)
+        features = lambda x: model.apply(params, x, t, method=UNet.encode_with_skips)
+        metrics, reg = {}, 0.0
+        if regularizer is not None and regularizer.linearizes_at_x_t:
+            # one encoder pass serves both the diffusion loss and the isometry loss
+            (h, skips), lin = jax.linearize(features, x_t)
+            reg, pl_mean, metrics = regularizer.from_linearization(lambda v: lin(v)[0], x_t, k_reg, pl_mean)
+        else:
+            h, skips = features(x_t)
+            if regularizer is not None:
+                encode = lambda x: model.apply(params, x, t, method=UNet.encode)
+                reg, pl_mean, metrics = regularizer(encode, x_t, k_reg, pl_mean)
+        eps_hat = model.apply(params, h, skips, t, method=UNet.decode)
         loss_eps = diffusion.epsilon_loss(eps, eps_hat)
-        metrics = {"diffusion_loss": loss_eps}
-        loss = loss_eps
-        if regularizer is not None:
-            encode = lambda x: model.apply(params, x, t, method=UNet.encode)
-            reg, pl_mean, aux = regularizer(encode, x_t, k_reg, pl_mean)
-            loss = loss + regularizer.weight * reg
-            metrics.update({"reg_loss": reg, **aux})
-        return loss, (pl_mean, metrics)
+        metrics = {"diffusion_loss": loss_eps, **metrics}
+        if regularizer is None:
+            return loss_eps, (pl_mean, metrics)
+        metrics["reg_loss"] = reg
+        return loss_eps + regularizer.weight * reg, (pl_mean, metrics)
 
     def step(state: TrainState, x0, key):
         key = jax.random.fold_in(key, state.step)
@@ -112,6 +135,6 @@ def make_train_step(model: UNet, schedule: diffusion.Schedule, optimizer, *,
         ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
         new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
                                   opt_state=opt_state, pl_mean=pl_mean)
-        return new_state, {"loss": loss, "grad_norm": optax.global_norm(grads), **metrics}
+        return new_state, {"loss": loss, "grad_norm": optax.tree.norm(grads), **metrics}
 
     return step
