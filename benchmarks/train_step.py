@@ -2,10 +2,14 @@
 
 Each variant runs in its own process so that its peak RSS is its own. Prints one line per variant:
 
-    variant=NAME median_s=… compile_s=… peak_rss_mb=… ratio_to_plain=…
+    variant=NAME median_s=… compile_s=… peak_rss_mb=… ratio_to_plain=… step_rss_mb=…
+
+peak_rss_mb is the whole process's peak (XLA's compilation included); step_rss_mb is the peak
+while the compiled step runs, measured after releasing freed heap memory and resetting the
+kernel's high-water mark (Linux only; "n/a" elsewhere).
 
 Usage: python benchmarks/train_step.py [--variants plain,sphere] [--iters N] [--devices D]
-       [--onednn] [--default-malloc]
+       [--onednn] [--default-malloc] [--no-attention]
 """
 import argparse
 import json
@@ -27,7 +31,25 @@ BENCH_MODEL = dict(block_out_channels=(64, 128, 128), attention_levels=(False, T
                    layers_per_block=2, attention_head_dim=8, norm_num_groups=32)
 
 
-def worker(name, iters, batch, devices, keep_memory):
+def _release_and_reset_peak_rss():
+    """Returns freed heap memory to the OS and resets VmHWM; False where that is unsupported."""
+    import ctypes
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except (OSError, AttributeError):
+        return False
+
+
+def _vm_hwm_mb():
+    with open("/proc/self/status") as f:
+        line = next(l for l in f if l.startswith("VmHWM:"))
+    return int(line.split()[1]) / 1024
+
+
+def worker(name, iters, batch, devices, keep_memory, attention):
     """Runs in a fresh process: compile, warm up, time `iters` steps; prints a JSON line."""
     from isodiff_jax import runtime
     if keep_memory:
@@ -42,7 +64,8 @@ def worker(name, iters, batch, devices, keep_memory):
     from isodiff_jax.train import step as train_step
     from isodiff_jax.unet import UNet
 
-    model = UNet(**BENCH_MODEL)
+    model = UNet(**BENCH_MODEL) if attention else UNet(
+        **{**BENCH_MODEL, "attention_levels": (False, False, False), "mid_attention": False})
     schedule = diffusion.make_schedule("linear", 1000)
     optimizer = train_step.make_optimizer(1e-4, weight_decay=1e-6)
     reg = VARIANTS[name]
@@ -64,6 +87,8 @@ def worker(name, iters, batch, devices, keep_memory):
     for _ in range(2):  # warm-up
         state, metrics = compiled(state, x0, key)
     jax.block_until_ready(state)
+    process_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the reset
+    can_reset = _release_and_reset_peak_rss()
     times = []
     for _ in range(iters):
         t0 = time.perf_counter()
@@ -71,9 +96,9 @@ def worker(name, iters, batch, devices, keep_memory):
         jax.block_until_ready(state)
         times.append(time.perf_counter() - t0)
     assert all(bool(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)), metrics
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak_mb = max(process_peak_mb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(json.dumps({"variant": name, "median_s": statistics.median(times), "compile_s": compile_s,
-                      "peak_rss_mb": peak_mb}))
+                      "peak_rss_mb": peak_mb, "step_rss_mb": _vm_hwm_mb() if can_reset else None}))
 
 
 def main():
@@ -86,10 +111,13 @@ def main():
                         help="XLA's experimental oneDNN custom calls (can fall back to a slow reference matmul)")
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's default malloc settings (see isodiff_jax/runtime.py)")
+    parser.add_argument("--no-attention", action="store_true",
+                        help="the same model without its attention blocks (to see what attention costs)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        return worker(args.worker, args.iters, args.batch, args.devices, not args.default_malloc)
+        return worker(args.worker, args.iters, args.batch, args.devices, not args.default_malloc,
+                      not args.no_attention)
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -104,6 +132,7 @@ def main():
         cmd = [sys.executable, __file__, "--worker", name, "--iters", str(args.iters),
                "--batch", str(args.batch), "--devices", str(args.devices)]
         cmd += ["--default-malloc"] if args.default_malloc else []
+        cmd += ["--no-attention"] if args.no_attention else []
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
             sys.exit(f"variant {name} failed:\n{proc.stderr[-4000:]}")
@@ -112,7 +141,8 @@ def main():
         plain = results.get("plain")
         ratio = f"{r['median_s'] / plain['median_s']:.2f}" if plain else "n/a"
         print(f"variant={name} median_s={r['median_s']:.3f} compile_s={r['compile_s']:.1f} "
-              f"peak_rss_mb={r['peak_rss_mb']:.0f} ratio_to_plain={ratio}", flush=True)
+              f"peak_rss_mb={r['peak_rss_mb']:.0f} ratio_to_plain={ratio} "
+              f"step_rss_mb={r['step_rss_mb'] or float('nan'):.0f}", flush=True)
 
 
 if __name__ == "__main__":
