@@ -80,6 +80,11 @@ def make_optimizer(learning_rate, *, b1=0.9, b2=0.999, weight_decay=0.0, clip_no
 def init_state(model: UNet, optimizer, key, sample_shape) -> TrainState:
     """Fresh state for inputs of shape (B, H, W, C)."""
     params = model.init(key, jnp.zeros(sample_shape, jnp.float32), jnp.zeros(sample_shape[:1], jnp.int32))
+    return state_from_params(params, optimizer)
+
+
+def state_from_params(params, optimizer) -> TrainState:
+    """Step 0 from given parameters (fine-tuning): EMA = params, fresh optimizer state."""
     ema_params = jax.tree.map(jnp.copy, params)  # own buffers: the state is donated to the step
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=ema_params,
                       opt_state=optimizer.init(params), pl_mean=jnp.zeros((), jnp.float32))
@@ -91,15 +96,21 @@ def ema_decay(step, max_decay):
 
 
 def make_train_step(model: UNet, schedule: diffusion.Schedule, optimizer, *,
-                    regularizer: Optional[Regularizer] = None, t_range=None, ema_max_decay=0.9999):
+                    regularizer: Optional[Regularizer] = None, t_range=None, ema_max_decay=0.9999,
+                    accum_steps: int = 1):
     """A pure step (state, x0 (B, H, W, C), key) -> (state, metrics); t ~ U{t_range}.
 
     The step's randomness is fold_in(key, state.step), so it depends only on the root key and
-    the step number (a resumed run repeats it exactly).
+    the step number (a resumed run repeats it exactly). With accum_steps = A > 1 the batch is
+    split into A micro-batches whose gradients are averaged before one optimizer update; row i
+    goes to micro-batch i mod A, so a batch sharded over devices splits without moving data
+    (B / A must divide over the devices). L_iso is then a ratio of means per micro-batch.
     """
     lo, hi = t_range if t_range is not None else (0, schedule.num_timesteps)
     if not 0 <= lo < hi <= schedule.num_timesteps:
         raise ValueError(f"t_range={t_range} must satisfy 0 <= lo < hi <= {schedule.num_timesteps}")
+    if accum_steps < 1:
+        raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
 
     def loss_fn(params, pl_mean, x0, key):
         k_t, k_eps, k_reg = jax.random.split(key, 3)
@@ -125,10 +136,32 @@ def make_train_step(model: UNet, schedule: diffusion.Schedule, optimizer, *,
         metrics["reg_loss"] = reg
         return loss_eps + regularizer.weight * reg, (pl_mean, metrics)
 
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def accumulated(params, pl_mean, x0, key):
+        """grad_fn averaged over accum_steps micro-batches (pl_mean threaded through them)."""
+        if accum_steps == 1:
+            return grad_fn(params, pl_mean, x0, key)
+        if x0.shape[0] % accum_steps:
+            raise ValueError(f"batch of {x0.shape[0]} does not split into accum_steps={accum_steps}")
+        micro = jnp.swapaxes(x0.reshape(x0.shape[0] // accum_steps, accum_steps, *x0.shape[1:]), 0, 1)
+
+        def body(carry, inputs):
+            pl_mean, grads = carry
+            a, x = inputs
+            (loss, (pl_mean, metrics)), g = grad_fn(params, pl_mean, x, jax.random.fold_in(key, a))
+            return (pl_mean, jax.tree.map(jnp.add, grads, g)), (loss, metrics)
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (pl_mean, grads), (loss, metrics) = jax.lax.scan(
+            body, (pl_mean, zeros), (jnp.arange(accum_steps), micro))
+        mean = lambda v: jnp.mean(v, axis=0)
+        grads = jax.tree.map(lambda g: g / accum_steps, grads)
+        return (mean(loss), (pl_mean, jax.tree.map(mean, metrics))), grads
+
     def step(state: TrainState, x0, key):
         key = jax.random.fold_in(key, state.step)
-        grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-        (loss, (pl_mean, metrics)), grads = grad_fn(state.params, state.pl_mean, x0, key)
+        (loss, (pl_mean, metrics)), grads = accumulated(state.params, state.pl_mean, x0, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay(state.step, ema_max_decay)

@@ -1,0 +1,70 @@
+"""Every default, with a one-line comment each. Experiment configs import this and override a few
+fields; on the command line, override any field with `--config.section.field=value`."""
+import ml_collections
+
+
+def get_config():
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # root of every random key and of the data order
+
+    c.data = d = ml_collections.ConfigDict()
+    d.name = "shapes"  # "shapes" (built in), "folder" (images under data_dir) or a TFDS name, e.g. "cifar10"
+    d.data_dir = ""  # TFDS data_dir or the image folder; unused by "shapes"
+    d.split = "train"  # TFDS split
+    d.resolution = 32  # images are resized and center-cropped to resolution × resolution
+    d.random_flip = False  # random horizontal flips, decided by (seed, step, row)
+    d.prefetch = 3  # batches loaded ahead in a background thread
+
+    c.model = m = ml_collections.ConfigDict()
+    m.block_out_channels = (32, 64, 64)  # channels per U-Net level (one downsampling between levels)
+    m.attention_levels = (False, False, False)  # self-attention after each resnet of a level
+    m.layers_per_block = 1  # resnets per down level (one more per up level)
+    m.mid_attention = True  # attention in the middle block (whose output is h)
+    m.attention_head_dim = 16  # channels per attention head
+    m.norm_num_groups = 8  # GroupNorm groups
+    m.dtype = "float32"  # computation dtype: "float32" or "bfloat16" (parameters stay float32)
+
+    c.diffusion = df = ml_collections.ConfigDict()
+    df.schedule = "linear"  # beta schedule: "linear" or "cosine"
+    df.num_timesteps = 1000  # T
+    df.beta_start = 1e-4  # linear schedule's first beta
+    df.beta_end = 0.02  # linear schedule's last beta
+
+    c.regularizer = r = ml_collections.ConfigDict()
+    r.kind = "sphere"  # "none", "sphere" (the paper), "euclidean" or "path_length"
+    r.weight = 1e-3  # λ_iso
+    r.p = 0.5  # gating ratio: steps with t < pT are plain, t >= pT regularized (method.md §4)
+    r.form = "tangent"  # "tangent" (default) or "chart" (stereographic coordinates)
+    r.estimator = "jvp_vjp"  # trace estimator: "jvp_vjp" or "jvp_jvp"
+    r.num_probes = 1  # Hutchinson probes per sample
+    r.radius = "point"  # sphere through x_t ("point") or x_t rescaled onto radius sqrt(n) ("sqrt_n")
+    r.pl_decay = 0.99  # path_length only: decay of the running mean of |Jᵀy|
+
+    c.optim = o = ml_collections.ConfigDict()
+    o.lr = 1e-3  # peak learning rate
+    o.warmup_steps = 200  # linear warm-up from 0 to lr
+    o.decay = "cosine"  # after warm-up: "cosine" (to end_lr_fraction·lr at num_steps) or "constant"
+    o.end_lr_fraction = 0.1  # cosine decay's final learning rate, as a fraction of lr
+    o.b1 = 0.9  # AdamW β1
+    o.b2 = 0.999  # AdamW β2
+    o.weight_decay = 0.0  # AdamW decoupled weight decay
+    o.clip_norm = 1.0  # gradient clipping by global norm
+    o.grad_accum_steps = 1  # micro-batches per step (the global batch is split into this many)
+    o.ema_max_decay = 0.9999  # EMA decay min(max, 1 − (1 + step)^(−3/4))
+
+    c.training = t = ml_collections.ConfigDict()
+    t.num_steps = 1200  # optimizer steps
+    t.global_batch_size = 32  # examples per step over all devices and processes
+    t.init_from = ""  # fine-tuning: a workdir (or one of its checkpoint step dirs) to take parameters from
+
+    c.checkpoint = ck = ml_collections.ConfigDict()
+    ck.every_steps = 200  # save every N steps (and always at the end)
+    ck.keep = 3  # keep the newest K checkpoints
+
+    c.logging = lg = ml_collections.ConfigDict()
+    lg.log_every_steps = 20  # TensorBoard scalars (averaged over the interval)
+    lg.sample_every_steps = 600  # EMA sample grid (and at the end); 0 = only at the end
+    lg.num_samples = 36  # samples in the grid (fixed seeds)
+    lg.sample_steps = 50  # DDIM steps for the grid
+    lg.progress_bar = True  # tqdm progress bar on process 0
+    return c

@@ -1,0 +1,162 @@
+"""The boundary between a config (ml_collections, see configs/default.py) and the code.
+
+`validate` checks every value before any work starts and names the field and what it allows;
+the builders turn config sections into the typed objects the library takes (a `UNet`, a
+`Schedule`, a `Regularizer`, an optax optimizer). Nothing past this module sees a ConfigDict.
+"""
+import json
+from typing import Optional
+
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from isodiff_jax import data, diffusion, isometry
+from isodiff_jax.train.step import REGULARIZERS, Regularizer, make_optimizer
+from isodiff_jax.unet import UNet
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DECAYS = ("cosine", "constant")
+
+
+class ConfigError(ValueError):
+    """A config value that is out of range; the message names the field."""
+
+
+def _check(ok, field, value, allowed):
+    if not ok:
+        raise ConfigError(f"config.{field}={value!r} is invalid: allowed {allowed}")
+
+
+def _check_choice(config, field, choices):
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    _check(value in choices, field, value, f"one of {tuple(choices)}")
+
+
+def _check_positive_int(value, field, minimum=1):
+    _check(isinstance(value, int) and value >= minimum, field, value, f"an integer >= {minimum}")
+
+
+def _known_dataset(name) -> bool:
+    try:
+        if data.source_kind(name) != "tfds":
+            return True
+    except ValueError:  # not a string, empty, or the kind "tfds" itself
+        return False
+    import tensorflow_datasets as tfds  # only for TFDS names: it is slow to import
+    return name.split("/")[0].split(":")[0] in tfds.list_builders(with_community_datasets=False)
+
+
+def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = None) -> None:
+    """Raises ConfigError for the first invalid value. With num_devices, also checks that the
+    global batch (and each gradient-accumulation micro-batch) divides over the devices."""
+    d, m, r, o, t = config.data, config.model, config.regularizer, config.optim, config.training
+    _check(_known_dataset(d.name), "data.name", d.name,
+           "'shapes', 'folder' or a TFDS data set name such as 'cifar10' or 'celeb_a_hq/256'")
+    _check(d.name == "shapes" or bool(d.data_dir), "data.data_dir", d.data_dir,
+           f"a directory (required for data.name={d.name!r})")
+    _check_positive_int(d.resolution, "data.resolution", 4)
+    _check_positive_int(d.prefetch, "data.prefetch")
+    levels = len(m.block_out_channels)
+    _check(levels >= 1 and all(isinstance(c, int) and c > 0 for c in m.block_out_channels),
+           "model.block_out_channels", m.block_out_channels, "a non-empty tuple of positive integers")
+    _check(len(m.attention_levels) == levels, "model.attention_levels", m.attention_levels,
+           f"one bool per level ({levels})")
+    _check(d.resolution % 2 ** (levels - 1) == 0, "data.resolution", d.resolution,
+           f"a multiple of 2**(levels-1) = {2 ** (levels - 1)}")
+    _check(all(c % m.norm_num_groups == 0 for c in m.block_out_channels), "model.norm_num_groups",
+           m.norm_num_groups, f"a divisor of every entry of block_out_channels {m.block_out_channels}")
+    _check_choice(config, "model.dtype", DTYPES)
+    _check_choice(config, "diffusion.schedule", diffusion.SCHEDULE_KINDS)
+    _check_positive_int(config.diffusion.num_timesteps, "diffusion.num_timesteps", 2)
+    _check_choice(config, "regularizer.kind", ("none",) + REGULARIZERS)
+    _check(r.weight >= 0, "regularizer.weight", r.weight, "λ >= 0")
+    _check(0 <= r.p < 1, "regularizer.p", r.p, "a gating ratio in [0, 1)")
+    _check_choice(config, "regularizer.form", isometry.FORMS)
+    _check_choice(config, "regularizer.estimator", isometry.ESTIMATORS)
+    _check_choice(config, "regularizer.radius", isometry.RADII)
+    _check_positive_int(r.num_probes, "regularizer.num_probes")
+    _check(0 <= r.pl_decay < 1, "regularizer.pl_decay", r.pl_decay, "a decay in [0, 1)")
+    _check(o.lr > 0, "optim.lr", o.lr, "a learning rate > 0")
+    _check(isinstance(o.warmup_steps, int) and o.warmup_steps >= 0, "optim.warmup_steps",
+           o.warmup_steps, "an integer >= 0")
+    _check_choice(config, "optim.decay", DECAYS)
+    _check(0 <= o.end_lr_fraction <= 1, "optim.end_lr_fraction", o.end_lr_fraction, "a fraction in [0, 1]")
+    _check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, "optim.b1/b2", (o.b1, o.b2), "betas in [0, 1)")
+    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, ">= 0")
+    _check(o.clip_norm > 0, "optim.clip_norm", o.clip_norm, "a norm > 0")
+    _check(0 <= o.ema_max_decay < 1, "optim.ema_max_decay", o.ema_max_decay, "a decay in [0, 1)")
+    _check_positive_int(o.grad_accum_steps, "optim.grad_accum_steps")
+    _check_positive_int(t.num_steps, "training.num_steps")
+    _check_positive_int(t.global_batch_size, "training.global_batch_size")
+    _check(t.global_batch_size % o.grad_accum_steps == 0, "training.global_batch_size",
+           t.global_batch_size, f"a multiple of optim.grad_accum_steps={o.grad_accum_steps}")
+    if num_devices is not None:
+        per_step = num_devices * o.grad_accum_steps
+        _check(t.global_batch_size % per_step == 0, "training.global_batch_size", t.global_batch_size,
+               f"a multiple of devices × grad_accum_steps = {num_devices} × {o.grad_accum_steps} = {per_step}")
+    _check_positive_int(config.checkpoint.every_steps, "checkpoint.every_steps")
+    _check_positive_int(config.checkpoint.keep, "checkpoint.keep")
+    lg = config.logging
+    _check_positive_int(lg.log_every_steps, "logging.log_every_steps")
+    _check(isinstance(lg.sample_every_steps, int) and lg.sample_every_steps >= 0,
+           "logging.sample_every_steps", lg.sample_every_steps, "an integer >= 0 (0: only at the end)")
+    _check_positive_int(lg.num_samples, "logging.num_samples")
+    _check_positive_int(lg.sample_steps, "logging.sample_steps")
+
+
+def unet(config, channels: int = 3) -> UNet:
+    m = config.model
+    return UNet(in_channels=channels, out_channels=channels,
+                block_out_channels=tuple(m.block_out_channels),
+                attention_levels=tuple(bool(a) for a in m.attention_levels),
+                layers_per_block=m.layers_per_block, mid_attention=m.mid_attention,
+                attention_head_dim=m.attention_head_dim, norm_num_groups=m.norm_num_groups,
+                dtype=DTYPES[m.dtype])
+
+
+def schedule(config) -> diffusion.Schedule:
+    df = config.diffusion
+    return diffusion.make_schedule(df.schedule, df.num_timesteps, beta_start=df.beta_start,
+                                   beta_end=df.beta_end)
+
+
+def regularizer(config) -> Optional[Regularizer]:
+    r = config.regularizer
+    if r.kind == "none":
+        return None
+    return Regularizer(kind=r.kind, weight=r.weight, form=r.form, estimator=r.estimator,
+                       num_probes=r.num_probes, radius=r.radius, pl_decay=r.pl_decay)
+
+
+def learning_rate(config) -> optax.Schedule:
+    """Linear warm-up to optim.lr, then cosine decay to end_lr_fraction·lr at num_steps, or constant."""
+    o, steps = config.optim, config.training.num_steps
+    warmup = optax.linear_schedule(0.0, o.lr, max(o.warmup_steps, 1))
+    if o.decay == "constant":
+        after = optax.constant_schedule(o.lr)
+    else:
+        after = optax.cosine_decay_schedule(o.lr, max(steps - o.warmup_steps, 1), alpha=o.end_lr_fraction)
+    return optax.join_schedules([warmup, after], [o.warmup_steps])
+
+
+def optimizer(config) -> optax.GradientTransformation:
+    o = config.optim
+    return make_optimizer(learning_rate(config), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay,
+                          clip_norm=o.clip_norm)
+
+
+def to_json(config) -> str:
+    return config.to_json_best_effort(indent=2, sort_keys=True)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    """The inverse of to_json (tuples come back as tuples where the defaults have tuples)."""
+    values = json.loads(text)
+    for section in ("model",):
+        for key, value in values.get(section, {}).items():
+            if isinstance(value, list):
+                values[section][key] = tuple(value)
+    return ml_collections.ConfigDict(values)

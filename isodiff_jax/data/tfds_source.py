@@ -1,0 +1,98 @@
+"""TensorFlow Datasets data sets (cifar10, celeb_a_hq/256, lsun/church_outdoor, ...) by index.
+
+Reads through `tfds.data_source`: random access into ArrayRecord files, decoded with NumPy and
+PIL, so TensorFlow is not needed. Nothing is ever downloaded here (training hosts may have no
+internet): the data set must already be prepared, in the ArrayRecord format, under an explicit
+`data_dir`. When it is not, `DataNotPreparedError` says where it looked and how to prepare it.
+"""
+import os
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from isodiff_jax.data.folder import fit_to_resolution
+from isodiff_jax.data.source import check_indices
+
+# Formats with random access; `tfds build` writes TFRecord unless told otherwise.
+_RANDOM_ACCESS_FORMATS = ("array_record", "parquet")
+
+
+class DataNotPreparedError(FileNotFoundError):
+    """The TFDS data set is not prepared (in a random-access format) under the data_dir."""
+
+
+def _preparation_hint(builder, name, data_dir):
+    command = f"tfds build {name} --data_dir=DIR --file_format=array_record"
+    relative = os.path.relpath(builder.data_path, data_dir)
+    hint = (f"Prepare it on a machine with internet access with\n    {command}\n"
+            f"then copy DIR/{relative} to {builder.data_path}.")
+    if builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+        hint += (f"\n{name} needs a manual download first: put its files in "
+                 f"{data_dir}/downloads/manual (or pass --manual_dir). TFDS says:\n"
+                 f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}")
+    return hint
+
+
+def _not_prepared_error(name, split, data_dir):
+    """The error that explains why `tfds.data_source` failed, or None if the data looks fine."""
+    builder = tfds.builder(name, data_dir=data_dir)
+    if not builder.is_prepared():
+        return DataNotPreparedError(
+            f"TFDS data set {name!r} (split {split!r}) is not prepared under data_dir "
+            f"{data_dir}: no {builder.data_path}/dataset_info.json.\n"
+            + _preparation_hint(builder, name, data_dir))
+    file_format = builder.info.file_format
+    if file_format is None or file_format.value not in _RANDOM_ACCESS_FORMATS:
+        return DataNotPreparedError(
+            f"TFDS data set {name!r} at {builder.data_path} is stored as {file_format}, which "
+            f"has no random access; it must be one of {_RANDOM_ACCESS_FORMATS}.\n"
+            + _preparation_hint(builder, name, data_dir))
+    return None
+
+
+def open_data_source(name, *, split, data_dir):
+    """`tfds.data_source` without downloading; explains a missing or unusable data set."""
+    try:
+        return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
+    except tfds.core.registered.DatasetNotFoundError as error:
+        raise ValueError(f"{name!r} is neither a registered TFDS data set nor prepared under "
+                         f"data_dir {data_dir}") from error
+    except Exception as error:
+        # TFDS reports a missing data set as a file-format or split error; find the real cause.
+        explained = _not_prepared_error(name, split, data_dir)
+        if explained is None:
+            raise
+        raise explained from error
+
+
+class TfdsSource:
+    """Split `split` of the TFDS data set `name`, its `image_key` images fitted to `resolution`."""
+
+    def __init__(self, name, *, resolution, data_dir, split="train", image_key="image"):
+        if not data_dir:
+            raise ValueError(f"TFDS data set {name!r} needs an explicit data_dir")
+        if resolution < 1:
+            raise ValueError(f"resolution must be >= 1, got {resolution}")
+        self.name, self.split, self.image_key = name, split, image_key
+        self.resolution = resolution
+        self._examples = open_data_source(name, split=split, data_dir=str(data_dir))
+
+    def __len__(self):
+        return len(self._examples)
+
+    def _image(self, index):
+        example = self._examples[int(index)]
+        if self.image_key not in example:
+            raise KeyError(f"TFDS data set {self.name!r} has no feature {self.image_key!r}; "
+                           f"its features are {sorted(example)}")
+        return fit_to_resolution(np.asarray(example[self.image_key]), self.resolution)
+
+    def get(self, indices):
+        """Images of `indices` (B,) -> uint8 (B, R, R, 3)."""
+        indices = check_indices(indices, len(self))
+        images = np.empty((len(indices), self.resolution, self.resolution, 3), np.uint8)
+        # One record at a time: decoding, not reading, dominates, and the batched
+        # `__getitems__` is broken under tfds.testing.mock_data (TFDS 4.9.10).
+        for row, index in enumerate(indices):
+            images[row] = self._image(index)
+        return images

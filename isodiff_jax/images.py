@@ -1,0 +1,43 @@
+"""Image grids as PNG files (what a person looks at during training and analysis)."""
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+
+def to_uint8(x) -> np.ndarray:
+    """Images in [-1, 1] (any float array, (..., H, W, C)) -> uint8 in [0, 255]."""
+    x = np.asarray(x, np.float32)
+    return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
+def grid(images, columns: int | None = None, pad: int = 2) -> np.ndarray:
+    """(N, H, W, C) uint8 -> one (rows·(H+pad)+pad, columns·(W+pad)+pad, C) uint8 image, white gaps."""
+    images = np.asarray(images)
+    if images.ndim != 4 or images.dtype != np.uint8:
+        raise ValueError(f"expected (N, H, W, C) uint8 images, got {images.shape} {images.dtype}")
+    n, h, w, c = images.shape
+    columns = columns or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / columns)
+    out = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), 255, np.uint8)
+    for i, image in enumerate(images):
+        r, q = divmod(i, columns)
+        out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = image
+    return out
+
+
+def save_grid(path, images, columns: int | None = None, scale: int = 1) -> str:
+    """Writes images ((N, H, W, C) uint8, or float in [-1, 1]) as one PNG grid, enlarged `scale`
+    times with nearest-neighbour so small images stay crisp. Written atomically; returns path."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        images = to_uint8(images)
+    picture = Image.fromarray(grid(images, columns).squeeze())
+    if scale > 1:
+        picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp"
+    picture.save(tmp, format="PNG")
+    os.replace(tmp, path)
+    return path

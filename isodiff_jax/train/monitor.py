@@ -1,0 +1,86 @@
+"""What a user sees while training: a progress bar, TensorBoard scalars and images (tensorboardX,
+no TensorFlow needed), EMA sample grids as PNG files. Only process 0 writes or prints."""
+import os
+import time
+
+import jax
+import numpy as np
+import tqdm
+from tensorboardX import SummaryWriter
+
+from isodiff_jax import images
+
+
+class Monitor:
+    """Averages per-step metrics over logging intervals and reports them."""
+
+    def __init__(self, workdir: str, *, total_steps: int, start_step: int, progress_bar: bool):
+        self.lead = jax.process_index() == 0
+        self.log_dir = os.path.join(workdir, "logs")
+        self.sample_dir = os.path.join(workdir, "samples")
+        self.writer = SummaryWriter(self.log_dir) if self.lead else None
+        self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
+                             disable=not (self.lead and progress_bar))
+        self.sums, self.counts = {}, {}
+        self.last = {}  # the newest value of each metric (for the bar and the summary)
+        self.interval_start, self.interval_steps = time.perf_counter(), 0
+
+    def step(self, step: int, metrics: dict) -> None:
+        """Records the metrics of the step that ended at `step` (host floats)."""
+        for name, value in metrics.items():
+            self.sums[name] = self.sums.get(name, 0.0) + value
+            self.counts[name] = self.counts.get(name, 0) + 1
+            self.last[name] = value
+        self.interval_steps += 1
+        self.bar.update(1)
+        postfix = {"loss": f"{self.last['loss']:.4f}"}
+        if "reg_loss" in self.last:
+            postfix["iso"] = f"{self.last['reg_loss']:.3g}"
+        if "steps_per_s" in self.last:
+            postfix["steps/s"] = f"{self.last['steps_per_s']:.2f}"
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def flush(self, step: int, extra: dict | None = None) -> dict:
+        """Writes the interval's means (plus `extra`) at `step` and starts a new interval."""
+        elapsed = time.perf_counter() - self.interval_start
+        means = {name: self.sums[name] / self.counts[name] for name in self.sums}
+        if self.interval_steps:
+            means["steps_per_s"] = self.interval_steps / max(elapsed, 1e-9)
+            self.last["steps_per_s"] = means["steps_per_s"]
+        means.update(extra or {})
+        if self.writer is not None:
+            for name, value in means.items():
+                self.writer.add_scalar(name, value, step)
+            self.writer.flush()
+        self.sums, self.counts = {}, {}
+        self.interval_start, self.interval_steps = time.perf_counter(), 0
+        return means
+
+    def samples(self, step: int, x0) -> str | None:
+        """Saves (N, H, W, C) samples in [-1, 1] as samples/step_XXXXXXX.png; returns its path."""
+        if not self.lead:
+            return None
+        pixels = images.to_uint8(x0)
+        scale = max(1, 128 // pixels.shape[1])
+        path = images.save_grid(os.path.join(self.sample_dir, f"step_{step:07d}.png"), pixels, scale=scale)
+        self.writer.add_image("samples", images.grid(pixels), step, dataformats="HWC")
+        self.writer.flush()
+        return path
+
+    def print(self, text: str) -> None:
+        if self.lead:
+            self.bar.write(text)
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def host_floats(metrics) -> dict:
+    """Device scalars (replicated) -> {name: float}."""
+    return {name: float(value) for name, value in jax.device_get(metrics).items()}
+
+
+def all_finite(metrics: dict) -> bool:
+    return all(np.isfinite(v) for v in metrics.values())

@@ -1,0 +1,84 @@
+"""Config files load, and invalid values stop before any work with a message naming the field."""
+import importlib
+
+import pytest
+
+from isodiff_jax import config as config_lib
+
+EXPERIMENTS = ("default", "shapes32", "cifar10", "celebahq256", "test", "bench_cpu32")
+
+
+def load(name):
+    return importlib.import_module(f"configs.{name}").get_config()
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_configs_are_valid(name):
+    config = load(name)
+    if config.data.name != "shapes":
+        config.data.data_dir = "/somewhere"
+    config_lib.validate(config, num_devices=1)
+
+
+def test_bench_config_is_the_benchmark_model():
+    import jax
+    config = load("bench_cpu32")
+    model = config_lib.unet(config)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
+                            jax.ShapeDtypeStruct((1, 32, 32, 3), "float32"), jax.ShapeDtypeStruct((1,), "int32"))
+    assert sum(x.size for x in jax.tree.leaves(shapes)) == 6_472_195
+
+
+def test_celebahq256_is_the_papers_setting():
+    c = load("celebahq256")
+    assert tuple(c.model.block_out_channels) == (128, 128, 256, 256, 512, 512)
+    assert c.data.resolution == 256
+    assert (c.optim.lr, c.optim.b1, c.optim.b2, c.optim.weight_decay, c.optim.clip_norm) == (1e-5, 0.95, 0.999, 1e-6, 1.0)
+    assert (c.regularizer.weight, c.regularizer.p, c.optim.ema_max_decay) == (1e-3, 0.5, 0.9999)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("regularizer.weight", -1e-3, "λ >= 0"),
+    ("regularizer.p", 1.0, "[0, 1)"),
+    ("regularizer.p", -0.1, "[0, 1)"),
+    ("regularizer.kind", "riemann", "'sphere'"),
+    ("data.name", "imagenet_nonexistent_name", "'shapes'"),
+    ("optim.lr", 0.0, "> 0"),
+    ("optim.decay", "linear", "'cosine'"),
+    ("model.dtype", "float16", "'bfloat16'"),
+    ("model.attention_levels", (False,), "one bool per level"),
+    ("model.norm_num_groups", 7, "divisor"),
+    ("data.resolution", 30, "multiple of 2**(levels-1)"),
+    ("training.global_batch_size", 30, "devices × grad_accum_steps = 4 × 1"),
+    ("optim.grad_accum_steps", 0, "integer >= 1"),
+])
+def test_invalid_values_name_the_field(field, value, message):
+    config = load("default")
+    section, key = field.split(".")
+    config[section][key] = value
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.validate(config, num_devices=4)
+    assert f"config.{field}=" in str(error.value) and message in str(error.value), str(error.value)
+
+
+def test_folder_needs_a_directory():
+    config = load("default")
+    config.data.name = "folder"
+    with pytest.raises(config_lib.ConfigError, match="config.data.data_dir"):
+        config_lib.validate(config)
+
+
+def test_json_round_trip():
+    config = load("celebahq256")
+    back = config_lib.from_json(config_lib.to_json(config))
+    assert back.to_dict() == config.to_dict()
+
+
+def test_learning_rate_warms_up_then_decays():
+    config = load("default")
+    lr = config_lib.learning_rate(config)
+    o, n = config.optim, config.training.num_steps
+    assert float(lr(0)) == 0.0
+    assert float(lr(o.warmup_steps // 2)) == pytest.approx(o.lr / 2, rel=1e-6)
+    assert float(lr(o.warmup_steps)) == pytest.approx(o.lr, rel=1e-6)
+    assert float(lr(n)) == pytest.approx(o.lr * o.end_lr_fraction, rel=1e-5)
