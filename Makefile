@@ -15,15 +15,16 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-# The main job: a short isometry-regularized training demo of the tiny model.
+# The main job: train configs/shapes32.py into runs/shapes32 (resumes when run again).
 run: install
-	$(PY) train.py
+	$(PY) train.py --config configs/shapes32.py --workdir runs/shapes32
 
 test: install
 	$(PY) -m pytest -q
 
 bench: install
 	$(PY) benchmarks/train_step.py
+	$(PY) benchmarks/train_loop.py
 
 clean:
 	rm -rf $(VENV) .jax_cache

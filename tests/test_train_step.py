@@ -87,3 +87,21 @@ def test_bad_arguments_are_named():
     model = UNet(**TINY)
     with pytest.raises(ValueError, match="t_range"):
         train_step.make_train_step(model, diffusion.make_schedule("linear", 10), optax.sgd(0.1), t_range=(5, 20))
+
+
+def test_gradient_accumulation_averages_micro_batches(setup):
+    """accum_steps=2: micro-batch a holds rows a::2 and draws from fold_in(step key, a)."""
+    model, schedule, optimizer, state, _ = setup
+    x0 = jax.random.uniform(jax.random.PRNGKey(6), (4, 8, 8, 3), jnp.float64, -1, 1)
+    reg, key = train_step.Regularizer("sphere", weight=0.5), jax.random.PRNGKey(7)
+    step = train_step.make_train_step(model, schedule, optimizer, regularizer=reg, t_range=(500, 1000),
+                                      accum_steps=2)
+    _, metrics = step(state, x0, key)
+    losses, grads = zip(*[jax.value_and_grad(_reference_loss, argnums=3)(
+        model, schedule, reg, state.params, x0[a::2], jax.random.fold_in(jax.random.fold_in(key, 0), a),
+        (500, 1000)) for a in range(2)])
+    mean_grads = jax.tree.map(lambda *g: sum(g) / 2, *grads)
+    np.testing.assert_allclose(metrics["loss"], np.mean(losses), rtol=1e-10)
+    np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(mean_grads), rtol=1e-8)
+    with pytest.raises(ValueError, match="accum_steps=3"):
+        train_step.make_train_step(model, schedule, optimizer, accum_steps=3)(state, x0, key)

@@ -158,14 +158,18 @@ def initial_state(config, setup: Setup, mesh, mngr):
     return state, f"started at step 0 ({origin})"
 
 
-def train_and_evaluate(config, workdir: str) -> dict:
-    """Trains (or resumes) in `workdir` up to training.num_steps; returns a summary dict."""
-    config_lib.validate(config, jax.device_count())
+def train_and_evaluate(config, workdir: str, devices=None) -> dict:
+    """Trains (or resumes) in `workdir` up to training.num_steps; returns a summary dict.
+
+    devices: the devices to shard the batch over (all devices of all processes by default).
+    """
+    mesh = sharding.make_mesh(devices)
+    config_lib.validate(config, mesh.size)
     d = config.data
     source = data.make_source(d.name, resolution=d.resolution, seed=config.seed,
                               data_dir=d.data_dir or None, split=d.split)
     _check_resumable(workdir, config)
-    mesh, setup = sharding.make_mesh(), make_setup(config)
+    setup = make_setup(config)
     config_json = config_lib.to_json(config)
     mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
     checkpoint.write_config(workdir, config_json)
@@ -173,7 +177,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
     start, total = int(jax.device_get(state.step)), config.training.num_steps
     monitor = Monitor(workdir, total_steps=total, start_step=start, progress_bar=config.logging.progress_bar)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
-    monitor.print(f"{how}; {n_params:,} parameters; {jax.device_count()} devices in "
+    monitor.print(f"{how}; {n_params:,} parameters; {mesh.size} devices in "
                   f"{jax.process_count()} processes; global batch {config.training.global_batch_size}")
     batches = pipeline.prefetch_batches(
         source, start, seed=config.seed, global_batch=config.training.global_batch_size,
@@ -215,6 +219,7 @@ class _Run:
         self.sampler = make_sampler(config, setup, mesh)
         self.learning_rate = config_lib.learning_rate(config)
         self.last_sample_path = None
+        self._waited = 0.0  # the prefetcher's wait_seconds at the last flush
 
     def loop(self, state, start: int, total: int, batches):
         c = self.config
@@ -228,7 +233,8 @@ class _Run:
             self.monitor.step(done, metrics)
             last = done == total
             if done % c.logging.log_every_steps == 0 or last:
-                self.monitor.flush(done, {"lr": float(self.learning_rate(s))})
+                waited, self._waited = batches.wait_seconds - self._waited, batches.wait_seconds
+                self.monitor.flush(done, {"lr": float(self.learning_rate(s)), "input_wait_seconds": waited})
             if done % c.checkpoint.every_steps == 0 or last:
                 checkpoint.save(self.mngr, done, state, self.config_json)
             if (c.logging.sample_every_steps and done % c.logging.sample_every_steps == 0) or last:
