@@ -13,6 +13,7 @@ import time
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from isodiff_jax import config as config_lib
 from isodiff_jax import data, diffusion
@@ -52,7 +53,12 @@ def regularized_step(config, step: int) -> bool:
 
 
 def compile_steps(config, setup: Setup, mesh) -> dict:
-    """{regularized: jitted (state, x0) -> (state, metrics)} for the step kinds the config uses."""
+    """{regularized: compiled (state, x0) -> (state, metrics)} for the step kinds the config uses.
+
+    Compiled ahead of time, before the first step: with several processes, a process still
+    compiling when another reaches the first collective would make the CPU collectives time out,
+    so all processes meet at a barrier once everything is compiled.
+    """
     T = setup.schedule.num_timesteps
     split = int(config.regularizer.p * T)
     kinds = {False: (None, (0, T))}
@@ -61,14 +67,19 @@ def compile_steps(config, setup: Setup, mesh) -> dict:
         if split > 0:
             kinds[False] = (None, (0, split))
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
+    state = abstract_state(setup, mesh)
+    x0 = jax.ShapeDtypeStruct(setup.sample_shape, np.float32, sharding=batch)
     steps = {}
     for regularized, (reg, t_range) in kinds.items():
         fn = step_lib.make_train_step(setup.model, setup.schedule, setup.optimizer, regularizer=reg,
                                       t_range=t_range, ema_max_decay=config.optim.ema_max_decay,
                                       accum_steps=config.optim.grad_accum_steps)
         fn = functools.partial(fn, key=setup.keys["step"])
-        steps[regularized] = jax.jit(lambda state, x0, fn=fn: fn(state, x0), donate_argnums=0,
-                                     in_shardings=(replicated, batch), out_shardings=replicated)
+        jitted = jax.jit(lambda state, x0, fn=fn: fn(state, x0), donate_argnums=0,
+                         in_shardings=(replicated, batch), out_shardings=replicated)
+        steps[regularized] = jitted.lower(state, x0).compile()
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("isodiff_jax: train steps compiled")
     return steps
 
 
