@@ -52,7 +52,13 @@ def _known_dataset(name) -> bool:
 def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = None) -> None:
     """Raises ConfigError for the first invalid value. With num_devices, also checks that the
     global batch (and each gradient-accumulation micro-batch) divides over the devices."""
-    d, m, r, o, t = config.data, config.model, config.regularizer, config.optim, config.training
+    _validate_data_and_model(config)
+    _validate_objective(config)
+    _validate_run(config, num_devices)
+
+
+def _validate_data_and_model(config) -> None:
+    d, m = config.data, config.model
     _check(_known_dataset(d.name), "data.name", d.name,
            "'shapes', 'folder' or a TFDS data set name such as 'cifar10' or 'celeb_a_hq/256'")
     _check(d.name == "shapes" or bool(d.data_dir), "data.data_dir", d.data_dir,
@@ -68,7 +74,16 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
            f"a multiple of 2**(levels-1) = {2 ** (levels - 1)}")
     _check(all(c % m.norm_num_groups == 0 for c in m.block_out_channels), "model.norm_num_groups",
            m.norm_num_groups, f"a divisor of every entry of block_out_channels {m.block_out_channels}")
+    attention_channels = [c for c, a in zip(m.block_out_channels, m.attention_levels) if a]
+    attention_channels += [m.block_out_channels[-1]] if m.mid_attention else []
+    _check(all(c % m.attention_head_dim == 0 for c in attention_channels), "model.attention_head_dim",
+           m.attention_head_dim, f"a divisor of the channels of every attention block {attention_channels}")
+    _check_positive_int(m.layers_per_block, "model.layers_per_block")
     _check_choice(config, "model.dtype", DTYPES)
+
+
+def _validate_objective(config) -> None:
+    r, o = config.regularizer, config.optim
     _check_choice(config, "diffusion.schedule", diffusion.SCHEDULE_KINDS)
     _check_positive_int(config.diffusion.num_timesteps, "diffusion.num_timesteps", 2)
     _check_choice(config, "regularizer.kind", ("none",) + REGULARIZERS)
@@ -89,6 +104,10 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
     _check(o.clip_norm > 0, "optim.clip_norm", o.clip_norm, "a norm > 0")
     _check(0 <= o.ema_max_decay < 1, "optim.ema_max_decay", o.ema_max_decay, "a decay in [0, 1)")
     _check_positive_int(o.grad_accum_steps, "optim.grad_accum_steps")
+
+
+def _validate_run(config, num_devices) -> None:
+    o, t = config.optim, config.training
     _check_positive_int(t.num_steps, "training.num_steps")
     _check_positive_int(t.global_batch_size, "training.global_batch_size")
     _check(t.global_batch_size % o.grad_accum_steps == 0, "training.global_batch_size",

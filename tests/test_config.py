@@ -48,6 +48,8 @@ def test_celebahq256_is_the_papers_setting():
     ("model.dtype", "float16", "'bfloat16'"),
     ("model.attention_levels", (False,), "one bool per level"),
     ("model.norm_num_groups", 7, "divisor"),
+    ("model.attention_head_dim", 24, "every attention block [64]"),
+    ("model.layers_per_block", 0, "integer >= 1"),
     ("data.resolution", 30, "multiple of 2**(levels-1)"),
     ("training.global_batch_size", 30, "devices × grad_accum_steps = 4 × 1"),
     ("optim.grad_accum_steps", 0, "integer >= 1"),
