@@ -1,0 +1,60 @@
+"""Relative trajectory length (method.md §6): how far the image of a geodesic in x-space is from
+a straight line in h-space.
+
+    RTL = Σ_k |h_{k+1} − h_k| / |h_K − h_0|   (≥ 1; 1 when the path maps to a straight segment)
+
+for K+1 points x_k = slerp(x_0, x_1, k/K) on the sphere and h_k = e_θ(x_k, t). mRTL is the mean
+over pairs (x_0, x_1) ~ N(0, I) and over the timesteps evaluated.
+"""
+from typing import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from isodiff_jax import geometry
+
+
+def relative_trajectory_length(path: jax.Array) -> jax.Array:
+    """path (K+1, B, ...) of points h_0..h_K per sample -> RTL (B,)."""
+    if path.ndim < 2 or path.shape[0] < 2:
+        raise ValueError(f"path must be (K+1 >= 2, B, ...), got shape {path.shape}")
+    flat = path.reshape(path.shape[0], path.shape[1], -1)
+    steps = jnp.linalg.norm(jnp.diff(flat, axis=0), axis=-1).sum(axis=0)
+    chord = jnp.linalg.norm(flat[-1] - flat[0], axis=-1)
+    return steps / chord
+
+
+def slerp_path(x0: jax.Array, x1: jax.Array, num_segments: int) -> jax.Array:
+    """(B, ...) end points -> (K+1, B, ...) points slerp(x0, x1, k/K), k = 0..K."""
+    w = jnp.linspace(0.0, 1.0, num_segments + 1, dtype=x0.dtype)
+    return jax.vmap(lambda wk: geometry.slerp(x0, x1, wk))(w)
+
+
+def path_rtl(encode: Callable, x0: jax.Array, x1: jax.Array, num_segments: int) -> jax.Array:
+    """RTL (B,) of encode (B, ...) -> (B, ...) along slerp(x0, x1)."""
+    path = slerp_path(x0, x1, num_segments)
+    return relative_trajectory_length(jax.lax.map(encode, path))
+
+
+def mrtl(encode_at: Callable, key, *, image_shape: Sequence[int], timesteps: Sequence[int],
+         num_pairs: int = 64, num_segments: int = 20, batch_size: int = 16) -> Iterator:
+    """Evaluator: yields ("mrtl", mean over pairs and timesteps), ("mrtl_t{t}", mean at t) and
+    ("rtl_values", (len(timesteps), num_pairs) array) for encode_at(x (B, H, W, C), t int32 (B,)).
+
+    The same pairs x_0, x_1 ~ N(0, I) are used at every timestep.
+    """
+    per_t = []
+    rtl_fn = jax.jit(lambda x0, x1, t: path_rtl(lambda x: encode_at(x, t), x0, x1, num_segments))
+    for t in timesteps:
+        values = []
+        for start in range(0, num_pairs, batch_size):
+            b = min(batch_size, num_pairs - start)
+            k0, k1 = jax.random.split(jax.random.fold_in(key, start), 2)
+            x0 = jax.random.normal(k0, (b, *image_shape))
+            x1 = jax.random.normal(k1, (b, *image_shape))
+            values.append(np.asarray(rtl_fn(x0, x1, jnp.full((b,), t, jnp.int32))))
+        per_t.append(np.concatenate(values))
+        yield f"mrtl_t{t}", float(per_t[-1].mean())
+    yield "mrtl", float(np.mean(per_t))
+    yield "rtl_values", np.stack(per_t)

@@ -1,0 +1,43 @@
+"""Loading a training workdir for analysis: config, model, schedule, EMA or raw parameters."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs import test as test_config
+from isodiff_jax.analysis import load
+from isodiff_jax.train import loop
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("trained")
+    config = test_config.get_config()
+    config.training.num_steps, config.checkpoint.every_steps = 4, 2
+    loop.train_and_evaluate(config, str(path))
+    return str(path)
+
+
+def test_loads_newest_ema_parameters_by_default(workdir):
+    trained = load.load(workdir)
+    raw = load.load(workdir, ema=False)
+    assert trained.step == 4 and trained.image_shape == (16, 16, 3)
+    leaves = zip(jax.tree.leaves(trained.params), jax.tree.leaves(raw.params))
+    assert any(not np.array_equal(a, b) for a, b in leaves)  # EMA differs from the raw parameters
+    x = jnp.zeros((2, 16, 16, 3))
+    t = jnp.array([10, 90], jnp.int32)
+    assert trained.eps(x, t).shape == (2, 16, 16, 3)
+    assert trained.encode(x, t).shape == (2, 8, 8, 32)
+
+
+def test_loads_a_given_step_on_one_device(workdir):
+    trained = load.load(workdir, step=2, devices=jax.devices()[:1])
+    assert trained.step == 2
+    assert all(len(leaf.sharding.device_set) == 1 for leaf in jax.tree.leaves(trained.params))
+    with pytest.raises(FileNotFoundError, match="no checkpoint for step 3"):
+        load.load(workdir, step=3)
+
+
+def test_not_a_workdir_is_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="not a training workdir"):
+        load.load(str(tmp_path))

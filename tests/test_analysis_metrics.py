@@ -1,0 +1,72 @@
+"""RTL / mRTL and the Fréchet distance against closed forms."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from isodiff_jax.analysis import frechet, rtl
+
+
+def test_rtl_of_a_straight_path_is_one():
+    a, b = jnp.array([[1.0, 2.0, 3.0]]), jnp.array([[0.5, -1.0, 2.0]])
+    path = jnp.stack([a + w * b for w in np.linspace(0, 1, 11) ** 2])  # uneven spacing, same line
+    np.testing.assert_allclose(rtl.relative_trajectory_length(path), [1.0], rtol=1e-12)
+
+
+@pytest.mark.parametrize("segments", [2, 5, 40])
+def test_rtl_of_a_half_circle_is_its_inscribed_polygon_over_the_diameter(segments):
+    angle = jnp.linspace(0, jnp.pi, segments + 1)
+    path = 3.0 * jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=-1)[:, None, :]
+    expected = segments * np.sin(np.pi / (2 * segments))  # K chords of 2r sin(π/2K) over 2r
+    np.testing.assert_allclose(rtl.relative_trajectory_length(path), [expected], rtol=1e-12)
+
+
+def test_a_linear_map_of_a_lerp_path_has_rtl_one_but_a_slerp_path_does_not():
+    key = jax.random.PRNGKey(0)
+    A = jax.random.normal(key, (6, 10), jnp.float64)
+    encode = lambda x: x @ A.T
+    x0, x1 = jax.random.normal(jax.random.PRNGKey(1), (2, 4, 10), jnp.float64)
+    lerp_path = jnp.stack([x0 + w * (x1 - x0) for w in jnp.linspace(0, 1, 9)])
+    np.testing.assert_allclose(rtl.relative_trajectory_length(jax.lax.map(encode, lerp_path)), 1.0, rtol=1e-12)
+    assert np.all(rtl.path_rtl(encode, x0, x1, 8) > 1.0)  # an arc maps to an ellipse arc
+
+
+def test_slerp_path_stays_on_the_sphere_and_ends_at_the_end_points():
+    x0, x1 = jax.random.normal(jax.random.PRNGKey(2), (2, 3, 50), jnp.float64)
+    x1 = x1 / jnp.linalg.norm(x1, axis=-1, keepdims=True) * jnp.linalg.norm(x0, axis=-1, keepdims=True)
+    path = rtl.slerp_path(x0, x1, 10)
+    np.testing.assert_allclose(path[0], x0, atol=1e-12)
+    np.testing.assert_allclose(path[-1], x1, atol=1e-12)
+    np.testing.assert_allclose(jnp.linalg.norm(path, axis=-1), jnp.broadcast_to(jnp.linalg.norm(x0, axis=-1), (11, 3)),
+                               rtol=1e-12)
+
+
+def test_mrtl_evaluator_yields_per_timestep_and_mean_values():
+    A = jax.random.normal(jax.random.PRNGKey(3), (5, 2 * 2 * 3))
+    encode_at = lambda x, t: jnp.tanh(x.reshape(x.shape[0], -1) @ A.T * (1 + t[:, None] / 1000))
+    out = dict(rtl.mrtl(encode_at, jax.random.PRNGKey(4), image_shape=(2, 2, 3), timesteps=(100, 900),
+                        num_pairs=6, num_segments=8, batch_size=4))
+    assert out["rtl_values"].shape == (2, 6) and np.all(out["rtl_values"] >= 1.0)
+    np.testing.assert_allclose(out["mrtl"], out["rtl_values"].mean(), rtol=1e-6)
+    np.testing.assert_allclose(out["mrtl_t100"], out["rtl_values"][0].mean(), rtol=1e-6)
+
+
+def test_frechet_distance_of_gaussians_matches_the_closed_form():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    a, b = rng.uniform(0.5, 2, 5), rng.uniform(0.5, 2, 5)  # diagonal covariances commute
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    np.testing.assert_allclose(frechet.frechet_distance(mu1, np.diag(a), mu2, np.diag(b)), expected, rtol=1e-10)
+    # a full covariance rotated by the same orthogonal Q on both sides gives the same distance
+    q, _ = np.linalg.qr(rng.normal(size=(5, 5)))
+    np.testing.assert_allclose(frechet.frechet_distance(q @ mu1, q @ np.diag(a) @ q.T, q @ mu2, q @ np.diag(b) @ q.T),
+                               expected, rtol=1e-8)
+
+
+def test_frechet_distance_of_identical_sets_is_zero_and_of_shifted_sets_the_shift():
+    features = np.random.default_rng(1).normal(size=(500, 8))
+    assert frechet.frechet_distance_of_features(features, features) == pytest.approx(0.0, abs=1e-8)
+    shift = np.arange(8.0)
+    assert frechet.frechet_distance_of_features(features, features + shift) == pytest.approx(np.sum(shift ** 2), rel=1e-8)
+    with pytest.raises(ValueError, match="shapes"):
+        frechet.frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
