@@ -70,3 +70,33 @@ def test_frechet_distance_of_identical_sets_is_zero_and_of_shifted_sets_the_shif
     assert frechet.frechet_distance_of_features(features, features + shift) == pytest.approx(np.sum(shift ** 2), rel=1e-8)
     with pytest.raises(ValueError, match="shapes"):
         frechet.frechet_distance(np.zeros(2), np.eye(2), np.zeros(3), np.eye(3))
+
+
+def test_ppl_pair_values_of_the_identity_sampler_are_the_squared_slerp_speed():
+    from isodiff_jax.analysis import ppl
+    x0, x1 = jax.random.normal(jax.random.PRNGKey(5), (2, 3, 4, 4, 3), jnp.float64)
+    w = jnp.array([0.1, 0.5, 0.9])
+    values = ppl.pair_values(lambda x: x, ppl.pixel_l2, x0, x1, w, 1e-5)
+    f0, f1 = x0.reshape(3, -1), x1.reshape(3, -1)
+    cos = jnp.sum(f0 * f1, -1) / jnp.linalg.norm(f0, axis=-1) / jnp.linalg.norm(f1, axis=-1)
+    theta = jnp.arccos(cos)[:, None]
+    velocity = theta / jnp.sin(theta) * (-jnp.cos((1 - w[:, None]) * theta) * f0 + jnp.cos(w[:, None] * theta) * f1)
+    np.testing.assert_allclose(values, jnp.mean(velocity ** 2, axis=-1), rtol=1e-3)
+
+
+def test_ppl_trims_per_sample_values_not_batch_means():
+    from isodiff_jax.analysis import ppl
+    values = np.random.default_rng(2).uniform(0.9, 1.1, 1000)
+    values[[3, 205, 407, 609, 811]] = 1e6  # five outliers in five different batches of 10
+    assert ppl.trimmed_mean(values) == pytest.approx(1.0, abs=0.02)
+    batch_means = values.reshape(-1, 10).mean(axis=1)
+    kept = batch_means[(batch_means >= np.percentile(batch_means, 1)) & (batch_means <= np.percentile(batch_means, 99))]
+    assert kept.mean() > 1e3  # trimming batch means (the original code) keeps most outliers
+
+
+def test_ppl_evaluator_names_its_distance():
+    from isodiff_jax.analysis import ppl
+    out = dict(ppl.ppl(lambda x: jnp.tanh(x), jax.random.PRNGKey(6), image_shape=(4, 4, 3), num_samples=20,
+                       batch_size=8))
+    assert set(out) == {"ppl_pixel_l2", "ppl_values"} and out["ppl_values"].shape == (20,)
+    assert 0 < out["ppl_pixel_l2"] < np.inf
