@@ -1,0 +1,298 @@
+"""Singular spectra of per-sample Jacobians, and the MCN / VoR metrics (method.md §6).
+
+For a map f: R^n -> R^m applied row by row to a batch (in the paper f(x) = pool(e_θ(x, t))),
+J_b = ∂f(x_b)/∂x_b (m × n) has k = min(m, n) singular values s_b1 ≥ … ≥ s_bk ≥ 0, and
+
+    CN_b = s_max / s_min   over the non-zero singular values;   MCN = mean_b CN_b
+    VoR  = Σ_i Var_b[log s_bi]   (population variance over samples, s sorted per sample)
+
+`fn` maps x (B, ...) to (B, ...), acts on every row independently (no batch statistics) and
+accepts a batch of any size: the dense path calls it on one sample at a time, the matrix-free
+path on the whole batch, whose Jacobian is then block diagonal, so one JVP gives J_b v_b for
+every b at once (what a vmap over samples would give, without asking fn to be vmappable).
+
+Non-zero means s > rtol · s_max with rtol = max(m, n) · eps(dtype of x) (`nonzero_rtol`), the
+usual numerical-rank threshold: below it a singular value cannot be told from rounding error of
+a Jacobian computed in that dtype. A sample whose s are all zero has CN = nan (undefined). VoR
+uses the leading r = min_b rank_b sorted values, since a zero has no logarithm.
+
+Two ways to get s:
+- Dense (`jacobian_singular_values`): one sample's Jacobian at a time, built from its smaller
+  side in chunks of basis vectors (rows by transposed JVPs when m ≤ n, else columns by JVPs) in
+  the dtype of x, then an SVD on the host in float64 (an SVD, not Gram eigenvalues, so the
+  condition number is not squared). Each s is accurate to about eps(dtype of x) · s_max
+  (absolute): ~1e-16 · s_max in float64, ~1e-7 · s_max in float32.
+- Matrix-free (`matrix_free_singular_values`): Golub–Kahan–Lanczos bidiagonalization started on
+  the smaller side, with full reorthogonalization of both vector sets. It equals Lanczos on the
+  smaller Gram operator (J Jᵀ when m ≤ n) but applies J and Jᵀ separately, so its accuracy is
+  ~eps · s_max like the dense path rather than ~eps · s_max² / s_min. Only J v (jax.linearize,
+  i.e. jvp) and Jᵀ u (its transpose, i.e. vjp) are used. After q = min(m, n) iterations it gives
+  the whole spectrum; with q << min(m, n) the extreme Ritz values converge first: the largest
+  fast, the smallest more slowly and from above (so CN is then underestimated). VoR in this mode
+  is over the computed values only (top-k and bottom-k), so compare it only with itself.
+"""
+import functools
+import math
+from collections.abc import Callable, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+METHODS = ("dense", "matrix_free")
+WHICH = ("top", "bottom")
+
+
+def average_pool(h, factor: int):
+    """Average pooling of h (B, H, W, C) over factor × factor windows -> (B, H/f, W/f, C)."""
+    if h.ndim != 4:
+        raise ValueError(f"h must have shape (B, H, W, C), got shape {h.shape}")
+    if not isinstance(factor, int) or factor < 1:
+        raise ValueError(f"factor must be a positive int, got {factor!r}")
+    b, height, width, c = h.shape
+    if height % factor or width % factor:
+        raise ValueError(f"factor {factor} does not divide the spatial shape {(height, width)}")
+    if factor == 1:
+        return h
+    windows = h.reshape(b, height // factor, factor, width // factor, factor, c)
+    return windows.mean(axis=(2, 4))
+
+
+def map_dims(fn: Callable, x) -> tuple[int, int]:
+    """(m, n): output and input dimension per sample of fn at a batch x (B, ...)."""
+    if x.ndim < 2:
+        raise ValueError(f"x must be a batch of shape (B, ...), got shape {x.shape}")
+    out = jax.eval_shape(fn, x)
+    if out.ndim < 1 or out.shape[0] != x.shape[0]:
+        raise ValueError(f"fn must map (B, ...) to (B, ...); got {x.shape} -> {out.shape}")
+    return math.prod(out.shape[1:]), math.prod(x.shape[1:])
+
+
+def nonzero_rtol(m: int, n: int, dtype) -> float:
+    """Relative threshold for a non-zero singular value of an m × n Jacobian in dtype."""
+    return max(m, n) * float(jnp.finfo(dtype).eps)
+
+
+
+def _flat_linearization(fn: Callable, x):
+    """Linearize fn at x (B, ...) on flat per-sample coordinates.
+
+    Returns: (jvp, vjp) with jvp: (B, n) -> (B, m) and vjp: (B, m) -> (B, n), linear.
+    """
+    batch = x.shape[0]
+    out, lin = jax.linearize(fn, x)
+    lin_t = jax.linear_transpose(lin, x)
+    jvp = lambda v: lin(v.reshape(x.shape)).reshape(batch, -1)
+    vjp = lambda u: lin_t(u.reshape(out.shape))[0].reshape(batch, -1)
+    return jvp, vjp
+
+
+def _sample_jacobian(fn: Callable, x_b, *, m: int, n: int, chunk_size: int):
+    """Dense Jacobian (m, n) of fn at one sample x_b (1, ...), in the dtype of x_b."""
+    jvp, vjp = _flat_linearization(fn, x_b)
+    # Build from the smaller side: m transposed products for rows, or n products for columns.
+    side, product = (m, vjp) if m <= n else (n, jvp)
+    basis_product = lambda i: product(jax.nn.one_hot(i, side, dtype=x_b.dtype)[None])[0]
+    vectors = jax.lax.map(basis_product, jnp.arange(side), batch_size=min(chunk_size, side))
+    return vectors if m <= n else vectors.T
+
+
+def jacobian_singular_values(fn: Callable, x, *, chunk_size: int = 64) -> np.ndarray:
+    """Exact singular values of each sample's Jacobian, from dense Jacobians.
+
+    Args: fn (B, ...) -> (B, ...) per sample; x (B, ...); chunk_size basis vectors per
+    vectorized product (memory ∝ chunk_size × one sample's activations).
+    Returns: (B, k) float64 numpy array, k = min(m, n), descending per row. Only one sample's
+    Jacobian (m × n, dtype of x) exists at a time; the SVD runs on the host in float64.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    m, n = map_dims(fn, x)
+    jacobian = jax.jit(functools.partial(_sample_jacobian, fn, m=m, n=n, chunk_size=chunk_size))
+    rows = []
+    for b in range(x.shape[0]):
+        jac = np.asarray(jacobian(x[b:b + 1]), dtype=np.float64)
+        rows.append(np.linalg.svd(jac, compute_uv=False))
+    return np.stack(rows)
+
+
+def _orthogonalize(w, basis):
+    """w (B, d) minus its projection on the rows of basis (r, B, d), twice ("twice is enough")."""
+    for _ in range(2):
+        coeff = jnp.einsum("rbd,bd->rb", basis, w)
+        w = w - jnp.einsum("rb,rbd->bd", coeff, basis)
+    return w
+
+
+def _norm(w):
+    return jnp.sqrt(jnp.sum(w * w, axis=-1))
+
+
+def _next_vector(w, basis, key, scale, tol):
+    """Normalize w (B, d), or restart with a random unit vector ⊥ basis where |w| ≤ tol · scale.
+
+    Returns: (vector (B, d), coefficient (B,)); the coefficient is 0 where restarted, which
+    splits the bidiagonal matrix into blocks whose singular values are still those of J.
+    """
+    w = _orthogonalize(w, basis)
+    size = _norm(w)
+    broke = size <= tol * scale
+    fresh = _orthogonalize(jax.random.normal(key, w.shape, w.dtype), basis)
+    fresh_size = _norm(fresh)  # 0 only once the space is exhausted; that vector is never used
+    fresh = fresh / jnp.where(fresh_size > 0, fresh_size, 1)[:, None]
+    vector = jnp.where(broke[:, None], fresh, w / jnp.where(broke, 1, size)[:, None])
+    return vector, jnp.where(broke, 0, size)
+
+
+def _bidiagonalize(fn: Callable, x, key, *, m: int, n: int, num_iters: int, tol: float):
+    """Golub–Kahan–Lanczos bidiagonalization of every sample's Jacobian at x (B, ...).
+
+    With L = Jᵀ (m ≤ n) or J (m > n), so that L is tall p × d, d = min(m, n): from a random
+    unit v_1 ∈ R^d, α_j u_j = L v_j − β_{j−1} u_{j−1} and β_j v_{j+1} = Lᵀ u_j − α_j v_j, the
+    subtractions done by full reorthogonalization. Returns: (alpha, beta), each (B, num_iters);
+    the upper bidiagonal matrix has diagonal alpha and superdiagonal beta[:, :-1].
+    """
+    jvp, vjp = _flat_linearization(fn, x)
+    (lin, lin_t), (d, p) = ((vjp, jvp), (m, n)) if m <= n else ((jvp, vjp), (n, m))
+    batch, dtype = x.shape[0], x.dtype
+    key_start, key_u, key_v = jax.random.split(key, 3)
+    v_1 = jax.random.normal(key_start, (batch, d), dtype)
+    vs = jnp.zeros((num_iters + 1, batch, d), dtype).at[0].set(v_1 / _norm(v_1)[:, None])
+    us = jnp.zeros((num_iters, batch, p), dtype)
+    coeffs = jnp.zeros((2, num_iters, batch), dtype)
+
+    def step(j, carry):
+        us, vs, coeffs, scale = carry
+        w = lin(vs[j])
+        scale = jnp.maximum(scale, _norm(w))  # a running lower bound on |J|, per sample
+        u_j, alpha = _next_vector(w, us, jax.random.fold_in(key_u, j), scale, tol)
+        us = us.at[j].set(u_j)
+        w = lin_t(u_j)
+        scale = jnp.maximum(scale, _norm(w))
+        v_next, beta = _next_vector(w, vs, jax.random.fold_in(key_v, j), scale, tol)
+        coeffs = coeffs.at[:, j].set(jnp.stack([alpha, beta]))
+        return us, vs.at[j + 1].set(v_next), coeffs, scale
+
+    init = (us, vs, coeffs, jnp.zeros((batch,), dtype))
+    _, _, coeffs, _ = jax.lax.fori_loop(0, num_iters, step, init)
+    return coeffs[0].T, coeffs[1].T
+
+
+def _bidiagonal_singular_values(alpha, beta) -> np.ndarray:
+    """Singular values (B, q), descending, of the upper bidiagonal matrices; float64 on host."""
+    alpha, beta = np.asarray(alpha, np.float64), np.asarray(beta, np.float64)
+    q = alpha.shape[1]
+    mats = np.zeros(alpha.shape + (q,))
+    idx = np.arange(q)
+    mats[:, idx, idx] = alpha
+    mats[:, idx[:-1], idx[1:]] = beta[:, :-1]
+    return np.linalg.svd(mats, compute_uv=False)
+
+
+def _select(s, k: int, which: tuple[str, ...]) -> np.ndarray:
+    """The top-k and/or bottom-k columns of s (B, q), descending; all q when they overlap."""
+    q = s.shape[1]
+    if which == ("top",):
+        return s[:, :k]
+    if which == ("bottom",):
+        return s[:, q - k:]
+    return s if 2 * k >= q else np.concatenate([s[:, :k], s[:, q - k:]], axis=1)
+
+
+def _check_which(which) -> tuple[str, ...]:
+    which = (which,) if isinstance(which, str) else tuple(which)
+    if not which or any(w not in WHICH for w in which) or len(set(which)) != len(which):
+        raise ValueError(f"which must be a non-empty subset of {WHICH}, got {which!r}")
+    return tuple(w for w in WHICH if w in which)
+
+
+def matrix_free_singular_values(fn: Callable, x, key, *, k: int, which=WHICH,
+                                num_iters: int | None = None) -> np.ndarray:
+    """Extreme singular values of each sample's Jacobian, from J v and Jᵀ u products only.
+
+    Args: fn (B, ...) -> (B, ...) per sample; x (B, ...); key a PRNG key (start vectors);
+    k how many values at each selected end, 1 ≤ k ≤ min(m, n); which "top", "bottom" or both;
+    num_iters Lanczos iterations q, k ≤ q ≤ min(m, n), default min(min(m, n), max(4k, 64))
+    (q = min(m, n) gives the whole spectrum).
+    Returns: (B, c) float64 numpy array, descending per row: the top-k and/or bottom-k Ritz
+    singular values (c = k, or 2k for both, or q when top and bottom overlap). Memory: the
+    Lanczos vectors, at most (2q + 1) · B · max(m, n) numbers in the dtype of x.
+    """
+    which = _check_which(which)
+    m, n = map_dims(fn, x)
+    d = min(m, n)
+    if not 1 <= k <= d:
+        raise ValueError(f"k must be in [1, min(m, n) = {d}], got {k}")
+    num_iters = min(d, max(4 * k, 64)) if num_iters is None else num_iters
+    if not k <= num_iters <= d:
+        raise ValueError(f"num_iters must be in [k = {k}, min(m, n) = {d}], got {num_iters}")
+    # A coupling this small is rounding noise of a reorthogonalized vector: treat it as zero.
+    tol = math.sqrt(max(m, n)) * float(jnp.finfo(x.dtype).eps)
+    run = jax.jit(functools.partial(_bidiagonalize, fn, m=m, n=n, num_iters=num_iters,
+                                      tol=tol))
+    alpha, beta = run(x, key)
+    return _select(_bidiagonal_singular_values(alpha, beta), k, which)
+
+
+
+def ranks(s, *, rtol: float) -> np.ndarray:
+    """Numerical rank per sample of s (B, k): the count of s > rtol · s_max. Returns (B,) ints."""
+    s = np.asarray(s)
+    return np.sum(s > rtol * s.max(axis=-1, keepdims=True), axis=-1)
+
+
+def condition_numbers(s, *, rtol: float) -> np.ndarray:
+    """CN per sample of s (B, k): s_max / (smallest s > rtol · s_max); nan where s_max = 0."""
+    s = np.asarray(s, np.float64)
+    s_max = s.max(axis=-1)
+    nonzero = s > rtol * s_max[:, None]
+    s_min = np.where(nonzero, s, np.inf).min(axis=-1)
+    with np.errstate(invalid="ignore"):
+        return np.where(s_max > 0, s_max / s_min, np.nan)
+
+
+def mcn(s, *, rtol: float) -> float:
+    """Mean condition number over samples of s (B, k)."""
+    return float(np.mean(condition_numbers(s, rtol=rtol)))
+
+
+def vor(s, *, rtol: float) -> float:
+    """Σ_i Var_b[log s_bi] over the r = min_b rank_b leading sorted values of s (B, k).
+
+    Population variance (ddof 0) over samples; nan if some sample has no non-zero value.
+    """
+    s = -np.sort(-np.asarray(s, np.float64), axis=-1)
+    r = int(ranks(s, rtol=rtol).min())
+    if r == 0:
+        return float("nan")
+    return float(np.sum(np.var(np.log(s[:, :r]), axis=0)))
+
+
+def spectrum_metrics(fn: Callable, x, *, method: str = "dense", key=None, prefix: str = "",
+                     chunk_size: int = 64, k: int = 8, num_iters: int | None = None,
+                     rtol: float | None = None) -> Iterator[tuple[str, float]]:
+    """Evaluator: yields (prefix + name, value) for mcn, vor, s_max, s_min (means), rank and
+    singular_values (the (B, c) array itself).
+
+    Args: fn, x as `jacobian_singular_values`; method "dense" or "matrix_free" (needs key; k,
+    num_iters as `matrix_free_singular_values`); rtol defaults to `nonzero_rtol`. In
+    matrix-free mode rank is yielded only when the whole spectrum was computed.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    m, n = map_dims(fn, x)
+    rtol = nonzero_rtol(m, n, x.dtype) if rtol is None else rtol
+    if method == "dense":
+        s = jacobian_singular_values(fn, x, chunk_size=chunk_size)
+    elif key is None:
+        raise ValueError("method='matrix_free' needs a PRNG key")
+    else:
+        s = matrix_free_singular_values(fn, x, key, k=min(k, m, n), num_iters=num_iters)
+    cn = condition_numbers(s, rtol=rtol)
+    yield prefix + "mcn", float(np.mean(cn))
+    yield prefix + "vor", vor(s, rtol=rtol)
+    yield prefix + "s_max", float(np.mean(s.max(axis=-1)))
+    yield prefix + "s_min", float(np.mean(s.max(axis=-1) / cn))
+    if s.shape[1] == min(m, n):
+        yield prefix + "rank", float(np.mean(ranks(s, rtol=rtol)))
+    yield prefix + "singular_values", s

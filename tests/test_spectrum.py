@@ -1,0 +1,159 @@
+"""Jacobian spectra, MCN and VoR against dense float64 references (method.md §6)."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from isodiff_jax.analysis import spectrum
+
+RTOL64 = spectrum.nonzero_rtol(48, 48, jnp.float64)
+
+
+def _orthogonal(rng, size):
+    q, r = np.linalg.qr(rng.standard_normal((size, size)))
+    return q * np.sign(np.diag(r))
+
+
+def _matrix_with_spectrum(rng, m, n, s):
+    """A = U diag(s) Vᵀ (m × n) with random orthogonal U, V; s has min(m, n) entries."""
+    k = min(m, n)
+    return _orthogonal(rng, m)[:, :k] @ np.diag(s) @ _orthogonal(rng, n)[:, :k].T
+
+
+def _linear_fn(a):
+    """x (B, ...) -> A x per sample, (B, m)."""
+    a = jnp.asarray(a)
+    return lambda x: x.reshape(x.shape[0], -1) @ a.T
+
+
+def _mlp(key, n=48, width=32, m=12):
+    """A tiny per-sample tanh MLP: (B, 4, 4, 3) -> (B, 2, 2, 3), n=48 -> m=12."""
+    k1, k2, k3 = jax.random.split(key, 3)
+    w1 = jax.random.normal(k1, (n, width), jnp.float64) / np.sqrt(n)
+    b1 = jax.random.normal(k2, (width,), jnp.float64) * 0.1
+    w2 = jax.random.normal(k3, (width, m), jnp.float64) / np.sqrt(width)
+    return lambda x: (jnp.tanh(x.reshape(x.shape[0], -1) @ w1 + b1) @ w2).reshape(-1, 2, 2, 3)
+
+
+@pytest.fixture(scope="module")
+def nonlinear():
+    fn = _mlp(jax.random.key(0))
+    x = jax.random.normal(jax.random.key(1), (3, 4, 4, 3), jnp.float64)
+    jac = jax.vmap(jax.jacfwd(lambda v: fn(v.reshape(1, 4, 4, 3)).reshape(-1)))(x.reshape(3, -1))
+    return fn, x, np.linalg.svd(np.asarray(jac), compute_uv=False)
+
+
+@pytest.mark.parametrize("m,n", [(5, 9), (7, 4)])  # rows (vjp) side and columns (jvp) side
+def test_dense_linear_known_spectrum(m, n):
+    rng = np.random.default_rng(0)
+    s = np.sort(rng.uniform(0.5, 4.0, min(m, n)))[::-1]
+    fn = _linear_fn(_matrix_with_spectrum(rng, m, n, s))
+    x = jnp.asarray(rng.standard_normal((2, n)))
+    got = spectrum.jacobian_singular_values(fn, x, chunk_size=3)
+    np.testing.assert_allclose(got, np.stack([s, s]), rtol=0, atol=1e-10)
+    cn = spectrum.condition_numbers(got, rtol=RTOL64)
+    np.testing.assert_allclose(cn, s[0] / s[-1], rtol=1e-10)
+
+
+def test_vor_of_maps_with_known_spectra():
+    rng = np.random.default_rng(1)
+    m, n, batch = 4, 6, 5
+    spectra = -np.sort(-rng.uniform(0.1, 5.0, (batch, m)), axis=1)
+    got = np.concatenate([
+        spectrum.jacobian_singular_values(
+            _linear_fn(_matrix_with_spectrum(rng, m, n, s)), jnp.ones((1, n)))
+        for s in spectra])
+    closed_form = np.sum(np.var(np.log(spectra), axis=0))
+    assert spectrum.vor(got, rtol=RTOL64) == pytest.approx(closed_form, rel=1e-10)
+    assert spectrum.mcn(got, rtol=RTOL64) == pytest.approx(np.mean(spectra[:, 0] / spectra[:, -1]),
+                                                          rel=1e-10)
+
+
+def test_dense_nonlinear_matches_jacfwd(nonlinear):
+    fn, x, reference = nonlinear
+    got = spectrum.jacobian_singular_values(fn, x, chunk_size=5)
+    assert got.shape == (3, 12)
+    np.testing.assert_allclose(got, reference, rtol=1e-12)
+
+
+def test_matrix_free_matches_dense(nonlinear):
+    fn, x, reference = nonlinear
+    key = jax.random.key(2)
+    full = spectrum.matrix_free_singular_values(fn, x, key, k=6, num_iters=12)
+    np.testing.assert_allclose(full, reference, rtol=1e-8)  # q = m: the whole spectrum
+    ends = spectrum.matrix_free_singular_values(fn, x, key, k=2, num_iters=12)
+    assert ends.shape == (3, 4)
+    np.testing.assert_allclose(ends, reference[:, [0, 1, -2, -1]], rtol=1e-2)
+    # Extreme Ritz values converge first: the top one within 1 % after half of the iterations.
+    top = spectrum.matrix_free_singular_values(fn, x, key, k=1, which="top", num_iters=6)
+    np.testing.assert_allclose(top[:, 0], reference[:, 0], rtol=1e-2)
+
+
+def test_matrix_free_batch_of_maps_tall_jacobian():
+    """Per-sample maps (a batched einsum, block-diagonal batch Jacobian) with m > n."""
+    rng = np.random.default_rng(3)
+    m, n = 9, 5
+    spectra = -np.sort(-rng.uniform(0.2, 3.0, (2, n)), axis=1)
+    a = jnp.asarray(np.stack([_matrix_with_spectrum(rng, m, n, s) for s in spectra]))
+    fn = lambda x: jnp.einsum("bmn,bn->bm", a, x)
+    got = spectrum.matrix_free_singular_values(fn, jnp.ones((2, n)), jax.random.key(0), k=n)
+    np.testing.assert_allclose(got, spectra, rtol=1e-10)
+
+
+def test_rank_deficient_zeros_are_excluded():
+    rng = np.random.default_rng(4)
+    s = np.array([3.0, 2.0, 1.0, 0.0, 0.0])
+    fn = _linear_fn(_matrix_with_spectrum(rng, 5, 8, s))
+    x = jnp.asarray(rng.standard_normal((2, 8)))
+    dense = spectrum.jacobian_singular_values(fn, x)
+    free = spectrum.matrix_free_singular_values(fn, x, jax.random.key(0), k=5)
+    for got in (dense, free):
+        np.testing.assert_allclose(got, np.stack([s, s]), atol=1e-10)
+        np.testing.assert_array_equal(spectrum.ranks(got, rtol=RTOL64), [3, 3])
+        np.testing.assert_allclose(spectrum.condition_numbers(got, rtol=RTOL64), 3.0)
+        assert spectrum.vor(got, rtol=RTOL64) == pytest.approx(0.0, abs=1e-20)
+    assert np.isnan(spectrum.condition_numbers(np.zeros((1, 3)), rtol=RTOL64)[0])
+
+
+def test_spectrum_metrics_yields_named_values(nonlinear):
+    fn, x, reference = nonlinear
+    rtol = spectrum.nonzero_rtol(12, 48, jnp.float64)
+    for method in spectrum.METHODS:
+        got = dict(spectrum.spectrum_metrics(fn, x, method=method, key=jax.random.key(0),
+                                             prefix="t500/", k=6))
+        assert set(got) == {f"t500/{name}" for name in
+                            ("mcn", "vor", "s_max", "s_min", "rank", "singular_values")}
+        assert got["t500/mcn"] == pytest.approx(spectrum.mcn(reference, rtol=rtol), rel=1e-8)
+        assert got["t500/vor"] == pytest.approx(spectrum.vor(reference, rtol=rtol), rel=1e-6)
+        assert got["t500/rank"] == 12
+        assert got["t500/s_min"] == pytest.approx(reference[:, -1].mean(), rel=1e-8)
+
+
+def test_average_pool():
+    h = jnp.arange(2 * 4 * 6 * 3, dtype=jnp.float64).reshape(2, 4, 6, 3)
+    pooled = spectrum.average_pool(h, 2)
+    assert pooled.shape == (2, 2, 3, 3)
+    np.testing.assert_allclose(pooled[1, 1, 2], np.asarray(h[1, 2:4, 4:6]).mean(axis=(0, 1)))
+    assert spectrum.average_pool(h, 1) is h
+    for bad_h, factor in [(h, 3), (h, 0), (h, 2.0), (h[0], 2)]:
+        with pytest.raises(ValueError):
+            spectrum.average_pool(bad_h, factor)
+
+
+def test_bad_inputs_raise(nonlinear):
+    fn, x, _ = nonlinear
+    key = jax.random.key(0)
+    bad_calls = [
+        lambda: spectrum.matrix_free_singular_values(fn, x, key, k=13),  # k > min(m, n) = 12
+        lambda: spectrum.matrix_free_singular_values(fn, x, key, k=0),
+        lambda: spectrum.matrix_free_singular_values(fn, x, key, k=4, num_iters=3),
+        lambda: spectrum.matrix_free_singular_values(fn, x, key, k=2, which=("middle",)),
+        lambda: spectrum.jacobian_singular_values(fn, x, chunk_size=0),
+        lambda: spectrum.jacobian_singular_values(lambda v: v.sum(), x),  # no batch axis out
+        lambda: spectrum.jacobian_singular_values(fn, x.reshape(-1)),  # no batch axis in
+        lambda: list(spectrum.spectrum_metrics(fn, x, method="lanczos")),
+        lambda: list(spectrum.spectrum_metrics(fn, x, method="matrix_free")),  # no key
+    ]
+    for call in bad_calls:
+        with pytest.raises(ValueError):
+            call()
