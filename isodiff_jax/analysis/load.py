@@ -4,7 +4,6 @@ No data is read."""
 import dataclasses
 from typing import Any, Optional
 
-import jax
 import ml_collections
 
 from isodiff_jax import config as config_lib
