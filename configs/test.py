@@ -11,6 +11,7 @@ def get_config():
     c.model.norm_num_groups = 4
     c.diffusion.num_timesteps = 100
     c.optim.warmup_steps = 2
+    c.optim.decay = "constant"  # a shorter first run then has the same schedule (resume tests)
     c.training.num_steps = 6
     c.training.global_batch_size = 8
     c.checkpoint.every_steps = 3

@@ -13,7 +13,7 @@ from isodiff_jax.train import loop
 def workdir(tmp_path_factory):
     path = tmp_path_factory.mktemp("trained")
     config = test_config.get_config()
-    config.training.num_steps, config.checkpoint.every_steps = 4, 2
+    config.training.num_steps, config.checkpoint.every_steps = 4, 2  # compiled programs shared with test_train_loop
     loop.train_and_evaluate(config, str(path))
     return str(path)
 

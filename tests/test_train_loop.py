@@ -22,10 +22,9 @@ STEPS = 6
 
 
 def small_config(**overrides):
-    """configs/test.py with a constant learning rate (so a shorter first run has the same schedule)."""
+    """configs/test.py (constant learning rate, so a shorter first run has the same schedule)."""
     config = test_config.get_config()
-    config.optim.decay = "constant"
-    config.training.num_steps = STEPS
+    assert config.training.num_steps == STEPS and config.optim.decay == "constant"
     for field, value in overrides.items():
         section, key = field.split("__")
         config[section][key] = value
@@ -40,7 +39,7 @@ def train_py(workdir, *overrides, devices=4, extra=(), wait=True):
            "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1"}
     command = [sys.executable, "train.py", "--config", "configs/test.py", "--workdir", str(workdir),
-               "--config.optim.decay=constant", f"--config.training.num_steps={STEPS}", *overrides, *extra]
+               *overrides, *extra]
     process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                text=True)
     if not wait:
