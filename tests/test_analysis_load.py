@@ -41,3 +41,25 @@ def test_loads_a_given_step_on_one_device(workdir):
 def test_not_a_workdir_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a training workdir"):
         load.load(str(tmp_path))
+
+
+def test_cli_writes_metrics_and_pictures_and_compares(workdir, tmp_path):
+    import json
+    import shutil
+    from isodiff_jax.analysis import cli
+    other = tmp_path / "other_run"
+    shutil.copytree(workdir, other)
+    options = ["--num_pairs", "4", "--num_samples", "8", "--timesteps", "50,90", "--sample_steps", "4", "--pool", "2"]
+    cli.main(["--workdir", workdir, "--out", str(tmp_path / "one"), *options])
+    report = json.load(open(tmp_path / "one" / "metrics.json"))
+    m = report["metrics"]
+    assert report["step"] == 4 and m["mrtl"] >= 1.0 and m["t50_mcn"] >= 1.0 and m["t90_vor"] >= 0
+    assert m["ppl_pixel_l2"] > 0 and np.isfinite(m["inversion_psnr"])
+    for name in ("interpolation.png", "rtl_histogram.png", "spectra.png", "inversion.png"):
+        assert (tmp_path / "one" / name).stat().st_size > 1000, name
+    cli.main(["--compare", workdir, str(other), "--out", str(tmp_path / "cmp"), "--metrics", "mrtl", *options])
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| metric |" in table and "mrtl_t90" in table and "other_run" in table
+    assert (tmp_path / "cmp" / "interpolation_side_by_side.png").exists()
+    with pytest.raises(ValueError, match="unknown metrics"):
+        cli.main(["--workdir", workdir, "--out", str(tmp_path / "bad"), "--metrics", "fid"])

@@ -82,8 +82,9 @@ def _flat_linearization(fn: Callable, x):
     batch = x.shape[0]
     out, lin = jax.linearize(fn, x)
     lin_t = jax.linear_transpose(lin, x)
-    jvp = lambda v: lin(v.reshape(x.shape)).reshape(batch, -1)
-    vjp = lambda u: lin_t(u.reshape(out.shape))[0].reshape(batch, -1)
+    # probes may come in another dtype (float64 Lanczos vectors for a float32 model)
+    jvp = lambda v: lin(v.reshape(x.shape).astype(x.dtype)).reshape(batch, -1)
+    vjp = lambda u: lin_t(u.reshape(out.shape).astype(out.dtype))[0].reshape(batch, -1)
     return jvp, vjp
 
 

@@ -1,0 +1,3 @@
+from isodiff_jax.analysis import cli
+
+cli.main()
