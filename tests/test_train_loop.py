@@ -78,7 +78,7 @@ def reference(tmp_path_factory):
 
 
 def test_train_py_writes_checkpoints_samples_logs_and_resumes(tmp_path):
-    output = train_py(tmp_path, "--config.training.num_steps=4", devices=1)
+    output = train_py(tmp_path, "--config.training.num_steps=4")
     assert "started at step 0" in output and "trained 4 steps to step 4" in output, output
     assert sorted(int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "checkpoints" / "*"))) == [3, 4]
     (png,) = glob.glob(str(tmp_path / "samples" / "*.png"))
@@ -86,7 +86,7 @@ def test_train_py_writes_checkpoints_samples_logs_and_resumes(tmp_path):
     assert glob.glob(str(tmp_path / "logs" / "events.out.tfevents.*"))
     assert config_lib.from_json(checkpoint.saved_config_json(str(tmp_path))).training.num_steps == 4
 
-    output = train_py(tmp_path, devices=1)  # the same workdir: resumes, does not start over
+    output = train_py(tmp_path)  # the same workdir: resumes, does not start over
     assert "resumed from the checkpoint at step 4" in output and "trained 2 steps to step 6" in output, output
     assert saved_state(tmp_path)[0] == STEPS
 
