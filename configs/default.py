@@ -65,6 +65,7 @@ def get_config():
     lg.log_every_steps = 20  # TensorBoard scalars (averaged over the interval)
     lg.sample_every_steps = 600  # EMA sample grid (and at the end); 0 = only at the end
     lg.num_samples = 36  # samples in the grid (fixed seeds)
-    lg.sample_steps = 50  # DDIM steps for the grid
+    lg.sample_steps = 200  # DDIM steps for the grid
+    lg.sample_eta = 1.0  # DDIM η of the grid: 1 (stochastic, fixed seed) is much cleaner than 0 for short runs
     lg.progress_bar = True  # tqdm progress bar on process 0
     return c

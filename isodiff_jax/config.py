@@ -124,6 +124,7 @@ def _validate_run(config, num_devices) -> None:
            "logging.sample_every_steps", lg.sample_every_steps, "an integer >= 0 (0: only at the end)")
     _check_positive_int(lg.num_samples, "logging.num_samples")
     _check_positive_int(lg.sample_steps, "logging.sample_steps")
+    _check(lg.sample_eta >= 0, "logging.sample_eta", lg.sample_eta, "a DDIM η >= 0")
 
 
 def unet(config, channels: int = 3) -> UNet:

@@ -133,13 +133,17 @@ def _first_difference(a, b):
 
 
 def make_sampler(config, setup: Setup, mesh):
-    """jitted ema_params -> (num_samples, H, W, C) DDIM samples (η = 0) from fixed x_T."""
+    """jitted ema_params -> (num_samples, H, W, C) DDIM samples (η = logging.sample_eta) from
+    fixed x_T and, for η > 0, fixed noise."""
     n, (_, r, _, c) = config.logging.num_samples, setup.sample_shape
-    x_T = jax.random.normal(setup.keys["samples"], (n, r, r, c))
+    k_x, k_noise = jax.random.split(setup.keys["samples"])
+    x_T = jax.random.normal(k_x, (n, r, r, c))
+    lg = config.logging
 
     def sample(params):
         eps_fn = lambda x, t: setup.model.apply(params, x, t)[0]
-        return diffusion.ddim_sample(eps_fn, setup.schedule, x_T, config.logging.sample_steps, clip_x0=1.0)
+        return diffusion.ddim_sample(eps_fn, setup.schedule, x_T, lg.sample_steps, eta=lg.sample_eta,
+                                     key=k_noise, clip_x0=1.0)
 
     return jax.jit(sample, out_shardings=sharding.replicated(mesh))
 
