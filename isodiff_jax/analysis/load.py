@@ -6,9 +6,8 @@ from typing import Any, Optional
 
 import ml_collections
 
-from isodiff_jax import config as config_lib
 from isodiff_jax import diffusion
-from isodiff_jax.train import checkpoint, loop, sharding
+from isodiff_jax.train import loop, sharding
 from isodiff_jax.unet import UNet
 
 
@@ -38,12 +37,6 @@ class Trained:
 def load(workdir: str, *, step: Optional[int] = None, ema: bool = True, devices=None) -> Trained:
     """The checkpoint of `workdir` at `step` (newest by default), EMA parameters unless ema=False,
     replicated over `devices` (all by default)."""
-    config = config_lib.from_json(checkpoint.saved_config_json(workdir))
-    setup = loop.make_setup(config)
-    mesh = sharding.make_mesh(devices)
-    found, state = checkpoint.restore(checkpoint.manager(workdir, read_only=True),
-                                      loop.abstract_state(setup, mesh), step)
-    if found is None:
-        raise FileNotFoundError(f"{checkpoint.checkpoint_dir(workdir)} holds no complete checkpoint")
+    config, setup, found, state = loop.restore_workdir(workdir, sharding.make_mesh(devices), step)
     params = state.ema_params if ema else state.params
     return Trained(config=config, model=setup.model, schedule=setup.schedule, params=params, step=found)

@@ -104,14 +104,20 @@ def fresh_state(config, setup: Setup, mesh):
     return state
 
 
-def load_params(workdir: str, mesh, *, ema: bool = True, step: int | None = None):
-    """The (EMA by default) parameters saved in another training workdir, replicated on `mesh`."""
-    other = config_lib.from_json(checkpoint.saved_config_json(workdir))
-    setup = make_setup(other)
-    mngr = checkpoint.manager(workdir, read_only=True)
-    found, state = checkpoint.restore(mngr, abstract_state(setup, mesh), step)
+def restore_workdir(workdir: str, mesh, step: int | None = None):
+    """-> (config, setup, step, state) of another training workdir, replicated on `mesh`."""
+    config = config_lib.from_json(checkpoint.saved_config_json(workdir))
+    setup = make_setup(config)
+    found, state = checkpoint.restore(checkpoint.manager(workdir, read_only=True),
+                                      abstract_state(setup, mesh), step)
     if found is None:
         raise FileNotFoundError(f"{checkpoint.checkpoint_dir(workdir)} holds no complete checkpoint")
+    return config, setup, found, state
+
+
+def load_params(workdir: str, mesh, *, ema: bool = True, step: int | None = None):
+    """The (EMA by default) parameters saved in another training workdir, replicated on `mesh`."""
+    _, _, _, state = restore_workdir(workdir, mesh, step)
     return state.ema_params if ema else state.params
 
 
