@@ -135,7 +135,7 @@ def _ddim_sigma(eta, abar_t, abar_prev):
 
 
 def ddim_sample(eps_fn, schedule: Schedule, x_T, num_steps: int, *, eta: float = 0.0, key=None,
-                clip_x0: float | None = None):
+                clip_x0: float | None = None, return_path: bool = False):
     """DDIM sampling (Song et al. 2021) from x_T down to x_0 in `num_steps` steps, as a `lax.scan`.
 
     Args:
@@ -146,8 +146,11 @@ def ddim_sample(eps_fn, schedule: Schedule, x_T, num_steps: int, *, eta: float =
       eta: η, a static Python float; 0 gives the deterministic ODE sampler, 1 DDPM-like noise.
       key: PRNG key, required when η > 0; step i draws its noise from `fold_in(key, i)`.
       clip_x0: if given, the predicted x0 is clipped to [−clip_x0, clip_x0] at every step.
+      return_path: also return the points the steps start from.
     Returns:
       x_0: (B, ...) in x_T's dtype. The last step targets ᾱ = 1, so it is that step's x0_hat.
+      With return_path, (x_0, path): path (S, B, ...) holds x at the timesteps
+      `ddim_timesteps(T, S)[::-1]`, path[0] = x_T.
     """
     eta = float(eta)
     if eta < 0:
@@ -159,22 +162,23 @@ def ddim_sample(eps_fn, schedule: Schedule, x_T, num_steps: int, *, eta: float =
     abar_t = abar[ts]
     abar_prev = jnp.concatenate([abar[ts[1:]], jnp.ones((1,), x_T.dtype)])
     batch = x_T.shape[0]
+    keep = (lambda x: x) if return_path else (lambda x: None)
 
     def step(x, inputs):
         i, t, a_t, a_prev = inputs
         eps_hat = eps_fn(x, jnp.full((batch,), t, jnp.int32))
         x0_hat = _predict_x0(x, eps_hat, a_t, clip_x0)
         if eta == 0.0:
-            return jnp.sqrt(a_prev) * x0_hat + jnp.sqrt(1 - a_prev) * eps_hat, None
+            return jnp.sqrt(a_prev) * x0_hat + jnp.sqrt(1 - a_prev) * eps_hat, keep(x)
         sigma = _ddim_sigma(eta, a_t, a_prev)
         z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
         # max(·, 0): at η = 1 the coefficient can round to a tiny negative number.
         eps_scale = jnp.sqrt(jnp.maximum(1 - a_prev - sigma**2, 0))
-        return jnp.sqrt(a_prev) * x0_hat + eps_scale * eps_hat + sigma * z, None
+        return jnp.sqrt(a_prev) * x0_hat + eps_scale * eps_hat + sigma * z, keep(x)
 
     steps = (jnp.arange(num_steps), jnp.asarray(ts, jnp.int32), abar_t, abar_prev)
-    x_0, _ = jax.lax.scan(step, x_T, steps)
-    return x_0
+    x_0, path = jax.lax.scan(step, x_T, steps)
+    return (x_0, path) if return_path else x_0
 
 
 def ddim_invert(eps_fn, schedule: Schedule, x0, num_steps: int):

@@ -15,3 +15,26 @@ jax.config.update(
     os.environ.get("ISODIFF_JAX_CACHE", os.path.join(os.path.dirname(__file__), "..", ".jax_cache")),
 )
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
+
+
+import pytest  # noqa: E402  (after the JAX configuration above)
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory):
+    """A test-config run of 4 steps with checkpoints at steps 2 and 4 (analysis tests share it)."""
+    from configs import test as test_config
+    from isodiff_jax.train import loop
+    path = tmp_path_factory.mktemp("trained")
+    config = test_config.get_config()
+    config.training.num_steps, config.checkpoint.every_steps = 4, 2  # compiled programs shared with test_train_loop
+    loop.train_and_evaluate(config, str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def oracle16():
+    """A factor oracle for the test config's 16×16 images, briefly trained (good enough to run
+    the oracle-based metrics; its accuracy is tested at 24 px in test_oracle.py)."""
+    from isodiff_jax.analysis import oracle
+    return oracle.train(16, steps=150, batch_size=32, progress=False)

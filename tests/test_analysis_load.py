@@ -4,18 +4,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from configs import test as test_config
 from isodiff_jax.analysis import load
-from isodiff_jax.train import loop
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("trained")
-    config = test_config.get_config()
-    config.training.num_steps, config.checkpoint.every_steps = 4, 2  # compiled programs shared with test_train_loop
-    loop.train_and_evaluate(config, str(path))
-    return str(path)
+def workdir(trained_workdir):
+    return trained_workdir
 
 
 def test_loads_newest_ema_parameters_by_default(workdir):

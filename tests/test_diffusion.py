@@ -132,6 +132,21 @@ def test_ddim_with_zero_eps_telescopes():
         diffusion.ddim_invert(zero_eps, schedule, x, 8), x * jnp.sqrt(abar_top), rtol=1e-13)
 
 
+def test_ddim_path_starts_at_x_T_and_follows_each_step():
+    schedule = _float64_schedule()
+    x = jax.random.normal(jax.random.key(2), (3, 4), jnp.float64)
+    eps_fn = lambda x, t: 0.3 * x + 1e-3 * t[:, None]
+    x_0, path = diffusion.ddim_sample(eps_fn, schedule, x, 5, return_path=True)
+    np.testing.assert_array_equal(x_0, diffusion.ddim_sample(eps_fn, schedule, x, 5))
+    assert path.shape == (5, 3, 4)
+    np.testing.assert_array_equal(path[0], x)
+    t, t_next = diffusion.ddim_timesteps(T, 5)[::-1][:2]
+    a, a_next = schedule.alphas_cumprod[t], schedule.alphas_cumprod[t_next]
+    eps_hat = eps_fn(x, jnp.full((3,), t))
+    x0_hat = (x - jnp.sqrt(1 - a) * eps_hat) / jnp.sqrt(a)
+    np.testing.assert_allclose(path[1], jnp.sqrt(a_next) * x0_hat + jnp.sqrt(1 - a_next) * eps_hat, rtol=1e-12)
+
+
 def test_ddim_stochastic_steps_match_formula():
     """Two steps on T = 10 (t = 5 -> 0 -> ᾱ = 1) against the update written out by hand."""
     schedule = diffusion.make_schedule("linear", 10, beta_end=0.2, dtype=jnp.float64)

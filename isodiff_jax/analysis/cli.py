@@ -1,93 +1,29 @@
 """`python -m isodiff_jax.analysis`: metrics and pictures for a training workdir, or a comparison
 of several.
 
-    python -m isodiff_jax.analysis --workdir runs/x --metrics mrtl,mcn,vor,ppl,inversion --out runs/x/analysis
-    python -m isodiff_jax.analysis --compare runs/a runs/b --out runs/compare
+    python -m isodiff_jax.analysis --workdir runs/x --out runs/x/analysis [--metrics mrtl,mcn,...]
+        [--oracle runs/oracle] [--inception inception_fid.npz] [--lpips lpips_alex.npz]
+    python -m isodiff_jax.analysis --compare runs/a runs/b --out runs/compare [...]
 
-The first writes OUT/metrics.json and PNG pictures; the second analyses each workdir into
-OUT/<name>/ and writes OUT/comparison.md with every metric side by side.
+Without --metrics, every metric whose inputs are there runs, and the skipped ones are named with
+the reason. The first form writes OUT/metrics.json and PNG pictures; the second analyses each
+workdir into OUT/<name>/ and writes OUT/comparison.md with every metric side by side, plus the
+runs' pictures side by side.
 """
 import argparse
 import dataclasses
 import json
 import os
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 import tqdm
 
-from isodiff_jax import data, diffusion, geometry
-from isodiff_jax.analysis import inversion, load, pictures, ppl, rtl, spectrum
-
-METRICS = ("mrtl", "mcn", "vor", "ppl", "inversion")
+from isodiff_jax.analysis import load, pictures, suite
 
 
-@dataclasses.dataclass(frozen=True)
-class Options:
-    num_pairs: int = 32  # mRTL pairs
-    timesteps: tuple = (500, 700, 900)  # mRTL and MCN/VoR timesteps
-    num_samples: int = 64  # PPL samples; MCN/VoR and inversion use a quarter of it
-    sample_steps: int = 20  # DDIM steps for PPL, interpolation and inversion
-    pool: int = 1  # average pooling of h before MCN/VoR
-    spectrum_method: str = "matrix_free"  # "dense" or "matrix_free"
-    seed: int = 0
-
-
-def sampler(trained, num_steps):
-    return lambda x_T: diffusion.ddim_sample(trained.eps, trained.schedule, x_T, num_steps, clip_x0=1.0)
-
-
-def real_images(trained, count: int, seed: int) -> np.ndarray:
-    """count images of the workdir's data set in [-1, 1] (read directly, no training pipeline)."""
-    d = trained.config.data
-    source = data.make_source(d.name, resolution=d.resolution, seed=trained.config.seed,
-                              data_dir=d.data_dir or None, split=d.split)
-    index = np.random.default_rng(seed).choice(len(source), size=count, replace=False)
-    return source.get(np.sort(index)).astype(np.float32) / 127.5 - 1.0
-
-
-def _spectrum(trained, options, key):
-    """MCN / VoR over noised real images at each timestep; yields pairs, keeps spectra for pictures."""
-    x0 = real_images(trained, max(4, options.num_samples // 4), options.seed)
-    for t in options.timesteps:
-        t_vec = lambda x: jnp.full((x.shape[0],), t, jnp.int32)
-        fn = lambda x: spectrum.average_pool(trained.encode(x, t_vec(x)), options.pool)
-        eps = jax.random.normal(jax.random.fold_in(key, t), x0.shape)
-        x_t = diffusion.q_sample(trained.schedule, jnp.asarray(x0), t_vec(x0), eps)
-        yield from spectrum.spectrum_metrics(fn, x_t, method=options.spectrum_method, key=key, prefix=f"t{t}_")
-
-
-def evaluate(trained, metrics, options: Options):
-    """Yields (name, value) for the chosen metrics (arrays and image pairs included for pictures)."""
-    key = jax.random.PRNGKey(options.seed)
-    if "mrtl" in metrics:
-        yield from rtl.mrtl(trained.encode, key, image_shape=trained.image_shape, timesteps=options.timesteps,
-                            num_pairs=options.num_pairs)
-    if "mcn" in metrics or "vor" in metrics:
-        yield from _spectrum(trained, options, key)
-    if "ppl" in metrics:
-        yield from ppl.ppl(sampler(trained, options.sample_steps), key, image_shape=trained.image_shape,
-                           num_samples=options.num_samples)
-    if "inversion" in metrics:
-        images = real_images(trained, max(4, options.num_samples // 4), options.seed + 1)
-        yield from inversion.inversion_error(trained.eps, trained.schedule, images, num_steps=options.sample_steps)
-
-
-def interpolation_rows(trained, options: Options, num_frames: int = 9) -> dict:
-    """Frames decoded along slerp and lerp between two fixed x_T."""
-    k0, k1 = jax.random.split(jax.random.PRNGKey(options.seed + 7))
-    x0, x1 = (jax.random.normal(k, (1, *trained.image_shape)).reshape(1, -1) for k in (k0, k1))
-    w = jnp.linspace(0, 1, num_frames)[:, None]
-    sample = jax.jit(sampler(trained, options.sample_steps))
-    shape = (num_frames, *trained.image_shape)
-    return {"slerp": np.asarray(sample(geometry.slerp(x0, x1, w).reshape(shape))),
-            "lerp": np.asarray(sample(geometry.lerp(x0, x1, w).reshape(shape)))}
-
-
-def _draw(out: str, label: str, results: dict, trained, options: Options) -> list:
+def _draw(out: str, label: str, results: dict, trained, options: suite.Options) -> list:
     """The pictures for one workdir's results; returns the paths written."""
-    paths = [pictures.interpolation(os.path.join(out, "interpolation.png"), interpolation_rows(trained, options))]
+    paths = [pictures.interpolation(os.path.join(out, "interpolation.png"),
+                                    suite.interpolation_rows(trained, options))]
     if "rtl_values" in results:
         paths.append(pictures.histogram(os.path.join(out, "rtl_histogram.png"),
                                         {label: results["rtl_values"]}, "RTL"))
@@ -97,17 +33,43 @@ def _draw(out: str, label: str, results: dict, trained, options: Options) -> lis
         paths.append(pictures.spectra(os.path.join(out, "spectra.png"), spectra))
     if "inversion_pairs" in results:
         paths.append(pictures.inversion(os.path.join(out, "inversion.png"), *results["inversion_pairs"]))
+    for space, strips in results.get("edit_strips", {}).items():
+        paths.append(pictures.editing(os.path.join(out, f"editing_{space}.png"), strips,
+                                      suite.factors.CONTINUOUS, suite.editing.ALPHAS, f"edits in {space}"))
     return paths
 
 
-def analyse(workdir: str, metrics, out: str, options: Options, *, step=None, ema=True) -> dict:
+def load_resources(oracle_dir=None, inception_file=None, lpips_file=None) -> suite.Resources:
+    """Networks from local files (None: not used)."""
+    from isodiff_jax.analysis import inception, lpips, oracle
+    return suite.Resources(oracle=oracle.load(oracle_dir) if oracle_dir else None,
+                           inception=inception.load(inception_file) if inception_file else None,
+                           lpips=lpips.load(lpips_file) if lpips_file else None)
+
+
+def choose_metrics(requested, trained, resources: suite.Resources) -> list:
+    """The requested metrics, or (requested None) every metric that can run, naming those skipped."""
+    if requested is not None:
+        suite.check(requested, trained, resources)
+        return list(requested)
+    chosen = []
+    for metric in suite.METRICS:
+        reason = suite.missing_inputs(metric, trained, resources)
+        if reason:
+            print(f"skipping {reason}")
+        else:
+            chosen.append(metric)
+    return chosen
+
+
+def analyse(workdir: str, metrics, out: str, options: suite.Options, resources: suite.Resources = suite.Resources(),
+            *, step=None, ema=True) -> dict:
     """Runs the metrics on one workdir; writes OUT/metrics.json and the pictures; returns the scalars."""
-    unknown = sorted(set(metrics) - set(METRICS))
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; available: {', '.join(METRICS)}")
     trained = load.load(workdir, step=step, ema=ema)
+    metrics = choose_metrics(metrics, trained, resources)
     results = {}
-    with tqdm.tqdm(evaluate(trained, metrics, options), desc=f"analysing {workdir}", unit="value") as bar:
+    with tqdm.tqdm(suite.evaluate(trained, metrics, options, resources), desc=f"analysing {workdir}",
+                   unit="value") as bar:
         for name, value in bar:
             results[name] = value
             bar.set_postfix_str(name)
@@ -115,10 +77,11 @@ def analyse(workdir: str, metrics, out: str, options: Options, *, step=None, ema
     os.makedirs(out, exist_ok=True)
     paths = _draw(out, os.path.basename(os.path.normpath(workdir)), results, trained, options)
     report = {"workdir": os.path.abspath(workdir), "step": trained.step, "parameters": "ema" if ema else "raw",
-              "options": dataclasses.asdict(options), "metrics": scalars,
+              "metrics_run": metrics, "options": dataclasses.asdict(options), "metrics": scalars,
               "pictures": [os.path.basename(p) for p in paths]}
-    with open(os.path.join(out, "metrics.json"), "w") as f:
+    with open(os.path.join(out, "metrics.json.tmp"), "w") as f:
         json.dump(report, f, indent=2)
+    os.replace(os.path.join(out, "metrics.json.tmp"), os.path.join(out, "metrics.json"))
     return scalars
 
 
@@ -132,44 +95,51 @@ def comparison_table(names, scalars) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None):
+def compare_pictures(out: str, names, outs) -> list:
+    """Each picture the runs have in common, the runs side by side, labelled."""
+    common = set.intersection(*(set(os.listdir(o)) for o in outs))
+    return [pictures.side_by_side(os.path.join(out, f"{name[:-4]}_side_by_side.png"),
+                                  [os.path.join(o, name) for o in outs], names)
+            for name in sorted(common) if name.endswith(".png")]
+
+
+def _parser():
     parser = argparse.ArgumentParser(prog="python -m isodiff_jax.analysis", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     runs = parser.add_mutually_exclusive_group(required=True)
     runs.add_argument("--workdir", help="a training workdir")
     runs.add_argument("--compare", nargs="+", metavar="WORKDIR", help="several workdirs side by side")
-    parser.add_argument("--metrics", default=",".join(METRICS), help=f"comma-separated, from {METRICS}")
+    parser.add_argument("--metrics", default=None,
+                        help=f"comma-separated, from {','.join(suite.METRICS)} (default: all that can run)")
     parser.add_argument("--out", required=True, help="where metrics.json and the pictures go")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     parser.add_argument("--raw", action="store_true", help="raw parameters instead of the EMA")
-    for field in dataclasses.fields(Options):
+    parser.add_argument("--oracle", default=None, help="factor oracle directory (shapes runs; see analysis.oracle)")
+    parser.add_argument("--inception", default=None, help="Inception-v3 FID weights (.npz; see docs/fid.md)")
+    parser.add_argument("--lpips", default=None, help="LPIPS weights (.npz; see docs/lpips.md) for PPL")
+    for field in dataclasses.fields(suite.Options):
         kind = type(field.default)
         parser.add_argument(f"--{field.name}", default=field.default,
                             type=(lambda s: tuple(int(v) for v in s.split(","))) if kind is tuple else kind)
+    return parser
+
+
+def main(argv=None):
+    parser = _parser()
     args = parser.parse_args(argv)
-    options = Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(Options)})
-    metrics = [m for m in args.metrics.split(",") if m]
+    options = suite.Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(suite.Options)})
+    metrics = None if args.metrics is None else [m for m in args.metrics.split(",") if m]
     workdirs = args.compare or [args.workdir]
     names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
     if len(set(names)) != len(names):
         parser.error(f"workdir names must differ to label the comparison: {names}")
+    resources = load_resources(args.oracle, args.inception, args.lpips)
     outs = [os.path.join(args.out, n) for n in names] if args.compare else [args.out]
-    scalars = [analyse(w, metrics, o, options, step=args.step, ema=not args.raw) for w, o in zip(workdirs, outs)]
+    scalars = [analyse(w, metrics, o, options, resources, step=args.step, ema=not args.raw)
+               for w, o in zip(workdirs, outs)]
     if args.compare:
         with open(os.path.join(args.out, "comparison.md"), "w") as f:
             f.write(comparison_table(names, scalars))
-        _compare_pictures(args.out, names, outs)
+        compare_pictures(args.out, names, outs)
     print(comparison_table(names, scalars))
     print(f"written to {os.path.abspath(args.out)}")
-
-
-def _compare_pictures(out: str, names, outs) -> None:
-    """The runs' interpolation figures side by side."""
-    from PIL import Image
-    figures = [Image.open(os.path.join(o, "interpolation.png")).convert("RGB") for o in outs]
-    canvas = Image.new("RGB", (sum(f.width for f in figures), max(f.height for f in figures)), "white")
-    x = 0
-    for figure in figures:
-        canvas.paste(figure, (x, 0))
-        x += figure.width
-    canvas.save(os.path.join(out, "interpolation_side_by_side.png"))

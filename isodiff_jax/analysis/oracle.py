@@ -93,20 +93,32 @@ class Oracle:
     def _apply(self):
         return jax.jit(self.net.apply)
 
-    def outputs(self, images):
-        """images (B, R, R, 3) in [-1, 1] -> (logits, regression, features)."""
-        images = jnp.asarray(images, jnp.float32)
+    def outputs(self, images, batch_size: int = 256):
+        """images (B, R, R, 3) in [-1, 1] -> (logits, regression, features) as NumPy arrays.
+
+        Runs in chunks of batch_size, the last one padded, so any B compiles at most one shape."""
+        images = np.asarray(images, np.float32)
         if images.ndim != 4 or images.shape[1:] != (self.resolution, self.resolution, 3):
             raise ValueError(f"the oracle expects (B, {self.resolution}, {self.resolution}, 3) images "
                              f"in [-1, 1], got shape {images.shape}")
-        return self._apply(self.params, images)
+        size = min(batch_size, len(images))
+        parts = []
+        for start in range(0, len(images), size):
+            chunk = images[start:start + size]
+            padded = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]), np.float32)])
+            parts.append([np.asarray(o)[:len(chunk)] for o in self._apply(self.params, padded)])
+        return tuple(np.concatenate(columns) for columns in zip(*parts))
 
     def predict(self, images) -> dict:
         logits, regression, _ = self.outputs(images)
         return decode(logits, regression)
 
     def features(self, images) -> np.ndarray:
-        return np.asarray(self.outputs(images)[2])
+        return self.outputs(images)[2]
+
+    def shape_probabilities(self, images) -> np.ndarray:
+        """(B, 3) softmax over SHAPE_NAMES."""
+        return np.asarray(jax.nn.softmax(self.outputs(images)[0], axis=-1))
 
 
 def train(resolution: int, *, steps: int = 3000, batch_size: int = 64, learning_rate: float = 2e-3,
@@ -143,7 +155,7 @@ def r2(true, predicted) -> float:
     return float(1.0 - np.sum(np.square(true - predicted)) / total)
 
 
-def scores(oracle: Oracle, factors: dict, predicted: dict) -> dict:
+def scores(factors: dict, predicted: dict) -> dict:
     """Shape accuracy and R² per continuous factor (hues on their (cos, sin) embedding)."""
     out = {"shape_accuracy": float(np.mean(predicted["shape"] == factors["shape"]))}
     _, true_reg = targets(factors)
@@ -163,7 +175,7 @@ def evaluate(oracle: Oracle, *, seed: int = 2, num: int = 2048, batch_size: int 
         predicted.append(oracle.predict(images))
         factors.append(f)
     join = lambda parts: {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
-    return scores(oracle, join(factors), join(predicted))
+    return scores(join(factors), join(predicted))
 
 
 def save(oracle: Oracle, directory: str, metrics: dict) -> None:

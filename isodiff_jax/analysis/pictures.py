@@ -1,5 +1,6 @@
 """Pictures of analysis results (PNG): interpolation grids with the distance between consecutive
-frames plotted under each row, inversion pairs, RTL histograms, singular-value spectra."""
+frames plotted under each row, inversion pairs, editing strips, RTL histograms, singular-value
+spectra, and several runs' pictures side by side."""
 import os
 
 import matplotlib
@@ -32,6 +33,41 @@ def inversion(path: str, originals, reconstructions) -> str:
     """Top row the images, bottom row their inversion + reconstruction."""
     both = np.concatenate([images.to_uint8(originals), images.to_uint8(reconstructions)])
     return images.save_grid(path, both, columns=len(originals), scale=max(1, 96 // both.shape[1]))
+
+
+def editing(path: str, strips, row_labels, alphas, title: str) -> str:
+    """strips (F, 1 + len(alphas), H, W, C) in [-1, 1], columns α < 0, the original, α > 0."""
+    strips = np.asarray(strips)
+    columns = [f"α={a:+g}" for a in alphas if a < 0] + ["original"] + [f"α={a:+g}" for a in alphas if a > 0]
+    fig, axes = plt.subplots(len(strips), len(columns), figsize=(1.4 * len(columns), 1.4 * len(strips)),
+                             squeeze=False)
+    for i, row in enumerate(strips):
+        for j, image in enumerate(images.to_uint8(row)):
+            axes[i, j].imshow(image, interpolation="nearest")
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+            if i == 0:
+                axes[i, j].set_title(columns[j], fontsize=8)
+        axes[i, 0].set_ylabel(row_labels[i], fontsize=8)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def side_by_side(path: str, paths, labels) -> str:
+    """The PNGs at `paths` next to each other on a white canvas, each with its label above."""
+    from PIL import Image, ImageDraw
+    figures = [Image.open(p).convert("RGB") for p in paths]
+    top = 16
+    canvas = Image.new("RGB", (sum(f.width for f in figures), top + max(f.height for f in figures)), "white")
+    draw, x = ImageDraw.Draw(canvas), 0
+    for figure, label in zip(figures, labels):
+        canvas.paste(figure, (x, top))
+        draw.text((x + 4, 2), label, fill="black")
+        x += figure.width
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    canvas.save(path + ".tmp.png")
+    os.replace(path + ".tmp.png", path)
+    return path
 
 
 def histogram(path: str, values: dict, xlabel: str) -> str:

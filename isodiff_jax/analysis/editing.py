@@ -1,0 +1,144 @@
+"""Linear editing precision on the shapes data set, in x_T and in h.
+
+For each continuous factor f, a direction is estimated from `num_label` samples labelled by the
+factor oracle: the difference between the mean latent of the top and of the bottom quartile of the
+factor's edit coordinate (hues: cos 2πh, the red–cyan axis, since a circular factor has no single
+increasing direction; scale, x, y: the value), as a unit vector. Held-out samples are then edited
+by α ∈ ALPHAS standard deviations of the latents' projection on it and decoded again:
+
+- x_T: x_T + α σ d, decoded with the deterministic DDIM sampler;
+- h: the same DDIM run with h_t ← h_t + α σ_t d_t at every step with t ≥ h_min_t, where d_t and
+  σ_t come from the labelled samples' h along their own sampling paths (one direction per step,
+  since h changes with t).
+
+The oracle reads every factor of the edited and original images; with `factors.change` (a common
+[0, 1] scale), target = mean change of f, others = sum of the mean changes of the other five
+factors (shape included), and precision = target / (target + others): 1 when only f moves.
+"""
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from isodiff_jax import diffusion
+from isodiff_jax.analysis import factors
+from isodiff_jax.data import shapes
+
+ALPHAS = (-2.0, -1.0, 1.0, 2.0)
+SPACES = ("xT", "h")
+
+
+def edit_coordinate(predicted: dict, name: str) -> np.ndarray:
+    """The scalar a direction for factor `name` increases: cos 2πh for hues, the value otherwise."""
+    values = np.asarray(predicted[name], np.float64)
+    return np.cos(2 * np.pi * values) if name in factors.HUES else values
+
+
+def direction(latents, coordinate, quantile: float = 0.25) -> tuple[np.ndarray, float]:
+    """latents (N, D), coordinate (N,) -> (unit direction (D,), std of the latents' projection on it)."""
+    latents = np.asarray(latents, np.float64).reshape(len(latents), -1)
+    low, high = np.quantile(coordinate, [quantile, 1 - quantile])
+    d = latents[coordinate >= high].mean(axis=0) - latents[coordinate <= low].mean(axis=0)
+    d /= np.linalg.norm(d)
+    return d, float(np.std(latents @ d))
+
+
+def precision(original: dict, edited: list, target: str) -> dict:
+    """original factors {name: (B,)}, edited: one factor dict per α -> target, others, precision."""
+    mean_change = {name: np.mean([factors.change(name, original[name], e[name]) for e in edited])
+                   for name in shapes.FACTORS}
+    others = sum(v for name, v in mean_change.items() if name != target)
+    total = mean_change[target] + others
+    return {"target": float(mean_change[target]), "others": float(others),
+            "precision": float(mean_change[target] / total) if total > 0 else float("nan")}
+
+
+def _eps_with_h_shift(trained, x, t, shift):
+    """ε̂ with the middle block's output moved by `shift` (B or 1, h shape)."""
+    def apply(module, x, t):
+        h, skips = module.encode_with_skips(x, t)
+        return module.decode(h + shift.astype(h.dtype), skips, t)
+    return trained.model.apply(trained.params, x, t, method=apply)
+
+
+class Editor:
+    """Deterministic DDIM decoding of x_T, optionally with h moved at every step, jitted once."""
+
+    def __init__(self, trained, sample_steps: int, h_min_t: int):
+        self.trained, self.sample_steps = trained, sample_steps
+        self.timesteps = diffusion.ddim_timesteps(trained.schedule.num_timesteps, sample_steps)[::-1]
+        self.edit_steps = np.flatnonzero(self.timesteps >= h_min_t)
+        if len(self.edit_steps) == 0:
+            raise ValueError(f"h_min_t={h_min_t} leaves no DDIM step to edit; the largest timestep "
+                             f"is {self.timesteps[0]}")
+        step_of_t = np.zeros(trained.schedule.num_timesteps, np.int32)  # timestep -> DDIM step index
+        step_of_t[self.timesteps] = np.arange(sample_steps)
+        step_of_t = jnp.asarray(step_of_t)
+        x = jax.ShapeDtypeStruct((1, *trained.image_shape), jnp.float32)
+        self.h_shape = jax.eval_shape(trained.encode, x, jnp.zeros((1,), jnp.int32)).shape[1:]
+
+        def decode(x_T, shifts):
+            eps_fn = lambda x, t: _eps_with_h_shift(trained, x, t, shifts[step_of_t[t[0]]][None])
+            return diffusion.ddim_sample(eps_fn, trained.schedule, x_T, sample_steps, clip_x0=1.0)
+        self._decode = jax.jit(decode)
+        self._path = jax.jit(lambda x_T: diffusion.ddim_sample(
+            trained.eps, trained.schedule, x_T, sample_steps, clip_x0=1.0, return_path=True))
+        self._encode = jax.jit(trained.encode)
+
+    def decode(self, x_T, shifts=None) -> np.ndarray:
+        """x_T (B, H, W, C), shifts (S, *h shape) in sampling order or None -> images (B, H, W, C)."""
+        if shifts is None:
+            shifts = np.zeros((self.sample_steps, *self.h_shape), np.float32)
+        return np.asarray(self._decode(x_T, jnp.asarray(shifts, jnp.float32)))
+
+    def h_along_paths(self, x_T) -> tuple[np.ndarray, np.ndarray]:
+        """(images (B, H, W, C), h at the edited steps along each sample's own path (S_edit, B, D))."""
+        x_0, path = self._path(x_T)
+        hs = [np.asarray(self._encode(path[i], jnp.full((len(x_T),), self.timesteps[i], jnp.int32)))
+              for i in self.edit_steps]
+        return np.asarray(x_0), np.stack([h.reshape(len(x_T), -1) for h in hs])
+
+    def h_shifts(self, hs, coordinate) -> np.ndarray:
+        """Unit shifts σ_t d_t (S, *h shape) from h along paths and the samples' edit coordinate."""
+        shifts = np.zeros((self.sample_steps, int(np.prod(self.h_shape))), np.float32)
+        for i, h in zip(self.edit_steps, hs):
+            d, sigma = direction(h, coordinate)
+            shifts[i] = sigma * d
+        return shifts.reshape(self.sample_steps, *self.h_shape)
+
+
+def editing(trained, oracle, key, *, num_label: int = 256, num_edit: int = 32, sample_steps: int = 20,
+            h_min_t: int = 500, batch_size: int = 64) -> Iterator:
+    """Evaluator: yields ("edit_<space>_<factor>_{target,others,precision}") per space and factor,
+    ("edit_<space>_precision", mean over factors), and ("edit_strips", {space: (B, 1 + len(ALPHAS),
+    H, W, C)}) for pictures: per factor, the first held-out sample and its edits."""
+    editor = Editor(trained, sample_steps, h_min_t)
+    k_label, k_edit = jax.random.split(key)
+    x_label = np.asarray(jax.random.normal(k_label, (num_label, *trained.image_shape)))
+    x_edit = jnp.asarray(jax.random.normal(k_edit, (num_edit, *trained.image_shape)))
+    labelled = [editor.h_along_paths(jnp.asarray(x_label[i:i + batch_size]))
+                for i in range(0, num_label, batch_size)]
+    label_factors = oracle.predict(np.concatenate([images for images, _ in labelled]))
+    hs = np.concatenate([h for _, h in labelled], axis=1)
+    original_images = editor.decode(x_edit)
+    original = oracle.predict(original_images)
+    strips, precisions = {space: [] for space in SPACES}, {space: [] for space in SPACES}
+    for name in factors.CONTINUOUS:
+        coordinate = edit_coordinate(label_factors, name)
+        d, sigma = direction(x_label, coordinate)
+        unit = {"xT": (sigma * d).reshape(trained.image_shape), "h": editor.h_shifts(hs, coordinate)}
+        for space in SPACES:
+            if space == "xT":
+                edited = [editor.decode(x_edit + a * unit["xT"]) for a in ALPHAS]
+            else:
+                edited = [editor.decode(x_edit, a * unit["h"]) for a in ALPHAS]
+            scores = precision(original, [oracle.predict(e) for e in edited], name)
+            precisions[space].append(scores["precision"])
+            for kind, value in scores.items():
+                yield f"edit_{space}_{name}_{kind}", value
+            strips[space].append(np.stack([e[0] for e in edited[:2]] + [original_images[0]]
+                                          + [e[0] for e in edited[2:]]))
+    for space in SPACES:
+        yield f"edit_{space}_precision", float(np.mean(precisions[space]))
+    yield "edit_strips", {space: np.stack(rows) for space, rows in strips.items()}

@@ -1,0 +1,95 @@
+"""Ground-truth factors along interpolations (shapes data set): factor-RTL.
+
+Every factor's change is put on one scale, [0, 1] per unit of "everything changed":
+
+    shape              1 when the predicted shape differs, else 0
+    object/background  circular hue distance × 2 (opposite hues are 1 apart)
+    scale, x, y        |Δ| / the factor's range in `shapes.FACTOR_RANGES`
+
+factor-RTL of a continuous factor along K+1 frames decoded from slerp(x_0, x_1) in x_T is
+
+    Σ_k change(f_k, f_{k+1}) / change(f_0, f_K)     (≥ 1; 1 = the factor moves monotonically)
+
+taken only over pairs whose ends differ by at least `min_change` (a ratio over a vanishing end
+difference says nothing). For the shape, the number of changes beyond the minimum (0 when the end
+shapes agree, 1 when they differ) is counted instead.
+"""
+from typing import Callable, Iterator, Sequence
+
+import jax
+import numpy as np
+
+from isodiff_jax import geometry
+from isodiff_jax.data import shapes
+
+CONTINUOUS = ("object_hue", "background_hue", "scale", "x", "y")
+HUES = ("object_hue", "background_hue")
+
+
+def change(name: str, a, b) -> np.ndarray:
+    """The change of factor `name` between predicted values a and b, on the common [0, 1] scale."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if name == "shape":
+        return (a != b).astype(np.float64)
+    if name in HUES:
+        return 2.0 * np.abs(np.mod(a - b + 0.5, 1.0) - 0.5)
+    low, high = shapes.FACTOR_RANGES[name]
+    return np.abs(a - b) / (high - low)
+
+
+def changes(a: dict, b: dict) -> dict:
+    """change() of every factor in `shapes.FACTORS` between two factor dicts of (B,) arrays."""
+    return {name: change(name, a[name], b[name]) for name in shapes.FACTORS}
+
+
+def path_factor_rtl(path: dict, *, min_change: float = 0.1) -> dict:
+    """factor-RTL per pair for factors along paths: path {name: (K+1, B)} -> {name: (B,)}.
+
+    Continuous factors give the ratio (NaN where the ends differ by less than min_change);
+    "shape_extra_changes" gives the shape changes beyond the minimum."""
+    out = {}
+    for name in CONTINUOUS:
+        values = np.asarray(path[name])
+        total = change(name, values[1:], values[:-1]).sum(axis=0)
+        chord = change(name, values[-1], values[0])
+        out[name] = np.where(chord >= min_change, total / np.maximum(chord, min_change), np.nan)
+    shape = np.asarray(path["shape"])
+    out["shape_extra_changes"] = ((shape[1:] != shape[:-1]).sum(axis=0) - (shape[-1] != shape[0])).astype(float)
+    return out
+
+
+def slerp_frames(x0: jax.Array, x1: jax.Array, num_frames: int) -> jax.Array:
+    """(B, ...) end points -> (num_frames · B, ...) frames, frame-major: slerp(x0, x1, k/K)."""
+    w = np.linspace(0.0, 1.0, num_frames)
+    flat0, flat1 = x0.reshape(len(x0), -1), x1.reshape(len(x1), -1)
+    frames = [geometry.slerp(flat0, flat1, wk).reshape(x0.shape) for wk in w]
+    return jax.numpy.concatenate(frames)
+
+
+def factor_rtl(sample: Callable, oracle, key, *, image_shape: Sequence[int], num_pairs: int = 32,
+               num_frames: int = 17, batch_size: int = 8, min_change: float = 0.1) -> Iterator:
+    """Evaluator: decode `num_frames` frames along slerp between pairs x_0, x_1 ~ N(0, I) with
+    `sample` (x_T -> images in [-1, 1]), read their factors with `oracle`, yield
+    ("factor_rtl_<factor>", mean over the pairs that qualify), ("factor_rtl_<factor>_pairs", how
+    many qualified), ("factor_rtl_shape_extra_changes", mean) and ("factor_rtl", the mean of the
+    continuous factors' values)."""
+    decode = jax.jit(lambda x0, x1: sample(slerp_frames(x0, x1, num_frames)))
+    per_pair = {}
+    for start in range(0, num_pairs, batch_size):
+        b = min(batch_size, num_pairs - start)
+        k0, k1 = jax.random.split(jax.random.fold_in(key, start))
+        x0, x1 = (jax.random.normal(k, (b, *image_shape)) for k in (k0, k1))
+        predicted = oracle.predict(np.asarray(decode(x0, x1)))
+        path = {name: v.reshape(num_frames, b) for name, v in predicted.items()}
+        for name, values in path_factor_rtl(path, min_change=min_change).items():
+            per_pair.setdefault(name, []).append(values)
+    means = []
+    for name in CONTINUOUS:
+        values = np.concatenate(per_pair[name])
+        qualified = values[~np.isnan(values)]
+        mean = float(qualified.mean()) if len(qualified) else float("nan")
+        means.append(mean)
+        yield f"factor_rtl_{name}", mean
+        yield f"factor_rtl_{name}_pairs", float(len(qualified))
+    yield "factor_rtl_shape_extra_changes", float(np.concatenate(per_pair["shape_extra_changes"]).mean())
+    yield "factor_rtl", float(np.nanmean(means))

@@ -1,0 +1,77 @@
+"""Linear probes from h to the ground-truth factors of the shapes data set.
+
+Real shapes images with known factors are noised to x_t, encoded to h = e_θ(x_t, t) (optionally
+average-pooled) and a ridge regression from h to the factors' targets (`oracle.targets`: the
+(cos, sin) embedding of each hue, scale, x and y mapped to [0, 1], plus a one-hot shape) is fitted
+on `num_train` images and scored on `num_test` others: R² per continuous factor (hues on their
+embedding, as the oracle is scored) and shape accuracy (argmax of the one-hot fit). No oracle is
+involved: the factors are the generator's own.
+"""
+from typing import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from isodiff_jax import diffusion
+from isodiff_jax.analysis import oracle as oracle_lib
+from isodiff_jax.analysis import spectrum
+from isodiff_jax.data import shapes
+
+
+def ridge_fit_predict(features, targets, test_features, *, ridge: float) -> np.ndarray:
+    """Ridge regression with an intercept, solved in the dual (N × N) so that D ≫ N is cheap.
+
+    features (N, D), targets (N, K), test_features (M, D) -> predictions (M, K). The penalty is
+    ridge · mean eigenvalue of the centred Gram matrix, so `ridge` does not depend on h's scale.
+    """
+    x = np.asarray(features, np.float64)
+    mean_x, mean_y = x.mean(axis=0), targets.mean(axis=0)
+    x = x - mean_x
+    gram = x @ x.T
+    penalty = ridge * np.trace(gram) / len(x)
+    coef = np.linalg.solve(gram + penalty * np.eye(len(x)), targets - mean_y)
+    return (np.asarray(test_features, np.float64) - mean_x) @ (x.T @ coef) + mean_y
+
+
+def _probe_targets(factors: dict) -> np.ndarray:
+    shape, regression = oracle_lib.targets(factors)
+    return np.concatenate([regression, np.eye(len(shapes.SHAPE_NAMES))[shape]], axis=1)
+
+
+def probe_scores(train_h, train_factors: dict, test_h, test_factors: dict, *, ridge: float) -> dict:
+    """Held-out R² per continuous factor and shape accuracy of a ridge probe h -> factors."""
+    predicted = ridge_fit_predict(train_h, _probe_targets(train_factors), test_h, ridge=ridge)
+    num_regression = oracle_lib.NUM_OUTPUTS - len(shapes.SHAPE_NAMES)
+    factors = oracle_lib.decode(predicted[:, num_regression:], predicted[:, :num_regression])
+    return oracle_lib.scores(test_factors, factors)
+
+
+def linear_probe(encode_at: Callable, schedule: diffusion.Schedule, key, *, resolution: int,
+                 timesteps: Sequence[int], num_train: int = 512, num_test: int = 256, pool: int = 1,
+                 ridge: float = 1e-2, batch_size: int = 64, seed: int = 5) -> Iterator:
+    """Evaluator: yields ("probe_t{t}_<score>", value) per timestep and ("probe_r2", the mean R²
+    over the continuous factors and timesteps), ("probe_shape_accuracy", mean over timesteps).
+
+    encode_at(x (B, R, R, 3), t int32 (B,)) -> h; images come from `shapes` with `seed`."""
+    images, factors = oracle_lib.images_of(seed, np.arange(num_train + num_test), resolution)
+    split = lambda f, part: {k: (v[:num_train] if part == 0 else v[num_train:]) for k, v in f.items()}
+
+    @jax.jit
+    def features(x0, t, k):
+        t_vec = jnp.full((x0.shape[0],), t, jnp.int32)
+        x_t = diffusion.q_sample(schedule, x0, t_vec, jax.random.normal(k, x0.shape))
+        h = spectrum.average_pool(encode_at(x_t, t_vec), pool)
+        return h.reshape(h.shape[0], -1)
+
+    r2s, accuracies = [], []
+    for t in timesteps:
+        h = np.concatenate([np.asarray(features(images[i:i + batch_size], t, jax.random.fold_in(key, i)))
+                            for i in range(0, len(images), batch_size)])
+        scores = probe_scores(h[:num_train], split(factors, 0), h[num_train:], split(factors, 1), ridge=ridge)
+        for name, value in scores.items():
+            yield f"probe_t{t}_{name}", value
+        r2s += [v for name, v in scores.items() if name.startswith("r2_")]
+        accuracies.append(scores["shape_accuracy"])
+    yield "probe_r2", float(np.mean(r2s))
+    yield "probe_shape_accuracy", float(np.mean(accuracies))
