@@ -41,10 +41,17 @@ def _draw(out: str, label: str, results: dict, trained, options: suite.Options) 
 
 def load_resources(oracle_dir=None, inception_file=None, lpips_file=None) -> suite.Resources:
     """Networks from local files (None: not used)."""
-    from isodiff_jax.analysis import inception, lpips, oracle
-    return suite.Resources(oracle=oracle.load(oracle_dir) if oracle_dir else None,
-                           inception=inception.load(inception_file) if inception_file else None,
-                           lpips=lpips.load(lpips_file) if lpips_file else None)
+    resources = {}
+    if oracle_dir:
+        from isodiff_jax.analysis import oracle
+        resources["oracle"] = oracle.load(oracle_dir)
+    if inception_file:
+        from isodiff_jax.analysis import inception
+        resources["inception"] = inception.load(inception_file)
+    if lpips_file:
+        from isodiff_jax.analysis import lpips
+        resources["lpips"] = lpips.load(lpips_file)
+    return suite.Resources(**resources)
 
 
 def choose_metrics(requested, trained, resources: suite.Resources) -> list:
