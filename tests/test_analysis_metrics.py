@@ -63,6 +63,15 @@ def test_frechet_distance_of_gaussians_matches_the_closed_form():
                                expected, rtol=1e-8)
 
 
+@pytest.mark.parametrize("n, m, d", [(30, 50, 8), (12, 9, 40), (20, 60, 20)])
+def test_frechet_distance_of_features_equals_the_statistics_form(n, m, d):
+    rng = np.random.default_rng(n)
+    a = rng.normal(size=(n, d)) @ rng.normal(size=(d, d))
+    b = rng.normal(size=(m, d)) * 2 + 1
+    expected = frechet.frechet_distance(*frechet.feature_statistics(a), *frechet.feature_statistics(b))
+    np.testing.assert_allclose(frechet.frechet_distance_of_features(a, b), expected, rtol=1e-7)  # the eigh form loses ~1e-8 on rank-deficient Σ
+
+
 def test_frechet_distance_of_identical_sets_is_zero_and_of_shifted_sets_the_shift():
     features = np.random.default_rng(1).normal(size=(500, 8))
     assert frechet.frechet_distance_of_features(features, features) == pytest.approx(0.0, abs=1e-8)
