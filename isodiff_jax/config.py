@@ -5,6 +5,7 @@ the builders turn config sections into the typed objects the library takes (a `U
 `Schedule`, a `Regularizer`, an optax optimizer). Nothing past this module sees a ConfigDict.
 """
 import json
+import os
 from typing import Optional
 
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ import ml_collections
 import optax
 
 from isodiff_jax import data, diffusion, isometry
+from isodiff_jax.analysis import suite
 from isodiff_jax.train.step import REGULARIZERS, Regularizer, make_optimizer
 from isodiff_jax.unet import UNet
 
@@ -55,6 +57,7 @@ def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = Non
     _validate_data_and_model(config)
     _validate_objective(config)
     _validate_run(config, num_devices)
+    _validate_evaluation(config)
 
 
 def _validate_data_and_model(config) -> None:
@@ -127,6 +130,41 @@ def _validate_run(config, num_devices) -> None:
     _check(lg.sample_eta >= 0, "logging.sample_eta", lg.sample_eta, "a DDIM η >= 0")
 
 
+def evaluation_metrics(config) -> list:
+    """config.evaluation.metrics as a list of names."""
+    return [m.strip() for m in config.evaluation.metrics.split(",") if m.strip()]
+
+
+def _validate_evaluation(config) -> None:
+    ev = config.evaluation
+    _check(isinstance(ev.every_steps, int) and ev.every_steps >= 0, "evaluation.every_steps", ev.every_steps,
+           "an integer >= 0 (0: never)")
+    if not ev.every_steps:
+        return  # the other fields are not used
+    metrics = evaluation_metrics(config)
+    if not metrics:
+        raise ConfigError(f"config.evaluation.every_steps={ev.every_steps} but evaluation.metrics is empty: "
+                          f"name some of {suite.METRICS}")
+    found = suite.problems(metrics, config.data.name, oracle=bool(ev.oracle_dir), inception=bool(ev.inception_file))
+    if found:
+        raise ConfigError("config.evaluation.metrics=" + repr(ev.metrics) + ": " + "; ".join(found).replace(
+            "--oracle DIR", "evaluation.oracle_dir").replace("--inception FILE", "evaluation.inception_file"))
+    for field in ("oracle_dir", "inception_file", "lpips_file"):
+        _check(not ev[field] or os.path.exists(ev[field]), f"evaluation.{field}", ev[field], "an existing path")
+    for field in ("num_pairs", "num_samples", "num_fd_samples", "sample_steps"):
+        _check_positive_int(ev[field], f"evaluation.{field}")
+    _check(all(0 <= t < config.diffusion.num_timesteps for t in ev.timesteps), "evaluation.timesteps",
+           ev.timesteps, f"timesteps in [0, {config.diffusion.num_timesteps})")
+
+
+def evaluation_options(config):
+    """config.evaluation -> analysis.suite.Options (seeded by config.seed, so every evaluation
+    of a run uses the same noise)."""
+    ev = config.evaluation
+    return suite.Options(num_pairs=ev.num_pairs, timesteps=tuple(ev.timesteps), num_samples=ev.num_samples,
+                         num_fd_samples=ev.num_fd_samples, sample_steps=ev.sample_steps, seed=config.seed)
+
+
 def unet(config, channels: int = 3) -> UNet:
     m = config.model
     return UNet(in_channels=channels, out_channels=channels,
@@ -175,7 +213,7 @@ def to_json(config) -> str:
 def from_json(text: str) -> ml_collections.ConfigDict:
     """The inverse of to_json (tuples come back as tuples where the defaults have tuples)."""
     values = json.loads(text)
-    for section in ("model",):
+    for section in ("model", "evaluation"):
         for key, value in values.get(section, {}).items():
             if isinstance(value, list):
                 values[section][key] = tuple(value)

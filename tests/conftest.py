@@ -22,12 +22,15 @@ import pytest  # noqa: E402  (after the JAX configuration above)
 
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory):
-    """A test-config run of 4 steps with checkpoints at steps 2 and 4 (analysis tests share it)."""
+    """A test-config run of 4 steps with checkpoints at steps 2 and 4 and evaluators (mRTL, linear
+    probes) at both; the analysis tests share it."""
     from configs import test as test_config
     from isodiff_jax.train import loop
     path = tmp_path_factory.mktemp("trained")
     config = test_config.get_config()
     config.training.num_steps, config.checkpoint.every_steps = 4, 2  # compiled programs shared with test_train_loop
+    ev = config.evaluation
+    ev.every_steps, ev.metrics, ev.num_pairs, ev.sample_steps, ev.timesteps = 2, "mrtl,probe", 4, 4, (50,)
     loop.train_and_evaluate(config, str(path))
     return str(path)
 

@@ -114,7 +114,7 @@ def test_metrics_needing_the_oracle_or_shapes_say_so(trained_workdir):
     other = load.Trained(config=trained.config.copy_and_resolve_references(), model=trained.model,
                          schedule=trained.schedule, params=trained.params, step=trained.step)
     other.config.data.name = "cifar10"
-    assert "shapes" in suite.missing_inputs("probe", other, suite.Resources(oracle=object()))
+    assert "shapes" in suite.missing_inputs("probe", other.config.data.name, oracle=True, inception=False)
 
 
 def test_oracle_metrics_run_through_the_cli(trained_workdir, oracle16, tmp_path):

@@ -32,6 +32,21 @@ def test_loads_a_given_step_on_one_device(workdir):
         load.load(workdir, step=3)
 
 
+def test_training_ran_the_configured_evaluators(workdir):
+    import json
+    lines = [json.loads(line) for line in open(f"{workdir}/evaluation.jsonl")]
+    assert [line["step"] for line in lines] == [2, 4]
+    for line in lines:
+        assert line["mrtl"] >= 1.0 and line["mrtl"] == line["mrtl_t50"]
+        assert -10 < line["probe_r2"] <= 1 and 0 <= line["probe_shape_accuracy"] <= 1
+    # the evaluators see the EMA parameters of their step: the checkpoint's, evaluated again
+    from isodiff_jax.analysis import suite
+    trained = load.load(workdir, step=2)
+    options = suite.Options(num_pairs=4, sample_steps=4, timesteps=(50,), seed=trained.config.seed)
+    again = dict(suite.evaluate(trained, ["mrtl"], options))
+    assert again["mrtl"] == pytest.approx(lines[0]["mrtl"], rel=1e-5)
+
+
 def test_not_a_workdir_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a training workdir"):
         load.load(str(tmp_path))

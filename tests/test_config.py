@@ -63,6 +63,31 @@ def test_invalid_values_name_the_field(field, value, message):
     assert f"config.{field}=" in str(error.value) and message in str(error.value), str(error.value)
 
 
+@pytest.mark.parametrize("values, message", [
+    ({"every_steps": 100}, "evaluation.metrics is empty"),
+    ({"every_steps": 100, "metrics": "mrtl,psnr"}, "unknown metrics ['psnr']"),
+    ({"every_steps": 100, "metrics": "edit"}, "edit needs the factor oracle (evaluation.oracle_dir)"),
+    ({"every_steps": 100, "metrics": "fd"}, "evaluation.inception_file"),
+    ({"every_steps": 100, "metrics": "mrtl", "oracle_dir": "/no/such/oracle"}, "an existing path"),
+    ({"every_steps": 100, "metrics": "mrtl", "timesteps": (500, 1000)}, "timesteps in [0, 1000)"),
+    ({"every_steps": -1}, "an integer >= 0"),
+])
+def test_invalid_evaluation_settings_name_the_field(values, message):
+    config = load("default")
+    config.evaluation.update(values)
+    with pytest.raises(config_lib.ConfigError, match="config.evaluation") as error:
+        config_lib.validate(config, num_devices=1)
+    assert message in str(error.value), str(error.value)
+
+
+def test_evaluation_on_other_data_sets_refuses_ground_truth_metrics():
+    config = load("cifar10")
+    config.data.data_dir = "/somewhere"
+    config.evaluation.update({"every_steps": 10, "metrics": "mrtl,probe"})
+    with pytest.raises(config_lib.ConfigError, match="probe needs the shapes data set"):
+        config_lib.validate(config, num_devices=1)
+
+
 def test_folder_needs_a_directory():
     config = load("default")
     config.data.name = "folder"

@@ -39,21 +39,6 @@ def _draw(out: str, label: str, results: dict, trained, options: suite.Options) 
     return paths
 
 
-def load_resources(oracle_dir=None, inception_file=None, lpips_file=None) -> suite.Resources:
-    """Networks from local files (None: not used)."""
-    resources = {}
-    if oracle_dir:
-        from isodiff_jax.analysis import oracle
-        resources["oracle"] = oracle.load(oracle_dir)
-    if inception_file:
-        from isodiff_jax.analysis import inception
-        resources["inception"] = inception.load(inception_file)
-    if lpips_file:
-        from isodiff_jax.analysis import lpips
-        resources["lpips"] = lpips.load(lpips_file)
-    return suite.Resources(**resources)
-
-
 def choose_metrics(requested, trained, resources: suite.Resources) -> list:
     """The requested metrics, or (requested None) every metric that can run, naming those skipped."""
     if requested is not None:
@@ -61,7 +46,8 @@ def choose_metrics(requested, trained, resources: suite.Resources) -> list:
         return list(requested)
     chosen = []
     for metric in suite.METRICS:
-        reason = suite.missing_inputs(metric, trained, resources)
+        reason = suite.missing_inputs(metric, trained.config.data.name, oracle=resources.oracle is not None,
+                                      inception=resources.inception is not None)
         if reason:
             print(f"skipping {reason}")
         else:
@@ -140,7 +126,7 @@ def main(argv=None):
     names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
     if len(set(names)) != len(names):
         parser.error(f"workdir names must differ to label the comparison: {names}")
-    resources = load_resources(args.oracle, args.inception, args.lpips)
+    resources = suite.load_resources(args.oracle, args.inception, args.lpips)
     outs = [os.path.join(args.out, n) for n in names] if args.compare else [args.out]
     scalars = [analyse(w, metrics, o, options, resources, step=args.step, ema=not args.raw)
                for w, o in zip(workdirs, outs)]

@@ -1,5 +1,5 @@
 """Every evaluator behind one call: `evaluate(trained, metrics, options, resources)` yields
-(name, value) pairs for a `load.Trained` (from a checkpoint, or built from a training state).
+(name, value) pairs for a `trained.Trained` (from a checkpoint, or built from a training state).
 
 Metrics and what they need:
 
@@ -49,25 +49,47 @@ class Resources:
     lpips: Optional[Any] = None  # lpips.Lpips, with .net and .distance(a, b) -> (B,)
 
 
-def missing_inputs(metric: str, trained, resources: Resources) -> Optional[str]:
-    """Why `metric` cannot run for this model with these resources, or None when it can."""
-    on_shapes = trained.config.data.name == "shapes"
+def load_resources(oracle_dir: str = "", inception_file: str = "", lpips_file: str = "") -> Resources:
+    """Networks from local files ("" or None: not used)."""
+    resources = {}
+    if oracle_dir:
+        from isodiff_jax.analysis import oracle
+        resources["oracle"] = oracle.load(oracle_dir)
+    if inception_file:
+        from isodiff_jax.analysis import inception
+        resources["inception"] = inception.load(inception_file)
+    if lpips_file:
+        from isodiff_jax.analysis import lpips
+        resources["lpips"] = lpips.load(lpips_file)
+    return Resources(**resources)
+
+
+def missing_inputs(metric: str, data_name: str, *, oracle: bool, inception: bool) -> Optional[str]:
+    """Why `metric` cannot run on a model of data set `data_name` with or without the oracle and
+    Inception weights, or None when it can."""
+    on_shapes = data_name == "shapes"
     if metric in SHAPES_ONLY and not on_shapes:
-        return f"{metric} needs the shapes data set's ground-truth factors (this run used {trained.config.data.name!r})"
-    if metric in ("factor_rtl", "edit") and resources.oracle is None:
+        return f"{metric} needs the shapes data set's ground-truth factors (this run used {data_name!r})"
+    if metric in ("factor_rtl", "edit") and not oracle:
         return f"{metric} needs the factor oracle (--oracle DIR)"
-    if metric == "fd" and resources.inception is None and not (on_shapes and resources.oracle is not None):
+    if metric == "fd" and not inception and not (on_shapes and oracle):
         return "fd needs Inception-v3 weights (--inception FILE) or, on shapes, the factor oracle (--oracle DIR)"
     return None
 
 
-def check(metrics, trained, resources: Resources) -> None:
+def problems(metrics, data_name: str, *, oracle: bool, inception: bool) -> list:
+    """Every reason the metrics cannot run (unknown names included); empty when they all can."""
     unknown = sorted(set(metrics) - set(METRICS))
-    if unknown:
-        raise ValueError(f"unknown metrics {unknown}; available: {', '.join(METRICS)}")
-    problems = [p for p in (missing_inputs(m, trained, resources) for m in metrics) if p]
-    if problems:
-        raise ValueError("; ".join(problems))
+    out = [f"unknown metrics {unknown}; available: {', '.join(METRICS)}"] if unknown else []
+    reasons = (missing_inputs(m, data_name, oracle=oracle, inception=inception) for m in metrics if m in METRICS)
+    return out + [r for r in reasons if r]
+
+
+def check(metrics, trained, resources: Resources) -> None:
+    found = problems(metrics, trained.config.data.name, oracle=resources.oracle is not None,
+                     inception=resources.inception is not None)
+    if found:
+        raise ValueError("; ".join(found))
 
 
 def sampler(trained, num_steps):

@@ -17,6 +17,7 @@ from jax.experimental import multihost_utils
 
 from isodiff_jax import config as config_lib
 from isodiff_jax import data, diffusion
+from isodiff_jax.analysis import suite, trained
 from isodiff_jax.data import pipeline
 from isodiff_jax.train import checkpoint, sharding
 from isodiff_jax.train import step as step_lib
@@ -154,6 +155,23 @@ def make_sampler(config, setup: Setup, mesh):
     return jax.jit(sample, out_shardings=sharding.replicated(mesh))
 
 
+def make_evaluation(config, setup: Setup):
+    """(step, EMA parameters) -> {metric: float} with the evaluators of config.evaluation.
+
+    Every process evaluates its own host copy of the (replicated) parameters on its own devices,
+    with the same seeds, so no collective is involved; process 0 reports."""
+    metrics, options = config_lib.evaluation_metrics(config), config_lib.evaluation_options(config)
+    ev = config.evaluation
+    resources = suite.load_resources(ev.oracle_dir, ev.inception_file, ev.lpips_file)
+
+    def evaluate(step: int, ema_params) -> dict:
+        params = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), ema_params)
+        model = trained.Trained(config=config, model=setup.model, schedule=setup.schedule, params=params, step=step)
+        return {name: value for name, value in suite.evaluate(model, metrics, options, resources)
+                if isinstance(value, float)}
+    return evaluate
+
+
 def _check_resumable(workdir: str, config) -> None:
     """A workdir's checkpoints only fit the same model and images: refuse a changed config early."""
     try:
@@ -241,6 +259,7 @@ class _Run:
         self.learning_rate = config_lib.learning_rate(config)
         self.last_sample_path = None
         self._waited = 0.0  # the prefetcher's wait_seconds at the last flush
+        self.evaluation = make_evaluation(config, setup) if config.evaluation.every_steps else None
 
     def loop(self, state, start: int, total: int, batches):
         c = self.config
@@ -260,6 +279,8 @@ class _Run:
                 checkpoint.save(self.mngr, done, state, self.config_json)
             if (c.logging.sample_every_steps and done % c.logging.sample_every_steps == 0) or last:
                 self.last_sample_path = self.monitor.samples(done, self.sampler(state.ema_params))
+            if self.evaluation and (done % c.evaluation.every_steps == 0 or last):
+                self.monitor.evaluation(done, self.evaluation(done, state.ema_params))
         return state
 
     def _stop_non_finite(self, s: int, metrics: dict):

@@ -1,5 +1,6 @@
 """What a user sees while training: a progress bar, TensorBoard scalars and images (tensorboardX,
 no TensorFlow needed), EMA sample grids as PNG files. Only process 0 writes or prints."""
+import json
 import os
 import time
 
@@ -18,6 +19,7 @@ class Monitor:
         self.lead = jax.process_index() == 0
         self.log_dir = os.path.join(workdir, "logs")
         self.sample_dir = os.path.join(workdir, "samples")
+        self.evaluation_path = os.path.join(workdir, "evaluation.jsonl")
         self.writer = SummaryWriter(self.log_dir) if self.lead else None
         self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                              disable=not (self.lead and progress_bar))
@@ -66,6 +68,19 @@ class Monitor:
         self.writer.add_image("samples", images.grid(pixels), step, dataformats="HWC")
         self.writer.flush()
         return path
+
+    def evaluation(self, step: int, results: dict) -> None:
+        """Evaluator results at `step`: TensorBoard scalars "eval/<name>", one JSON line in
+        workdir/evaluation.jsonl, and a short line under the progress bar."""
+        if not self.lead:
+            return
+        for name, value in results.items():
+            self.writer.add_scalar(f"eval/{name}", value, step)
+        self.writer.flush()
+        with open(self.evaluation_path, "a") as f:
+            f.write(json.dumps({"step": step, **results}) + "\n")
+        headline = {k: v for k, v in results.items() if "_t" not in k and not k.endswith("_pairs")}
+        self.print(f"evaluation at step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in headline.items()))
 
     def print(self, text: str) -> None:
         if self.lead:
