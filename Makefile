@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON ?= $(shell tools/find_python.sh)
 
-.PHONY: install run test bench clean
+.PHONY: install run analysis test bench clean
 
 install: $(VENV)/.installed
 
@@ -18,6 +18,12 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 # The main job: train configs/shapes32.py into runs/shapes32 (resumes when run again).
 run: install
 	$(PY) train.py --config configs/shapes32.py --workdir runs/shapes32
+
+# Analysis of the main job: trains the shapes factor oracle once (runs/oracle), then runs every
+# metric on runs/shapes32 and writes runs/shapes32/analysis/ (metrics.json and PNG pictures).
+analysis: install
+	test -e runs/oracle/oracle.json || $(PY) -m isodiff_jax.analysis.oracle --out runs/oracle --resolution 32
+	$(PY) -m isodiff_jax.analysis --workdir runs/shapes32 --oracle runs/oracle --out runs/shapes32/analysis
 
 test: install
 	$(PY) -m pytest -q
