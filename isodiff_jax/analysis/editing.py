@@ -127,7 +127,8 @@ def editing(trained, oracle, key, *, num_label: int = 256, num_edit: int = 32, s
     for name in factors.CONTINUOUS:
         coordinate = edit_coordinate(label_factors, name)
         d, sigma = direction(x_label, coordinate)
-        unit = {"xT": (sigma * d).reshape(trained.image_shape), "h": editor.h_shifts(hs, coordinate)}
+        unit = {"xT": (sigma * d).reshape(trained.image_shape).astype(np.float32),
+                "h": editor.h_shifts(hs, coordinate)}
         for space in SPACES:
             if space == "xT":
                 edited = [editor.decode(x_edit + a * unit["xT"]) for a in ALPHAS]

@@ -98,6 +98,17 @@ def _sample_jacobian(fn: Callable, x_b, *, m: int, n: int, chunk_size: int):
     return vectors if m <= n else vectors.T
 
 
+def sample_jacobian_fn(fn: Callable, x, *, chunk_size: int = 64) -> Callable:
+    """The jitted map x_b (1, ...) -> dense Jacobian (m, n) of fn at one sample, dtype of x_b.
+
+    x (B, ...) gives the per-sample shape; compile it once with `.lower(x[:1]).compile()`.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    m, n = map_dims(fn, x)
+    return jax.jit(functools.partial(_sample_jacobian, fn, m=m, n=n, chunk_size=chunk_size))
+
+
 def jacobian_singular_values(fn: Callable, x, *, chunk_size: int = 64) -> np.ndarray:
     """Exact singular values of each sample's Jacobian, from dense Jacobians.
 
@@ -106,10 +117,7 @@ def jacobian_singular_values(fn: Callable, x, *, chunk_size: int = 64) -> np.nda
     Returns: (B, k) float64 numpy array, k = min(m, n), descending per row. Only one sample's
     Jacobian (m × n, dtype of x) exists at a time; the SVD runs on the host in float64.
     """
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    m, n = map_dims(fn, x)
-    jacobian = jax.jit(functools.partial(_sample_jacobian, fn, m=m, n=n, chunk_size=chunk_size))
+    jacobian = sample_jacobian_fn(fn, x, chunk_size=chunk_size)
     rows = []
     for b in range(x.shape[0]):
         jac = np.asarray(jacobian(x[b:b + 1]), dtype=np.float64)
@@ -179,8 +187,24 @@ def _bidiagonalize(fn: Callable, x, key, *, m: int, n: int, num_iters: int, tol:
     return coeffs[0].T, coeffs[1].T
 
 
-def _bidiagonal_singular_values(alpha, beta) -> np.ndarray:
-    """Singular values (B, q), descending, of the upper bidiagonal matrices; float64 on host."""
+def bidiagonalize_fn(fn: Callable, x, *, num_iters: int) -> Callable:
+    """The jitted map (x (B, ...), key) -> (alpha, beta), each (B, num_iters): the coefficients
+    of num_iters Golub–Kahan–Lanczos steps for every sample at once (see `_bidiagonalize`).
+
+    x gives the shapes; compile it once with `.lower(x, key).compile()`.
+    """
+    m, n = map_dims(fn, x)
+    if not 1 <= num_iters <= min(m, n):
+        raise ValueError(f"num_iters must be in [1, min(m, n) = {min(m, n)}], got {num_iters}")
+    # A coupling this small is rounding noise of a reorthogonalized vector: treat it as zero.
+    tol = math.sqrt(max(m, n)) * float(jnp.finfo(x.dtype).eps)
+    return jax.jit(functools.partial(_bidiagonalize, fn, m=m, n=n, num_iters=num_iters, tol=tol))
+
+
+def bidiagonal_singular_values(alpha, beta) -> np.ndarray:
+    """Singular values (B, q), descending, of the upper bidiagonal matrices with diagonal alpha
+    (B, q) and superdiagonal beta[:, :-1] (beta (B, q) as `bidiagonalize_fn` returns it); float64,
+    on the host. Leading blocks alpha[:, :j], beta[:, :j] give the Ritz values after j iterations."""
     alpha, beta = np.asarray(alpha, np.float64), np.asarray(beta, np.float64)
     q = alpha.shape[1]
     mats = np.zeros(alpha.shape + (q,))
@@ -227,12 +251,8 @@ def matrix_free_singular_values(fn: Callable, x, key, *, k: int, which=WHICH,
     num_iters = min(d, max(4 * k, 64)) if num_iters is None else num_iters
     if not k <= num_iters <= d:
         raise ValueError(f"num_iters must be in [k = {k}, min(m, n) = {d}], got {num_iters}")
-    # A coupling this small is rounding noise of a reorthogonalized vector: treat it as zero.
-    tol = math.sqrt(max(m, n)) * float(jnp.finfo(x.dtype).eps)
-    run = jax.jit(functools.partial(_bidiagonalize, fn, m=m, n=n, num_iters=num_iters,
-                                      tol=tol))
-    alpha, beta = run(x, key)
-    return _select(_bidiagonal_singular_values(alpha, beta), k, which)
+    alpha, beta = bidiagonalize_fn(fn, x, num_iters=num_iters)(x, key)
+    return _select(bidiagonal_singular_values(alpha, beta), k, which)
 
 
 
