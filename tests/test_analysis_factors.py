@@ -77,6 +77,21 @@ def test_ridge_probe_matches_least_squares_and_scores_linear_features_perfectly(
     assert all(scores[f"r2_{name}"] > 0.999 for name in oracle.CONTINUOUS), scores
 
 
+def test_chosen_ridge_is_the_validation_minimum_and_does_not_fit_noise():
+    """Targets independent of many-dimensional features: a tiny penalty fits the noise (negative
+    held-out R²), the validated one falls back to about the mean."""
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(300, 2000)) * np.exp(rng.normal(size=2000))  # anisotropic, like h
+    y = rng.normal(size=(300, 2))
+    chosen = probe.choose_ridge(x[:200], y[:200])
+    errors = [np.sum((probe.ridge_fit_predict(x[:150], y[:150], x[150:200], ridge=r) - y[150:200]) ** 2)
+              for r in probe.RIDGE_GRID]
+    assert chosen == probe.RIDGE_GRID[int(np.argmin(errors))]
+    r2 = lambda ridge: 1 - np.sum((probe.ridge_fit_predict(x[:200], y[:200], x[200:], ridge=ridge) - y[200:]) ** 2) \
+        / np.sum((y[200:] - y[200:].mean(axis=0)) ** 2)
+    assert r2(1e-6) < -0.05 and r2(chosen) > -0.05
+
+
 def test_frechet_evaluator_reports_the_real_floor_and_needs_enough_real_images():
     rng = np.random.default_rng(2)
     real, generated = rng.normal(size=(40, 3)), rng.normal(size=(20, 3)) + 2.0

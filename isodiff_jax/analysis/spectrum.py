@@ -74,39 +74,46 @@ def nonzero_rtol(m: int, n: int, dtype) -> float:
 
 
 
-def _flat_linearization(fn: Callable, x):
-    """Linearize fn at x (B, ...) on flat per-sample coordinates.
-
-    Returns: (jvp, vjp) with jvp: (B, n) -> (B, m) and vjp: (B, m) -> (B, n), linear.
-    """
+def _flat_products(lin, x, out):
+    """(jvp, vjp) on flat per-sample coordinates from lin, a linearization of fn at x (B, ...)
+    whose value is out; x, out give only shapes and dtypes. jvp: (B, n) -> (B, m), vjp back."""
     batch = x.shape[0]
-    out, lin = jax.linearize(fn, x)
-    lin_t = jax.linear_transpose(lin, x)
+    lin_t = jax.linear_transpose(lin, jax.ShapeDtypeStruct(x.shape, x.dtype))
     # probes may come in another dtype (float64 Lanczos vectors for a float32 model)
     jvp = lambda v: lin(v.reshape(x.shape).astype(x.dtype)).reshape(batch, -1)
     vjp = lambda u: lin_t(u.reshape(out.shape).astype(out.dtype))[0].reshape(batch, -1)
     return jvp, vjp
 
 
-def _sample_jacobian(fn: Callable, x_b, *, m: int, n: int, chunk_size: int):
-    """Dense Jacobian (m, n) of fn at one sample x_b (1, ...), in the dtype of x_b."""
-    jvp, vjp = _flat_linearization(fn, x_b)
-    # Build from the smaller side: m transposed products for rows, or n products for columns.
+def _jacobian_chunk(fn: Callable, x_b, start, *, m: int, n: int, chunk: int):
+    """Rows start … start + chunk − 1 (m ≤ n) or those columns, transposed (m > n), of the
+    Jacobian of fn at one sample x_b (1, ...): (chunk, max(m, n)); indices past the end give 0."""
+    out, lin = jax.linearize(fn, x_b)
+    jvp, vjp = _flat_products(lin, x_b, out)
+    # From the smaller side: m transposed products for rows, or n products for columns.
     side, product = (m, vjp) if m <= n else (n, jvp)
-    basis_product = lambda i: product(jax.nn.one_hot(i, side, dtype=x_b.dtype)[None])[0]
-    vectors = jax.lax.map(basis_product, jnp.arange(side), batch_size=min(chunk_size, side))
-    return vectors if m <= n else vectors.T
+    basis = jax.nn.one_hot(start + jnp.arange(chunk), side, dtype=x_b.dtype)
+    return jax.vmap(lambda e: product(e[None])[0])(basis)
 
 
 def sample_jacobian_fn(fn: Callable, x, *, chunk_size: int = 64) -> Callable:
-    """The jitted map x_b (1, ...) -> dense Jacobian (m, n) of fn at one sample, dtype of x_b.
+    """The map x_b (1, ...) -> dense Jacobian (m, n) of fn at one sample, in the dtype of x_b.
 
-    x (B, ...) gives the per-sample shape; compile it once with `.lower(x[:1]).compile()`.
+    x (B, ...) gives the per-sample shape. One jitted chunk of products, compiled at the first
+    call, run by a host loop: XLA:CPU ran the network's products ~10× slower inside a device
+    loop (lax.map), measured on the benchmark model (docs/benchmarks.md, "MCN").
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     m, n = map_dims(fn, x)
-    return jax.jit(functools.partial(_sample_jacobian, fn, m=m, n=n, chunk_size=chunk_size))
+    side = min(m, n)
+    chunk = min(chunk_size, side)
+    run = jax.jit(functools.partial(_jacobian_chunk, fn, m=m, n=n, chunk=chunk))
+
+    def jacobian(x_b):
+        vectors = jnp.concatenate([run(x_b, start) for start in range(0, side, chunk)])[:side]
+        return vectors if m <= n else vectors.T
+    return jacobian
 
 
 def jacobian_singular_values(fn: Callable, x, *, chunk_size: int = 64) -> np.ndarray:
@@ -153,52 +160,63 @@ def _next_vector(w, basis, key, scale, tol):
     return vector, jnp.where(broke, 0, size)
 
 
-def _bidiagonalize(fn: Callable, x, key, *, m: int, n: int, num_iters: int, tol: float):
-    """Golub–Kahan–Lanczos bidiagonalization of every sample's Jacobian at x (B, ...).
-
-    With L = Jᵀ (m ≤ n) or J (m > n), so that L is tall p × d, d = min(m, n): from a random
-    unit v_1 ∈ R^d, α_j u_j = L v_j − β_{j−1} u_{j−1} and β_j v_{j+1} = Lᵀ u_j − α_j v_j, the
-    subtractions done by full reorthogonalization. Returns: (alpha, beta), each (B, num_iters);
-    the upper bidiagonal matrix has diagonal alpha and superdiagonal beta[:, :-1].
-    """
-    jvp, vjp = _flat_linearization(fn, x)
-    (lin, lin_t), (d, p) = ((vjp, jvp), (m, n)) if m <= n else ((jvp, vjp), (n, m))
+def _gkl_init(x, key, *, d: int, p: int, num_iters: int):
+    """Empty Lanczos bases us (q, B, p), vs (q + 1, B, d) with a random unit v_1; coefficients
+    (2, q, B); the running scale (B,)."""
     batch, dtype = x.shape[0], x.dtype
-    key_start, key_u, key_v = jax.random.split(key, 3)
-    v_1 = jax.random.normal(key_start, (batch, d), dtype)
+    v_1 = jax.random.normal(jax.random.fold_in(key, 0), (batch, d), dtype)
     vs = jnp.zeros((num_iters + 1, batch, d), dtype).at[0].set(v_1 / _norm(v_1)[:, None])
     us = jnp.zeros((num_iters, batch, p), dtype)
-    coeffs = jnp.zeros((2, num_iters, batch), dtype)
+    return us, vs, jnp.zeros((2, num_iters, batch), dtype), jnp.zeros((batch,), dtype)
 
-    def step(j, carry):
-        us, vs, coeffs, scale = carry
-        w = lin(vs[j])
-        scale = jnp.maximum(scale, _norm(w))  # a running lower bound on |J|, per sample
-        u_j, alpha = _next_vector(w, us, jax.random.fold_in(key_u, j), scale, tol)
-        us = us.at[j].set(u_j)
-        w = lin_t(u_j)
-        scale = jnp.maximum(scale, _norm(w))
-        v_next, beta = _next_vector(w, vs, jax.random.fold_in(key_v, j), scale, tol)
-        coeffs = coeffs.at[:, j].set(jnp.stack([alpha, beta]))
-        return us, vs.at[j + 1].set(v_next), coeffs, scale
 
-    init = (us, vs, coeffs, jnp.zeros((batch,), dtype))
-    _, _, coeffs, _ = jax.lax.fori_loop(0, num_iters, step, init)
-    return coeffs[0].T, coeffs[1].T
+def _gkl_step(lin, carry, j, key, *, x, out, tol: float):
+    """Golub–Kahan–Lanczos step j for every sample at once, from the linearization lin at x.
+
+    With L = Jᵀ (m ≤ n) or J (m > n), so that L is tall p × d, d = min(m, n):
+    α_j u_j = L v_j − β_{j−1} u_{j−1} and β_j v_{j+1} = Lᵀ u_j − α_j v_j, the subtractions done
+    by full reorthogonalization against the bases in carry (as `_gkl_init` makes them).
+    """
+    us, vs, coeffs, scale = carry
+    jvp, vjp = _flat_products(lin, x, out)
+    lin_l, lin_lt = (vjp, jvp) if math.prod(out.shape) <= math.prod(x.shape) else (jvp, vjp)
+    w = lin_l(vs[j])
+    scale = jnp.maximum(scale, _norm(w))  # a running lower bound on |J|, per sample
+    u_j, alpha = _next_vector(w, us, jax.random.fold_in(key, 2 * j + 1), scale, tol)
+    w = lin_lt(u_j)
+    scale = jnp.maximum(scale, _norm(w))
+    v_next, beta = _next_vector(w, vs, jax.random.fold_in(key, 2 * j + 2), scale, tol)
+    coeffs = coeffs.at[:, j].set(jnp.stack([alpha, beta]))
+    return us.at[j].set(u_j), vs.at[j + 1].set(v_next), coeffs, scale
 
 
 def bidiagonalize_fn(fn: Callable, x, *, num_iters: int) -> Callable:
-    """The jitted map (x (B, ...), key) -> (alpha, beta), each (B, num_iters): the coefficients
-    of num_iters Golub–Kahan–Lanczos steps for every sample at once (see `_bidiagonalize`).
+    """The map (x (B, ...), key) -> (alpha, beta), each (B, num_iters): the coefficients of
+    num_iters Golub–Kahan–Lanczos steps (`_gkl_step`) for every sample at once; the upper
+    bidiagonal matrix has diagonal alpha and superdiagonal beta[:, :-1].
 
-    x gives the shapes; compile it once with `.lower(x, key).compile()`.
+    x gives the shapes. The linearization and one step are jitted (compiled at the first call)
+    and the steps run from a host loop: XLA:CPU ran the network's products ~8× slower inside a
+    device loop (fori_loop), measured on the benchmark model (docs/benchmarks.md, "MCN").
     """
     m, n = map_dims(fn, x)
     if not 1 <= num_iters <= min(m, n):
         raise ValueError(f"num_iters must be in [1, min(m, n) = {min(m, n)}], got {num_iters}")
     # A coupling this small is rounding noise of a reorthogonalized vector: treat it as zero.
     tol = math.sqrt(max(m, n)) * float(jnp.finfo(x.dtype).eps)
-    return jax.jit(functools.partial(_bidiagonalize, fn, m=m, n=n, num_iters=num_iters, tol=tol))
+    out = jax.eval_shape(fn, x)
+    linearize = jax.jit(lambda x: jax.linearize(fn, x)[1])
+    init = jax.jit(functools.partial(_gkl_init, d=min(m, n), p=max(m, n), num_iters=num_iters))
+    step = jax.jit(functools.partial(_gkl_step, x=jax.ShapeDtypeStruct(x.shape, x.dtype), out=out,
+                                     tol=tol), donate_argnums=1)
+
+    def run(x, key):
+        lin, carry = linearize(x), init(x, key)
+        for j in range(num_iters):
+            carry = step(lin, carry, j, key)
+        coeffs = carry[2]
+        return coeffs[0].T, coeffs[1].T
+    return run
 
 
 def bidiagonal_singular_values(alpha, beta) -> np.ndarray:
