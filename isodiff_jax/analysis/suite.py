@@ -35,6 +35,7 @@ class Options:
     sample_steps: int = 20  # DDIM steps (η = 0) for every decoded image
     pool: int = 1  # average pooling of h before MCN/VoR and the probes
     spectrum_method: str = "matrix_free"  # "dense" or "matrix_free"
+    spectrum_iters: int = 64  # matrix-free Lanczos iterations (s_min, hence MCN, converges from above: see docs/benchmarks.md)
     num_label: int = 256  # editing: oracle-labelled samples that define the directions
     num_edit: int = 32  # editing: held-out samples edited
     h_min_t: int = 500  # editing in h: steps with t >= h_min_t are edited
@@ -116,7 +117,9 @@ def _spectrum(trained, options, key):
         fn = lambda x: spectrum.average_pool(trained.encode(x, t_vec(x)), options.pool)
         eps = jax.random.normal(jax.random.fold_in(key, t), x0.shape)
         x_t = diffusion.q_sample(trained.schedule, jnp.asarray(x0), t_vec(x0), eps)
-        yield from spectrum.spectrum_metrics(fn, x_t, method=options.spectrum_method, key=key, prefix=f"t{t}_")
+        m, n = spectrum.map_dims(fn, x_t)
+        yield from spectrum.spectrum_metrics(fn, x_t, method=options.spectrum_method, key=key, prefix=f"t{t}_",
+                                             num_iters=min(options.spectrum_iters, m, n))
 
 
 def _ppl(trained, options, resources, key):
