@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from isodiff_jax.analysis import torch_weights
+
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                "pt_inception-2015-12-05-6726825d.pth")
 SIZE = 299
@@ -216,25 +218,10 @@ def _torch_name(path: tuple[str, ...]) -> str:
 def variables_from_state_dict(state_dict, source: str) -> dict:
     """torch-named arrays -> Flax {"params", "batch_stats"} for FIDInceptionV3. Raises ValueError
     naming every missing, unexpected or mis-shaped key and `source` (the file they came from)."""
-    expected = expected_shapes()
-    given = {k for k in state_dict if k not in UNUSED_KEYS and not k.endswith(UNUSED_SUFFIX)}
-    problems = []
-    if missing := sorted(set(expected) - given):
-        problems.append(f"missing keys: {', '.join(missing)}")
-    if extra := sorted(given - set(expected)):
-        problems.append(f"unexpected keys: {', '.join(extra)}")
-    wrong = [f"{k} has shape {tuple(np.shape(state_dict[k]))}, expected {expected[k]}"
-             for k in sorted(given & set(expected)) if tuple(np.shape(state_dict[k])) != expected[k]]
-    if wrong:
-        problems.append("wrong shapes: " + "; ".join(wrong))
-    if problems:
-        raise ValueError(f"{source} is not a state dict of pytorch-fid's FID Inception-v3 "
-                         f"(pt_inception-2015-12-05): " + " | ".join(problems))
-    flat = {}
-    for path in _flax_shapes():
-        value = np.asarray(state_dict[_torch_name(path)], np.float32)
-        flat[path] = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value  # OIHW -> HWIO
-    return traverse_util.unflatten_dict(flat)
+    unused = [k for k in state_dict if k in UNUSED_KEYS or k.endswith(UNUSED_SUFFIX)]
+    torch_weights.check_keys(state_dict, expected_shapes(), source=source, ignored=unused,
+                             what="a state dict of pytorch-fid's FID Inception-v3 (pt_inception-2015-12-05)")
+    return torch_weights.to_flax(state_dict, _flax_shapes(), _torch_name)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -47,6 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from isodiff_jax.analysis import torch_weights
+
 BACKBONE_URLS = {"alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
                  "vgg": "https://download.pytorch.org/models/vgg16-397923af.pth"}
 # lpips' ScalingLayer: ImageNet statistics mapped to inputs in [-1, 1]
@@ -171,24 +173,10 @@ def infer_net(names, source: str) -> str:
 def params_from_state_dict(state_dict, net: str, source: str) -> dict:
     """torch-named arrays -> Flax variables of LpipsNet(net). Raises ValueError naming every
     missing, unexpected or mis-shaped key and `source` (the file they came from)."""
-    expected = expected_shapes(net)
-    problems = []
-    if missing := sorted(set(expected) - set(state_dict)):
-        problems.append(f"missing keys: {', '.join(missing)}")
-    if extra := sorted(set(state_dict) - set(expected)):
-        problems.append(f"unexpected keys: {', '.join(extra)}")
-    wrong = [f"{k} has shape {tuple(np.shape(state_dict[k]))}, expected {expected[k]}"
-             for k in sorted(set(state_dict) & set(expected)) if tuple(np.shape(state_dict[k])) != expected[k]]
-    if wrong:
-        problems.append("wrong shapes: " + "; ".join(wrong))
-    if problems:
-        raise ValueError(f"{source} is not an LPIPS-{net} v0.1 weight file (torchvision "
-                         f"{BACKBONE_NAMES[net]} features + lpips lin layers): " + " | ".join(problems))
-    flat = {}
-    for path in _flax_shapes(net):
-        value = np.asarray(state_dict[_torch_name(net, path)], np.float32)
-        flat[path] = value.transpose(2, 3, 1, 0) if value.ndim == 4 else value  # OIHW -> HWIO
-    return traverse_util.unflatten_dict(flat)
+    torch_weights.check_keys(state_dict, expected_shapes(net), source=source,
+                             what=f"an LPIPS-{net} v0.1 weight file (torchvision {BACKBONE_NAMES[net]} "
+                                  f"features + lpips lin layers)")
+    return torch_weights.to_flax(state_dict, _flax_shapes(net), lambda path: _torch_name(net, path))
 
 
 @dataclasses.dataclass(frozen=True)
