@@ -17,12 +17,14 @@ from isodiff_jax.analysis import frechet
 
 def generate(sample: Callable, key, *, image_shape: Sequence[int], num: int, batch_size: int = 64,
              progress: bool = False) -> np.ndarray:
-    """num images from sample(x_T (B, ...) -> images), x_T ~ N(0, I), in batches of one shape."""
+    """num images from sample(x_T (B, ...), key) -> images, x_T ~ N(0, I), in batches of one shape;
+    the key is the batch's own (for stochastic samplers)."""
     fn = jax.jit(sample)
     out = []
     for start in tqdm.trange(0, num, batch_size, desc="sampling", disable=not progress, leave=False):
-        x_T = jax.random.normal(jax.random.fold_in(key, start), (batch_size, *image_shape))
-        out.append(np.asarray(fn(x_T)))
+        k_noise, k_sampler = jax.random.split(jax.random.fold_in(key, start))
+        x_T = jax.random.normal(k_noise, (batch_size, *image_shape))
+        out.append(np.asarray(fn(x_T, k_sampler)))
     return np.concatenate(out)[:num]
 
 

@@ -33,6 +33,8 @@ class Options:
     num_samples: int = 64  # PPL samples; MCN/VoR and inversion use a quarter of it
     num_fd_samples: int = 512  # generated images for fid / fd_oracle (as many real ones again, twice)
     sample_steps: int = 20  # DDIM steps (η = 0) for every decoded image
+    fd_sample_steps: int = 0  # fd's samples: DDIM steps (0: sample_steps)
+    fd_sample_eta: float = 0.0  # fd's samples: DDIM η (1 = the training loop's grids)
     pool: int = 1  # average pooling of h before MCN/VoR and the probes
     spectrum_method: str = "matrix_free"  # "dense" or "matrix_free"
     spectrum_iters: int = 64  # matrix-free Lanczos iterations (s_min, hence MCN, converges from above: see docs/benchmarks.md)
@@ -93,9 +95,11 @@ def check(metrics, trained, resources: Resources) -> None:
         raise ValueError("; ".join(found))
 
 
-def sampler(trained, num_steps):
-    """x_T -> images with deterministic DDIM (η = 0), x0 clipped to [-1, 1]."""
-    return lambda x_T: diffusion.ddim_sample(trained.eps, trained.schedule, x_T, num_steps, clip_x0=1.0)
+def sampler(trained, num_steps, eta: float = 0.0):
+    """(x_T, key=None) -> images with DDIM, x0 clipped to [-1, 1]; deterministic (η = 0) unless
+    eta > 0, which needs the key."""
+    return lambda x_T, key=None: diffusion.ddim_sample(trained.eps, trained.schedule, x_T, num_steps, eta=eta,
+                                                       key=key, clip_x0=1.0)
 
 
 def real_images(trained, count: int, seed: int) -> np.ndarray:
@@ -131,8 +135,8 @@ def _ppl(trained, options, resources, key):
 
 
 def _fd(trained, options, resources, key):
-    generated = quality.generate(sampler(trained, options.sample_steps), key, image_shape=trained.image_shape,
-                                 num=options.num_fd_samples)
+    sample = sampler(trained, options.fd_sample_steps or options.sample_steps, options.fd_sample_eta)
+    generated = quality.generate(sample, key, image_shape=trained.image_shape, num=options.num_fd_samples)
     real = real_images(trained, 2 * options.num_fd_samples, options.seed + 2)
     if resources.inception is not None:
         yield from quality.frechet_distance("fid", resources.inception.features, generated, real)
