@@ -41,6 +41,18 @@ def test_slerp_path_stays_on_the_sphere_and_ends_at_the_end_points():
                                rtol=1e-12)
 
 
+def test_slerp_path_of_images_interpolates_whole_samples_not_pixels():
+    x0, x1 = jax.random.normal(jax.random.PRNGKey(4), (2, 3, 4, 4, 3), jnp.float64)
+    path = rtl.slerp_path(x0, x1, 6)
+    flat = rtl.slerp_path(x0.reshape(3, -1), x1.reshape(3, -1), 6)
+    np.testing.assert_allclose(path.reshape(7, 3, -1), flat, rtol=1e-12)
+    # unequal end norms: the middle point's norm follows the whole vectors' angle, not each pixel's
+    theta = jnp.arccos(jnp.sum(flat[0] * flat[-1], -1) / jnp.linalg.norm(flat[0], axis=-1)
+                       / jnp.linalg.norm(flat[-1], axis=-1))
+    half = jnp.sin(theta / 2) / jnp.sin(theta)
+    np.testing.assert_allclose(path[3].reshape(3, -1), half[:, None] * (flat[0] + flat[-1]), rtol=1e-12)
+
+
 def test_mrtl_evaluator_yields_per_timestep_and_mean_values():
     A = jax.random.normal(jax.random.PRNGKey(3), (5, 2 * 2 * 3))
     encode_at = lambda x, t: jnp.tanh(x.reshape(x.shape[0], -1) @ A.T * (1 + t[:, None] / 1000))

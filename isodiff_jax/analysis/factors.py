@@ -19,7 +19,7 @@ from typing import Callable, Iterator, Sequence
 import jax
 import numpy as np
 
-from isodiff_jax import geometry
+from isodiff_jax.analysis import rtl
 from isodiff_jax.data import shapes
 
 CONTINUOUS = ("object_hue", "background_hue", "scale", "x", "y")
@@ -58,14 +58,6 @@ def path_factor_rtl(path: dict, *, min_change: float = 0.1) -> dict:
     return out
 
 
-def slerp_frames(x0: jax.Array, x1: jax.Array, num_frames: int) -> jax.Array:
-    """(B, ...) end points -> (num_frames · B, ...) frames, frame-major: slerp(x0, x1, k/K)."""
-    w = np.linspace(0.0, 1.0, num_frames)
-    flat0, flat1 = x0.reshape(len(x0), -1), x1.reshape(len(x1), -1)
-    frames = [geometry.slerp(flat0, flat1, wk).reshape(x0.shape) for wk in w]
-    return jax.numpy.concatenate(frames)
-
-
 def factor_rtl(sample: Callable, oracle, key, *, image_shape: Sequence[int], num_pairs: int = 32,
                num_frames: int = 17, batch_size: int = 8, min_change: float = 0.1) -> Iterator:
     """Evaluator: decode `num_frames` frames along slerp between pairs x_0, x_1 ~ N(0, I) with
@@ -73,7 +65,7 @@ def factor_rtl(sample: Callable, oracle, key, *, image_shape: Sequence[int], num
     ("factor_rtl_<factor>", mean over the pairs that qualify), ("factor_rtl_<factor>_pairs", how
     many qualified), ("factor_rtl_shape_extra_changes", mean) and ("factor_rtl", the mean of the
     continuous factors' values)."""
-    decode = jax.jit(lambda x0, x1: sample(slerp_frames(x0, x1, num_frames)))
+    decode = jax.jit(lambda x0, x1: sample(rtl.slerp_path(x0, x1, num_frames - 1).reshape(-1, *x0.shape[1:])))
     per_pair = {}
     for start in range(0, num_pairs, batch_size):
         b = min(batch_size, num_pairs - start)

@@ -26,9 +26,12 @@ def relative_trajectory_length(path: jax.Array) -> jax.Array:
 
 
 def slerp_path(x0: jax.Array, x1: jax.Array, num_segments: int) -> jax.Array:
-    """(B, ...) end points -> (K+1, B, ...) points slerp(x0, x1, k/K), k = 0..K."""
+    """(B, ...) end points -> (K+1, B, ...) points slerp(x0, x1, k/K), k = 0..K, each sample taken
+    as one flattened vector (images are not interpolated pixel by pixel)."""
     w = jnp.linspace(0.0, 1.0, num_segments + 1, dtype=x0.dtype)
-    return jax.vmap(lambda wk: geometry.slerp(x0, x1, wk))(w)
+    flat0, flat1 = x0.reshape(len(x0), -1), x1.reshape(len(x1), -1)
+    path = jax.vmap(lambda wk: geometry.slerp(flat0, flat1, wk))(w)
+    return path.reshape(num_segments + 1, *x0.shape)
 
 
 def path_rtl(encode: Callable, x0: jax.Array, x1: jax.Array, num_segments: int) -> jax.Array:
