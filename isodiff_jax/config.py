@@ -145,10 +145,10 @@ def _validate_evaluation(config) -> None:
     if not metrics:
         raise ConfigError(f"config.evaluation.every_steps={ev.every_steps} but evaluation.metrics is empty: "
                           f"name some of {suite.METRICS}")
-    found = suite.problems(metrics, config.data.name, oracle=bool(ev.oracle_dir), inception=bool(ev.inception_file))
+    found = suite.problems(metrics, config.data.name, oracle=bool(ev.oracle_dir), inception=bool(ev.inception_file),
+                           inputs={"oracle": "evaluation.oracle_dir", "inception": "evaluation.inception_file"})
     if found:
-        raise ConfigError("config.evaluation.metrics=" + repr(ev.metrics) + ": " + "; ".join(found).replace(
-            "--oracle DIR", "evaluation.oracle_dir").replace("--inception FILE", "evaluation.inception_file"))
+        raise ConfigError(f"config.evaluation.metrics={ev.metrics!r}: " + "; ".join(found))
     for field in ("oracle_dir", "inception_file", "lpips_file"):
         _check(not ev[field] or os.path.exists(ev[field]), f"evaluation.{field}", ev[field], "an existing path")
     for field in ("num_pairs", "num_samples", "num_fd_samples", "sample_steps"):

@@ -67,24 +67,30 @@ def load_resources(oracle_dir: str = "", inception_file: str = "", lpips_file: s
     return Resources(**resources)
 
 
-def missing_inputs(metric: str, data_name: str, *, oracle: bool, inception: bool) -> Optional[str]:
+CLI_INPUTS = {"oracle": "--oracle DIR", "inception": "--inception FILE"}  # how each input is given
+
+
+def missing_inputs(metric: str, data_name: str, *, oracle: bool, inception: bool,
+                   inputs: dict = CLI_INPUTS) -> Optional[str]:
     """Why `metric` cannot run on a model of data set `data_name` with or without the oracle and
-    Inception weights, or None when it can."""
+    Inception weights, or None when it can; `inputs` names how the user gives each of them."""
     on_shapes = data_name == "shapes"
     if metric in SHAPES_ONLY and not on_shapes:
         return f"{metric} needs the shapes data set's ground-truth factors (this run used {data_name!r})"
     if metric in ("factor_rtl", "edit") and not oracle:
-        return f"{metric} needs the factor oracle (--oracle DIR)"
+        return f"{metric} needs the factor oracle ({inputs['oracle']})"
     if metric == "fd" and not inception and not (on_shapes and oracle):
-        return "fd needs Inception-v3 weights (--inception FILE) or, on shapes, the factor oracle (--oracle DIR)"
+        return (f"fd needs Inception-v3 weights ({inputs['inception']}) or, on shapes, the factor oracle "
+                f"({inputs['oracle']})")
     return None
 
 
-def problems(metrics, data_name: str, *, oracle: bool, inception: bool) -> list:
+def problems(metrics, data_name: str, *, oracle: bool, inception: bool, inputs: dict = CLI_INPUTS) -> list:
     """Every reason the metrics cannot run (unknown names included); empty when they all can."""
     unknown = sorted(set(metrics) - set(METRICS))
     out = [f"unknown metrics {unknown}; available: {', '.join(METRICS)}"] if unknown else []
-    reasons = (missing_inputs(m, data_name, oracle=oracle, inception=inception) for m in metrics if m in METRICS)
+    reasons = (missing_inputs(m, data_name, oracle=oracle, inception=inception, inputs=inputs)
+               for m in metrics if m in METRICS)
     return out + [r for r in reasons if r]
 
 
