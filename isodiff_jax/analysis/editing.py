@@ -127,13 +127,12 @@ def editing(trained, oracle, key, *, num_label: int = 256, num_edit: int = 32, s
     for name in factors.CONTINUOUS:
         coordinate = edit_coordinate(label_factors, name)
         d, sigma = direction(x_label, coordinate)
-        unit = {"xT": (sigma * d).reshape(trained.image_shape).astype(np.float32),
-                "h": editor.h_shifts(hs, coordinate)}
+        x_shift = (sigma * d).reshape(trained.image_shape).astype(np.float32)
+        h_shifts = editor.h_shifts(hs, coordinate)
+        edit = {"xT": lambda a: editor.decode(x_edit + a * x_shift),  # used within this iteration only
+                "h": lambda a: editor.decode(x_edit, a * h_shifts)}
         for space in SPACES:
-            if space == "xT":
-                edited = [editor.decode(x_edit + a * unit["xT"]) for a in ALPHAS]
-            else:
-                edited = [editor.decode(x_edit, a * unit["h"]) for a in ALPHAS]
+            edited = [edit[space](a) for a in ALPHAS]
             scores = precision(original, [oracle.predict(e) for e in edited], name)
             precisions[space].append(scores["precision"])
             for kind, value in scores.items():
