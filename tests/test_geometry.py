@@ -81,3 +81,65 @@ def test_slerp_parallel_falls_back_to_lerp_and_lerp_endpoints():
     x1 = _points(jax.random.PRNGKey(8))
     np.testing.assert_allclose(geometry.lerp(x0, x1, 0.25), 0.75 * x0 + 0.25 * x1)
     assert jnp.all(jnp.isfinite(jax.grad(lambda w: geometry.slerp(x0, 2 * x0, w).sum())(0.3)))
+
+
+IMAGE = (4, 3, 5, 2)  # (B, H, W, C): one point of R^30 per sample
+
+
+def _images(key, shape=IMAGE):
+    return jax.random.normal(key, shape, jnp.float64) * 2.0
+
+
+def _flat(x):
+    return x.reshape(x.shape[0], -1)
+
+
+@pytest.mark.parametrize("w", [0.3, jnp.array([0.0, 0.25, 0.6, 1.0]), jnp.array([[0.1], [0.2], [0.3], [0.9]])])
+def test_image_shaped_points_act_as_their_flattened_samples(w):
+    """Scalar, (B,) and (B, 1) weights; radius likewise; results reshape to the flattened ones."""
+    x0, x1 = _images(jax.random.PRNGKey(9)), _images(jax.random.PRNGKey(10))
+    for f in (geometry.slerp, geometry.lerp):
+        out = f(x0, x1, w)
+        assert out.shape == IMAGE
+        np.testing.assert_allclose(_flat(out), f(_flat(x0), _flat(x1), w), rtol=1e-13, atol=1e-13)
+    radius = 1.0 + jnp.reshape(jnp.asarray(w), (-1,)) if jnp.ndim(w) else 2.5
+    out = geometry.project_to_sphere(x0, radius)
+    assert out.shape == IMAGE
+    np.testing.assert_allclose(_flat(out), geometry.project_to_sphere(_flat(x0), radius), rtol=1e-13)
+    np.testing.assert_allclose(jnp.linalg.norm(_flat(out), axis=1), jnp.broadcast_to(radius, (4,)), rtol=1e-13)
+    pv = geometry.tangent_projection(x0, x1)
+    assert pv.shape == IMAGE
+    np.testing.assert_allclose(_flat(pv), geometry.tangent_projection(_flat(x0), _flat(x1)), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(jnp.sum(_flat(pv) * _flat(x0), axis=1), 0.0, atol=1e-12)
+
+
+def test_slerp_of_images_stays_on_each_samples_sphere_and_matches_midpoint():
+    x0, x1 = _images(jax.random.PRNGKey(11)), _images(jax.random.PRNGKey(12))
+    r = jnp.linalg.norm(_flat(x0), axis=1)
+    x1 = geometry.project_to_sphere(x1, r)  # same radius per sample, a different one per sample
+    for w in jnp.linspace(0, 1, 7):
+        np.testing.assert_allclose(jnp.linalg.norm(_flat(geometry.slerp(x0, x1, w)), axis=1), r, rtol=1e-12)
+    # Midpoint of the great-circle arc: (x0 + x1) rescaled onto the sphere of radius r.
+    mid = (x0 + x1) / jnp.linalg.norm(_flat(x0 + x1), axis=1)[:, None, None, None] * r[:, None, None, None]
+    np.testing.assert_allclose(geometry.slerp(x0, x1, 0.5), mid, rtol=1e-12, atol=1e-12)
+
+
+def test_chart_flattens_image_shaped_points():
+    x = _images(jax.random.PRNGKey(13))
+    r = jnp.linalg.norm(_flat(x), axis=1)
+    z = geometry.stereographic(x, r)
+    assert z.shape == (4, 29)
+    np.testing.assert_allclose(z, geometry.stereographic(_flat(x), r[:, None]), rtol=1e-13)
+    np.testing.assert_allclose(geometry.inverse_stereographic(z, r), _flat(x), rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(geometry.squared_norm(x), r**2, rtol=1e-13)
+    assert geometry.stereographic_metric(z, r).shape == (4,)
+
+
+def test_per_sample_weights_broadcast_across_the_batch_and_bad_shapes_fail():
+    x0, x1 = _points(jax.random.PRNGKey(14), batch=1), _points(jax.random.PRNGKey(15), batch=1)
+    ws = jnp.linspace(0, 1, 6)
+    path = geometry.slerp(x0, x1, ws[:, None])  # one pair, six weights -> six points
+    assert path.shape == (6, N)
+    np.testing.assert_allclose(path[3], geometry.slerp(x0, x1, ws[3])[0], atol=1e-12)
+    with pytest.raises(ValueError, match="one value per sample"):
+        geometry.lerp(_images(jax.random.PRNGKey(16)), _images(jax.random.PRNGKey(17)), jnp.ones((4, 3)))
