@@ -12,12 +12,17 @@ schedule, so a float64 schedule can drive a float32 model.
 Samplers are pure functions of an `eps_fn(x, t) -> ε̂` (x: (B, ...), t: int32 (B,)); wrap them in
 `jax.jit` with the network closed over. The step count, η and the clipping bound are static.
 """
+from typing import Callable
+
 import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.typing import DTypeLike
 
 SCHEDULE_KINDS = ("linear", "cosine")
+
+EpsFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x (B, ...), t int32 (B,)) -> ε̂ (B, ...)
 
 
 @flax.struct.dataclass
@@ -38,12 +43,12 @@ class Schedule:
         return self.betas.shape[0]
 
 
-def _linear_betas(num_timesteps, beta_start, beta_end):
+def _linear_betas(num_timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
     """DDPM (Ho et al. 2020): β evenly spaced from beta_start to beta_end. Float64 (T,)."""
     return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
 
 
-def _cosine_betas(num_timesteps, s):
+def _cosine_betas(num_timesteps: int, s: float) -> np.ndarray:
     """Nichol & Dhariwal (2021): ᾱ(t) = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2).
 
     β_t = 1 − ᾱ(t)/ᾱ(t−1) for t = 1 … T, clipped to ≤ 0.999 so that ᾱ stays positive at the end
@@ -62,7 +67,7 @@ def make_schedule(
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
     cosine_s: float = 0.008,
-    dtype=jnp.float32,
+    dtype: DTypeLike = jnp.float32,
 ) -> Schedule:
     """Builds a "linear" or "cosine" schedule of `num_timesteps` steps.
 
@@ -84,7 +89,7 @@ def make_schedule(
     )
 
 
-def _per_sample(values, like):
+def _per_sample(values: jax.Array, like: jax.Array) -> jax.Array:
     """Values (B,) reshaped to (B, 1, …, 1) to broadcast against `like` (B, ...), in its dtype."""
     values = values.astype(like.dtype)
     return values.reshape(values.shape + (1,) * (like.ndim - 1))
@@ -121,7 +126,8 @@ def ddim_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
     return np.arange(num_steps, dtype=np.int32) * (num_timesteps // num_steps)
 
 
-def _predict_x0(x, eps_hat, abar_t, clip_x0=None):
+def _predict_x0(x: jax.Array, eps_hat: jax.Array, abar_t: jax.Array,
+                clip_x0: float | None = None) -> jax.Array:
     """x0_hat = (x − sqrt(1 − ᾱ_t) ε̂) / sqrt(ᾱ_t), optionally clipped to [−clip_x0, clip_x0]."""
     x0_hat = (x - jnp.sqrt(1 - abar_t) * eps_hat) / jnp.sqrt(abar_t)
     if clip_x0 is not None:
@@ -129,13 +135,14 @@ def _predict_x0(x, eps_hat, abar_t, clip_x0=None):
     return x0_hat
 
 
-def _ddim_sigma(eta, abar_t, abar_prev):
+def _ddim_sigma(eta: float, abar_t: jax.Array, abar_prev: jax.Array) -> jax.Array:
     """σ_t(η) of Song et al. (2021), Eq. 16; zero when η = 0 or ᾱ_prev = 1."""
     return eta * jnp.sqrt((1 - abar_prev) / (1 - abar_t)) * jnp.sqrt(1 - abar_t / abar_prev)
 
 
-def ddim_sample(eps_fn, schedule: Schedule, x_T, num_steps: int, *, eta: float = 0.0, key=None,
-                clip_x0: float | None = None, return_path: bool = False):
+def ddim_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, num_steps: int, *, eta: float = 0.0,
+                key: jax.Array | None = None, clip_x0: float | None = None,
+                return_path: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
     """DDIM sampling (Song et al. 2021) from x_T down to x_0 in `num_steps` steps, as a `lax.scan`.
 
     Args:
@@ -181,7 +188,7 @@ def ddim_sample(eps_fn, schedule: Schedule, x_T, num_steps: int, *, eta: float =
     return (x_0, path) if return_path else x_0
 
 
-def ddim_invert(eps_fn, schedule: Schedule, x0, num_steps: int):
+def ddim_invert(eps_fn: EpsFn, schedule: Schedule, x0: jax.Array, num_steps: int) -> jax.Array:
     """DDIM inversion: the deterministic (η = 0) DDIM ODE run upward from x0, as a `lax.scan`.
 
     Visits `ddim_timesteps` in ascending order; at t_k it predicts ε̂ = eps_fn(x, t_k) at the

@@ -19,10 +19,12 @@ so chart coordinates are always flat: Π takes (B, ...) to (B, n-1), Π⁻¹ tak
 The radius always comes from the caller (the sphere through the actual point), never from z:
 the original code computed it from the chart coordinates, which made G ≡ 1 (method.md §7.1).
 """
+import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike
 
 
-def _sample_axes(x):
+def _sample_axes(x: jax.Array) -> tuple[int, ...]:
     """The axes of one sample of x, counted from the end: all but the batch axis, or the only axis
     of a single point (n,). Counting from the end lets a second operand carry extra leading axes."""
     if x.ndim == 0:
@@ -30,17 +32,17 @@ def _sample_axes(x):
     return tuple(range(1 - x.ndim, 0)) if x.ndim > 1 else (-1,)
 
 
-def _inner(x, v):
+def _inner(x: jax.Array, v: jax.Array) -> jax.Array:
     """Per-sample ⟨x, v⟩ over the sample axes of x, kept as size-1 axes for broadcasting."""
     return jnp.sum(x * v, axis=_sample_axes(x), keepdims=True)
 
 
-def _flatten(x):
+def _flatten(x: jax.Array) -> jax.Array:
     """(B, ...) -> (B, n); a single point (n,) unchanged."""
     return x.reshape(x.shape[0], -1) if x.ndim > 1 else x
 
 
-def _per_sample(value, points):
+def _per_sample(value: ArrayLike, points: jax.Array) -> jax.Array:
     """A scalar or one value per sample ((B,) or (B, 1)) as an array that broadcasts against
     points (B, ...): shape (B, 1, ..., 1)."""
     v = jnp.asarray(value, dtype=points.dtype)
@@ -54,19 +56,19 @@ def _per_sample(value, points):
     return v.reshape(v.shape + (1,) * (points.ndim - 1))
 
 
-def squared_norm(x):
+def squared_norm(x: jax.Array) -> jax.Array:
     """|x|² per sample: (B, ...) -> (B,); a single point (n,) -> ()."""
     return jnp.sum(x * x, axis=_sample_axes(x))
 
 
-def stereographic(x, radius):
+def stereographic(x: jax.Array, radius: ArrayLike) -> jax.Array:
     """Chart Π: points (B, ...) on the sphere of `radius` -> coordinates (B, n-1)."""
     x = _flatten(x)
     r = _per_sample(radius, x)
     return r * x[..., :-1] / (r - x[..., -1:])
 
 
-def inverse_stereographic(z, radius):
+def inverse_stereographic(z: jax.Array, radius: ArrayLike) -> jax.Array:
     """Π⁻¹: coordinates (B, n-1) -> points (B, n) on the sphere of `radius`."""
     z = _flatten(z)
     r = _per_sample(radius, z)
@@ -75,7 +77,7 @@ def inverse_stereographic(z, radius):
     return jnp.concatenate([2 * r * r * z, r * (zz - r * r)], axis=-1) / denom
 
 
-def stereographic_metric(z, radius):
+def stereographic_metric(z: jax.Array, radius: ArrayLike) -> jax.Array:
     """Conformal factor g(z) of the pulled-back metric G = g·I: coordinates (B, n-1) -> (B,)."""
     z = _flatten(z)
     r = _per_sample(radius, z)
@@ -83,7 +85,7 @@ def stereographic_metric(z, radius):
     return g[..., 0]
 
 
-def tangent_projection(x, v):
+def tangent_projection(x: jax.Array, v: jax.Array) -> jax.Array:
     """P v with P = I - x xᵀ/|x|², the projection onto the sphere's tangent space at x (B, ...).
 
     v has x's shape, or extra leading axes (e.g. several probes (K, B, ...)), which broadcast.
@@ -91,19 +93,19 @@ def tangent_projection(x, v):
     return v - x * _inner(x, v) / _inner(x, x)
 
 
-def project_to_sphere(x, radius):
+def project_to_sphere(x: jax.Array, radius: ArrayLike) -> jax.Array:
     """Radial rescaling of each sample of x (B, ...) onto the sphere of `radius`."""
     r = _per_sample(radius, x)
     return x * r / jnp.sqrt(_inner(x, x))
 
 
-def lerp(x0, x1, w):
+def lerp(x0: jax.Array, x1: jax.Array, w: ArrayLike) -> jax.Array:
     """Straight line (1 - w) x0 + w x1 between points (B, ...); w a scalar or one per sample."""
     w = _per_sample(w, x0)
     return (1 - w) * x0 + w * x1
 
 
-def slerp(x0, x1, w):
+def slerp(x0: jax.Array, x1: jax.Array, w: ArrayLike) -> jax.Array:
     """Spherical interpolation: sin((1-w)θ)/sin θ · x0 + sin(wθ)/sin θ · x1, θ = ∠(x0, x1), the
     angle between whole samples (B, ...); w a scalar or one per sample.
 

@@ -3,16 +3,17 @@ import math
 import os
 
 import numpy as np
+from numpy.typing import ArrayLike
 from PIL import Image
 
 
-def to_uint8(x) -> np.ndarray:
+def to_uint8(x: ArrayLike) -> np.ndarray:
     """Images in [-1, 1] (any float array, (..., H, W, C)) -> uint8 in [0, 255]."""
     x = np.asarray(x, np.float32)
     return np.clip(np.round((x + 1.0) * 127.5), 0, 255).astype(np.uint8)
 
 
-def grid(images, columns: int | None = None, pad: int = 2) -> np.ndarray:
+def grid(images: ArrayLike, columns: int | None = None, pad: int = 2) -> np.ndarray:
     """(N, H, W, C) uint8 -> one (rows·(H+pad)+pad, columns·(W+pad)+pad, C) uint8 image, white gaps."""
     images = np.asarray(images)
     if images.ndim != 4 or images.dtype != np.uint8:
@@ -27,7 +28,7 @@ def grid(images, columns: int | None = None, pad: int = 2) -> np.ndarray:
     return out
 
 
-def save_grid(path, images, columns: int | None = None, scale: int = 1) -> str:
+def save_grid(path: str, images: ArrayLike, columns: int | None = None, scale: int = 1) -> str:
     """Writes images ((N, H, W, C) uint8, or float in [-1, 1]) as one PNG grid, enlarged `scale`
     times with nearest-neighbour so small images stay crisp. Written atomically; returns path."""
     images = np.asarray(images)

@@ -11,15 +11,16 @@ named after its modules) so that a diffusers checkpoint can be converted into it
 GroupNorm only (no mutable batch statistics), so `jax.jvp` through `encode` stays simple.
 """
 import math
-from typing import Optional, Sequence
+from typing import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.typing import ArrayLike, DTypeLike
 
 
-def timestep_embedding(t, dim, *, flip_sin_to_cos=True, freq_shift=0.0, max_period=10000.0,
-                       dtype=jnp.float32):
+def timestep_embedding(t: ArrayLike, dim: int, *, flip_sin_to_cos: bool = True, freq_shift: float = 0.0,
+                       max_period: float = 10000.0, dtype: DTypeLike = jnp.float32) -> jax.Array:
     """Sinusoidal embedding of timesteps t (B,) -> (B, dim), as diffusers' `get_timestep_embedding`."""
     half = dim // 2
     exponent = -math.log(max_period) * jnp.arange(half, dtype=dtype) / (half - freq_shift)
@@ -41,7 +42,7 @@ class TimeEmbedding(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, t):
+    def __call__(self, t: jax.Array) -> jax.Array:
         emb = timestep_embedding(t, self.sinusoid_dim, flip_sin_to_cos=self.flip_sin_to_cos,
                                  freq_shift=self.freq_shift,
                                  dtype=jnp.promote_types(self.dtype, jnp.float32)).astype(self.dtype)
@@ -58,7 +59,7 @@ class ResnetBlock(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x, temb):
+    def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
         norm = lambda name: nn.GroupNorm(self.groups, epsilon=self.eps, dtype=self.dtype, name=name)
         conv = lambda name: nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype, name=name)
         y = conv("conv1")(nn.silu(norm("norm1")(x)))
@@ -78,7 +79,7 @@ class AttentionBlock(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         b, hgt, wid, c = x.shape
         if c % self.head_dim:
             raise ValueError(f"attention_head_dim={self.head_dim} does not divide {c} channels")
@@ -93,7 +94,7 @@ class AttentionBlock(nn.Module):
         return x + y.reshape(b, hgt, wid, c)
 
 
-def _softmax_attention(q, k, v):
+def _softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """softmax(q kᵀ) v per head, (B, L, heads, d) each; normalised after the value product.
 
     Dividing the (B, L, heads, d) output instead of the (B, heads, L, L) weights saves a pass
@@ -116,7 +117,7 @@ class Downsample(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         return nn.Conv(self.features, (3, 3), strides=2, padding=1, dtype=self.dtype, name="conv")(x)
 
 
@@ -127,7 +128,7 @@ class Upsample(nn.Module):
     dtype: jnp.dtype
 
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x: jax.Array) -> jax.Array:
         x = jnp.repeat(jnp.repeat(x, 2, axis=1), 2, axis=2)
         return nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype, name="conv")(x)
 
@@ -154,7 +155,7 @@ class UNet(nn.Module):
     freq_shift: float = 0.0
     dtype: jnp.dtype = jnp.float32
 
-    def setup(self):
+    def setup(self) -> None:
         boc = tuple(self.block_out_channels)
         if len(self.attention_levels) != len(boc):
             raise ValueError(f"attention_levels has {len(self.attention_levels)} entries, "
@@ -182,10 +183,10 @@ class UNet(nn.Module):
         self.conv_out = nn.Conv(self.out_channels, (3, 3), padding=1, dtype=self.dtype,
                                 kernel_init=nn.initializers.zeros)
 
-    def _time(self, t, batch):
+    def _time(self, t: ArrayLike, batch: int) -> jax.Array:
         return self.time_embedding(jnp.broadcast_to(jnp.asarray(t), (batch,)))
 
-    def _encode(self, x, temb):
+    def _encode(self, x: jax.Array, temb: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
         """Down path + middle block -> (h, skips)."""
         if x.ndim != 4 or x.shape[-1] != self.in_channels:
             raise ValueError(f"x must be NHWC with {self.in_channels} channels, got {x.shape}")
@@ -196,26 +197,27 @@ class UNet(nn.Module):
             skips.extend(outs)
         return self.mid_block(y, temb), skips
 
-    def _decode(self, h, skips, temb):
+    def _decode(self, h: jax.Array, skips: Sequence[jax.Array], temb: jax.Array) -> jax.Array:
         y, skips = h, list(skips)
         for block in self.up_blocks:
             y = block.up(y, skips, temb)
         y = nn.silu(self.conv_norm_out(y))
         return self.conv_out(y).astype(jnp.float32)
 
-    def encode(self, x, t):
+    def encode(self, x: jax.Array, t: ArrayLike) -> jax.Array:
         """h = e_θ(x, t): (B, H, W, C), t (B,) or scalar -> (B, H/2^L, W/2^L, C_last)."""
         return self._encode(x, self._time(t, x.shape[0]))[0]
 
-    def encode_with_skips(self, x, t):
+    def encode_with_skips(self, x: jax.Array, t: ArrayLike) -> tuple[jax.Array, list[jax.Array]]:
         """(h, skips): h and the down path's outputs that `decode` needs."""
         return self._encode(x, self._time(t, x.shape[0]))
 
-    def decode(self, h, skips, t):
+    def decode(self, h: jax.Array, skips: Sequence[jax.Array], t: ArrayLike) -> jax.Array:
         """Up path from h and the skips of `encode_with_skips` -> ε̂ (B, H, W, out_channels)."""
         return self._decode(h, skips, self._time(t, h.shape[0]))
 
-    def __call__(self, x, t, h: Optional[jax.Array] = None):
+    def __call__(self, x: jax.Array, t: ArrayLike,
+                 h: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
         """(ε̂, h); a given h replaces the middle block's output (h-space injection)."""
         temb = self._time(t, x.shape[0])
         h_mid, skips = self._encode(x, temb)
@@ -234,10 +236,10 @@ class _Blocks(nn.Module):
     head_dim: int
     dtype: jnp.dtype
 
-    def _resnet(self, features):
+    def _resnet(self, features: int) -> ResnetBlock:
         return ResnetBlock(features, self.groups, self.eps, self.dtype)
 
-    def _attention(self):
+    def _attention(self) -> AttentionBlock:
         return AttentionBlock(self.head_dim, self.groups, self.eps, self.dtype)
 
 
@@ -247,11 +249,11 @@ class _MidBlock(_Blocks):
     features: int = 0
     with_attention: bool = True
 
-    def setup(self):
+    def setup(self) -> None:
         self.resnets = [self._resnet(self.features) for _ in range(2)]
         self.attentions = [self._attention()] if self.with_attention else []
 
-    def __call__(self, x, temb):
+    def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
         x = self.resnets[0](x, temb)
         for attention in self.attentions:
             x = attention(x)
@@ -267,7 +269,7 @@ class _Level(_Blocks):
     downsample: bool = False
     upsample: bool = False
 
-    def setup(self):
+    def setup(self) -> None:
         self.resnets = [self._resnet(self.features) for _ in range(self.num_layers)]
         self.attentions = [self._attention() for _ in range(self.num_layers * self.with_attention)]
         if self.downsample:
@@ -275,11 +277,11 @@ class _Level(_Blocks):
         if self.upsample:
             self.upsampler = Upsample(self.features, self.dtype)
 
-    def _layer(self, j, y, temb):
+    def _layer(self, j: int, y: jax.Array, temb: jax.Array) -> jax.Array:
         y = self.resnets[j](y, temb)
         return self.attentions[j](y) if self.attentions else y
 
-    def down(self, y, temb):
+    def down(self, y: jax.Array, temb: jax.Array) -> tuple[jax.Array, list[jax.Array]]:
         """-> (output, outputs of every layer and of the downsampler, for the skips)."""
         outs = []
         for j in range(self.num_layers):
@@ -290,7 +292,7 @@ class _Level(_Blocks):
             outs.append(y)
         return y, outs
 
-    def up(self, y, skips, temb):
+    def up(self, y: jax.Array, skips: list[jax.Array], temb: jax.Array) -> jax.Array:
         """Consumes skips from the end of the list (mutates it)."""
         for j in range(self.num_layers):
             y = self._layer(j, jnp.concatenate([y, skips.pop()], axis=-1), temb)

@@ -8,13 +8,16 @@ A config names its data set with `data.name`: "shapes", "folder" (the images und
 or any TFDS name such as "cifar10", "celeb_a_hq/256" or "lsun/church_outdoor" (prepared under
 `data_dir`). `DATASETS` lists these kinds; `source_kind(name)` says which one a name is.
 """
+import os
+
 from isodiff_jax.data.folder import FolderSource
 from isodiff_jax.data.shapes import DEFAULT_SIZE, ShapesSource
+from isodiff_jax.data.source import Source
 
 DATASETS = ("shapes", "folder", "tfds")  # "tfds" stands for any other name: a TFDS data set
 
 
-def source_kind(name):
+def source_kind(name: str) -> str:
     """Which of DATASETS the data-set `name` is."""
     if not isinstance(name, str) or not name.strip():
         raise ValueError(f"data set name must be a non-empty string, got {name!r}")
@@ -23,7 +26,8 @@ def source_kind(name):
     return name if name in ("shapes", "folder") else "tfds"
 
 
-def make_source(name, *, resolution, seed, data_dir=None, split="train", size=None):
+def make_source(name: str, *, resolution: int, seed: int, data_dir: str | os.PathLike | None = None,
+                split: str = "train", size: int | None = None) -> Source:
     """The data source called `name`, its images fitted to `resolution` × `resolution`.
 
     Args:

@@ -10,6 +10,7 @@ import os
 import pathlib
 
 import numpy as np
+from numpy.typing import ArrayLike
 from PIL import Image
 
 from isodiff_jax.data.source import check_indices
@@ -24,12 +25,12 @@ _REDUCING_GAP = 3.0
 class UnreadableImageError(OSError):
     """An image file could not be decoded; `path` names the file."""
 
-    def __init__(self, path, reason):
+    def __init__(self, path: str | os.PathLike, reason: object) -> None:
         super().__init__(f"cannot read image {path}: {reason}")
         self.path = path
 
 
-def fit_to_resolution(image, resolution):
+def fit_to_resolution(image: Image.Image | np.ndarray, resolution: int) -> np.ndarray:
     """Centre square crop resampled to R × R: PIL image or array (H, W[, C]) -> uint8 (R, R, 3)."""
     if isinstance(image, np.ndarray):
         if image.ndim == 3 and image.shape[-1] == 1:
@@ -45,7 +46,7 @@ def fit_to_resolution(image, resolution):
     return np.asarray(image, np.uint8)
 
 
-def load_image(path, resolution):
+def load_image(path: str | os.PathLike, resolution: int) -> np.ndarray:
     """Decodes the image at `path` -> uint8 (R, R, 3); `UnreadableImageError` if it cannot."""
     try:
         with Image.open(path) as image:
@@ -55,7 +56,7 @@ def load_image(path, resolution):
         raise UnreadableImageError(path, error) from error
 
 
-def list_images(root):
+def list_images(root: str | os.PathLike) -> list[pathlib.Path]:
     """Sorted paths of the PNG/JPEG files under `root`, searched recursively."""
     root = pathlib.Path(root)
     if not root.is_dir():
@@ -74,16 +75,16 @@ def list_images(root):
 class FolderSource:
     """The images under `root` at `resolution`; the file list is read once, at construction."""
 
-    def __init__(self, root, *, resolution):
+    def __init__(self, root: str | os.PathLike, *, resolution: int) -> None:
         if resolution < 1:
             raise ValueError(f"resolution must be >= 1, got {resolution}")
         self.root, self.resolution = pathlib.Path(root), resolution
         self.paths = list_images(root)
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.paths)
 
-    def get(self, indices):
+    def get(self, indices: ArrayLike) -> np.ndarray:
         """Images of `indices` (B,) -> uint8 (B, R, R, 3)."""
         indices = check_indices(indices, len(self))
         images = np.empty((len(indices), self.resolution, self.resolution, 3), np.uint8)

@@ -14,15 +14,18 @@ import functools
 import queue
 import threading
 import time
+from typing import Any, Callable, Self
 
 import numpy as np
+
+from isodiff_jax.data.source import Source
 
 # A leading stream number keeps the two kinds of NumPy seed apart: without it the permutation
 # of epoch e and the flips of step s = e would draw from the same seed (seed, e).
 _PERMUTATION_STREAM, _FLIP_STREAM = 1, 2
 
 
-def _check_non_negative(**values):
+def _check_non_negative(**values: int) -> None:
     for name, value in values.items():
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
@@ -30,7 +33,7 @@ def _check_non_negative(**values):
 
 # Holds the current and the next epoch (a batch can straddle both) of up to two sources.
 @functools.lru_cache(maxsize=4)
-def epoch_permutation(seed, epoch, num_examples):
+def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
     """The order of examples in `epoch`: a read-only permutation of 0 … N-1, (N,)."""
     rng = np.random.default_rng([_PERMUTATION_STREAM, seed, epoch])
     permutation = rng.permutation(num_examples)
@@ -38,7 +41,7 @@ def epoch_permutation(seed, epoch, num_examples):
     return permutation
 
 
-def batch_indices(seed, step, global_batch, num_examples):
+def batch_indices(seed: int, step: int, global_batch: int, num_examples: int) -> np.ndarray:
     """Example indices of the global batch of `step`: (B,) int64."""
     _check_non_negative(seed=seed, step=step)
     if global_batch < 1 or num_examples < 1:
@@ -53,13 +56,13 @@ def batch_indices(seed, step, global_batch, num_examples):
     return indices
 
 
-def flip_mask(seed, step, global_batch):
+def flip_mask(seed: int, step: int, global_batch: int) -> np.ndarray:
     """Which rows of the global batch of `step` to flip horizontally: bool (B,)."""
     _check_non_negative(seed=seed, step=step)
     return np.random.default_rng([_FLIP_STREAM, seed, step]).random(global_batch) < 0.5
 
 
-def process_rows(global_batch, process_index, process_count):
+def process_rows(global_batch: int, process_index: int, process_count: int) -> slice:
     """The slice of global-batch rows that process `process_index` of `process_count` loads."""
     if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"process_index must be in [0, {process_count}), got {process_index}")
@@ -70,8 +73,8 @@ def process_rows(global_batch, process_index, process_count):
     return slice(process_index * per_process, (process_index + 1) * per_process)
 
 
-def load_batch(source, step, *, seed, global_batch, process_index=0, process_count=1,
-               random_flip=False):
+def load_batch(source: Source, step: int, *, seed: int, global_batch: int, process_index: int = 0,
+               process_count: int = 1, random_flip: bool = False) -> np.ndarray:
     """This process's part of the batch of `step`: float32 (B/P, R, R, 3) in [-1, 1]."""
     rows = process_rows(global_batch, process_index, process_count)
     indices = batch_indices(seed, step, global_batch, len(source))[rows]
@@ -85,7 +88,7 @@ def load_batch(source, step, *, seed, global_batch, process_index=0, process_cou
 class _Failure:
     """Carries an exception from the worker thread to the consumer."""
 
-    def __init__(self, error):
+    def __init__(self, error: Exception) -> None:
         self.error = error
 
 
@@ -99,7 +102,7 @@ class Prefetcher:
     share of step time that input costs.
     """
 
-    def __init__(self, load, start_step, *, buffer_size=2):
+    def __init__(self, load: Callable[[int], Any], start_step: int, *, buffer_size: int = 2) -> None:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         _check_non_negative(start_step=start_step)
@@ -114,7 +117,7 @@ class Prefetcher:
                                         name="Prefetcher")
         self._thread.start()
 
-    def _put(self, item):
+    def _put(self, item: Any) -> bool:
         """Queues `item` unless closed first; the timeout lets `close()` end a blocked put."""
         while not self._stop.is_set():
             try:
@@ -124,7 +127,7 @@ class Prefetcher:
                 continue
         return False
 
-    def _work(self, step):
+    def _work(self, step: int) -> None:
         while not self._stop.is_set():
             start = time.perf_counter()
             try:
@@ -137,7 +140,7 @@ class Prefetcher:
                 return
             step += 1
 
-    def _get(self):
+    def _get(self) -> Any:
         """The next queued item; polls so that a `close()` from another thread cannot hang it."""
         while True:
             try:
@@ -148,10 +151,10 @@ class Prefetcher:
                 if not self._thread.is_alive() and self._queue.empty():
                     raise RuntimeError("Prefetcher's worker thread died") from None
 
-    def __iter__(self):
+    def __iter__(self) -> Self:
         return self
 
-    def __next__(self):
+    def __next__(self) -> Any:
         if self._error is not None:
             raise self._error
         if self._stop.is_set():
@@ -166,7 +169,7 @@ class Prefetcher:
         self.step += 1
         return item
 
-    def close(self):
+    def close(self) -> None:
         """Stops the worker thread and drops queued batches; safe to call more than once."""
         self._stop.set()
         while True:  # unblock a worker waiting on a full queue
@@ -176,15 +179,16 @@ class Prefetcher:
                 break
         self._thread.join(timeout=5.0)
 
-    def __enter__(self):
+    def __enter__(self) -> Self:
         return self
 
-    def __exit__(self, *exc_info):
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
 
-def prefetch_batches(source, start_step, *, seed, global_batch, process_index=0,
-                     process_count=1, random_flip=False, buffer_size=2):
+def prefetch_batches(source: Source, start_step: int, *, seed: int, global_batch: int,
+                     process_index: int = 0, process_count: int = 1, random_flip: bool = False,
+                     buffer_size: int = 2) -> Prefetcher:
     """A `Prefetcher` of `load_batch(source, step, ...)` from `start_step` on.
 
     Arguments are checked here, so a misconfiguration fails at construction, not at `next()`.

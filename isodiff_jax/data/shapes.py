@@ -23,10 +23,14 @@ nothing is stored. Rendering is vectorised over the batch and anti-aliased analy
 of side 1/R at signed distance sd from the object's edge is covered by clip(0.5 - sd R, 0, 1).
 """
 import types
+from typing import Mapping
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from isodiff_jax.data.source import check_indices
+
+Factors = Mapping[str, ArrayLike]  # FACTORS name -> (B,) values
 
 FACTORS = ("shape", "object_hue", "background_hue", "scale", "x", "y")
 SHAPE_NAMES = ("circle", "square", "triangle")
@@ -45,21 +49,21 @@ DEFAULT_SIZE = 50_000  # examples per epoch of a ShapesSource, as many as CIFAR-
 _SQRT3 = np.sqrt(3.0)
 
 
-def _mix64(z):
+def _mix64(z: np.ndarray) -> np.ndarray:
     """SplitMix64's finaliser: a bijection of uint64 that scrambles every input bit."""
     z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
     z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return z ^ (z >> np.uint64(31))
 
 
-def _uniforms(seed, indices, count):
+def _uniforms(seed: int, indices: np.ndarray, count: int) -> np.ndarray:
     """Uniform numbers in [0, 1) that depend only on (seed, index, column): (B,) -> (B, count)."""
     state = _mix64(np.full(len(indices), seed, np.uint64)) + np.asarray(indices, np.uint64)
     state = _mix64(state)[:, None] + np.arange(1, count + 1, dtype=np.uint64)
     return (_mix64(state) >> np.uint64(11)).astype(np.float64) * 2.0**-53
 
 
-def sample_factors(seed, indices):
+def sample_factors(seed: int, indices: ArrayLike) -> dict[str, np.ndarray]:
     """Ground-truth factors of examples `indices` (B,): dict of (B,) arrays keyed by FACTORS.
 
     `shape` is int32, the rest float64. A pure function of (seed, index).
@@ -81,7 +85,7 @@ def sample_factors(seed, indices):
     }
 
 
-def hsv_to_rgb(hue, saturation, value):
+def hsv_to_rgb(hue: ArrayLike, saturation: float, value: float) -> np.ndarray:
     """HSV to RGB, all in [0, 1]: hue (B,), scalar saturation and value -> (B, 3)."""
     hue = np.mod(np.asarray(hue, np.float64), 1.0)[:, None]
     # Each channel is a clipped triangle wave of the hue, peaking at red 0, green 1/3, blue 2/3.
@@ -90,21 +94,21 @@ def hsv_to_rgb(hue, saturation, value):
     return value * (1.0 - saturation * ramp)
 
 
-def colours(factors):
+def colours(factors: Factors) -> tuple[np.ndarray, np.ndarray]:
     """(object_rgb, background_rgb), each (B, 3) in [0, 1], of factors with B examples."""
     return (hsv_to_rgb(factors["object_hue"], *OBJECT_HSV),
             hsv_to_rgb(factors["background_hue"], *BACKGROUND_HSV))
 
 
-def _circle(dx, dy, half):
+def _circle(dx: np.ndarray, dy: np.ndarray, half: np.ndarray) -> np.ndarray:
     return np.sqrt(dx * dx + dy * dy) - half
 
 
-def _square(dx, dy, half):
+def _square(dx: np.ndarray, dy: np.ndarray, half: np.ndarray) -> np.ndarray:
     return np.maximum(np.abs(dx), np.abs(dy)) - half
 
 
-def _triangle(dx, dy, half):
+def _triangle(dx: np.ndarray, dy: np.ndarray, half: np.ndarray) -> np.ndarray:
     half_height = half * (_SQRT3 / 2)
     below_apex = dy + half_height
     sides = (_SQRT3 / 2) * np.abs(dx) - 0.5 * below_apex  # distance to the two slanted edges
@@ -114,7 +118,7 @@ def _triangle(dx, dy, half):
 _DISTANCES = (_circle, _square, _triangle)  # in SHAPE_NAMES order
 
 
-def signed_distance(factors, resolution):
+def signed_distance(factors: Factors, resolution: int) -> np.ndarray:
     """Signed distance (negative inside) from each pixel centre to the object edge: (B, R, R).
 
     In image units. Polygons use the largest distance to their edge lines, exact inside and
@@ -133,7 +137,7 @@ def signed_distance(factors, resolution):
     return distance
 
 
-def render(factors, resolution):
+def render(factors: Factors, resolution: int) -> np.ndarray:
     """Images of factors (dict of (B,) arrays, see FACTORS) -> uint8 (B, R, R, 3), R = resolution.
 
     A pure function of the factors, so edited factors can be rendered too.
@@ -151,18 +155,18 @@ def render(factors, resolution):
 class ShapesSource:
     """`size` examples of "shapes" at `resolution`, generated on the fly from `seed`."""
 
-    def __init__(self, resolution, seed, size=DEFAULT_SIZE):
+    def __init__(self, resolution: int, seed: int, size: int = DEFAULT_SIZE) -> None:
         if resolution < 1 or size < 1:
             raise ValueError(f"resolution and size must be >= 1, got {resolution}, {size}")
         self.resolution, self.seed, self.size = resolution, seed, size
 
-    def __len__(self):
+    def __len__(self) -> int:
         return self.size
 
-    def factors(self, indices):
+    def factors(self, indices: ArrayLike) -> dict[str, np.ndarray]:
         """Ground-truth factors of `indices` (B,): dict of (B,) arrays keyed by FACTORS."""
         return sample_factors(self.seed, check_indices(indices, self.size))
 
-    def get(self, indices):
+    def get(self, indices: ArrayLike) -> np.ndarray:
         """Images of `indices` (B,) -> uint8 (B, R, R, 3)."""
         return render(self.factors(indices), self.resolution)

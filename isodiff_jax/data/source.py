@@ -2,6 +2,7 @@
 from typing import Protocol
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 
 class Source(Protocol):
@@ -16,7 +17,7 @@ class Source(Protocol):
         """Images of `indices` (B,) -> uint8 (B, R, R, 3)."""
 
 
-def check_indices(indices, size):
+def check_indices(indices: ArrayLike, size: int) -> np.ndarray:
     """`indices` as a 1-D integer array, after checking every one is in [0, size)."""
     indices = np.asarray(indices)
     if indices.ndim != 1 or not (indices.size == 0 or np.issubdtype(indices.dtype, np.integer)):

@@ -6,8 +6,10 @@ internet): the data set must already be prepared, in the ArrayRecord format, und
 `data_dir`. When it is not, `DataNotPreparedError` says where it looked and how to prepare it.
 """
 import os
+from typing import Any, Mapping, Sequence
 
 import numpy as np
+from numpy.typing import ArrayLike
 import tensorflow_datasets as tfds
 
 from isodiff_jax.data.folder import fit_to_resolution
@@ -21,7 +23,7 @@ class DataNotPreparedError(FileNotFoundError):
     """The TFDS data set is not prepared (in a random-access format) under the data_dir."""
 
 
-def _preparation_hint(builder, name, data_dir):
+def _preparation_hint(builder: tfds.core.DatasetBuilder, name: str, data_dir: str) -> str:
     command = f"tfds build {name} --data_dir=DIR --file_format=array_record"
     relative = os.path.relpath(builder.data_path, data_dir)
     hint = (f"Prepare it on a machine with internet access with\n    {command}\n"
@@ -33,7 +35,7 @@ def _preparation_hint(builder, name, data_dir):
     return hint
 
 
-def _not_prepared_error(name, split, data_dir):
+def _not_prepared_error(name: str, split: str, data_dir: str) -> DataNotPreparedError | None:
     """The error that explains why `tfds.data_source` failed, or None if the data looks fine."""
     builder = tfds.builder(name, data_dir=data_dir)
     if not builder.is_prepared():
@@ -50,7 +52,7 @@ def _not_prepared_error(name, split, data_dir):
     return None
 
 
-def open_data_source(name, *, split, data_dir):
+def open_data_source(name: str, *, split: str, data_dir: str) -> Sequence[Mapping[str, Any]]:
     """`tfds.data_source` without downloading; explains a missing or unusable data set."""
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
@@ -68,7 +70,8 @@ def open_data_source(name, *, split, data_dir):
 class TfdsSource:
     """Split `split` of the TFDS data set `name`, its `image_key` images fitted to `resolution`."""
 
-    def __init__(self, name, *, resolution, data_dir, split="train", image_key="image"):
+    def __init__(self, name: str, *, resolution: int, data_dir: str | os.PathLike, split: str = "train",
+                 image_key: str = "image") -> None:
         if not data_dir:
             raise ValueError(f"TFDS data set {name!r} needs an explicit data_dir")
         if resolution < 1:
@@ -77,17 +80,17 @@ class TfdsSource:
         self.resolution = resolution
         self._examples = open_data_source(name, split=split, data_dir=str(data_dir))
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self._examples)
 
-    def _image(self, index):
+    def _image(self, index: int) -> np.ndarray:
         example = self._examples[int(index)]
         if self.image_key not in example:
             raise KeyError(f"TFDS data set {self.name!r} has no feature {self.image_key!r}; "
                            f"its features are {sorted(example)}")
         return fit_to_resolution(np.asarray(example[self.image_key]), self.resolution)
 
-    def get(self, indices):
+    def get(self, indices: ArrayLike) -> np.ndarray:
         """Images of `indices` (B,) -> uint8 (B, R, R, 3)."""
         indices = check_indices(indices, len(self))
         images = np.empty((len(indices), self.resolution, self.resolution, 3), np.uint8)
