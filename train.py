@@ -14,7 +14,7 @@ runtime.keep_freed_host_memory()  # before JAX allocates anything
 
 import jax  # noqa: E402
 
-from isodiff_jax.train import loop  # noqa: E402
+from isodiff_jax import launch  # noqa: E402
 
 config_flags.DEFINE_config_file("config", "configs/shapes32.py", "experiment config file")
 flags.DEFINE_string("workdir", "runs/shapes32", "where checkpoints, logs and samples go")
@@ -33,7 +33,7 @@ def main(argv):
     if FLAGS.distributed or FLAGS.coordinator_address or (FLAGS.num_processes or 1) > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; others ignore it
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    loop.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    launch.train(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

@@ -51,8 +51,8 @@ def encoder(workdir):
     """(encode (x, t) -> h, description of the parameters) for the benchmark model."""
     if workdir:
         from isodiff_jax.analysis import load
-        trained = load.load(workdir)
-        return trained.encode, f"EMA parameters of {workdir}, step {trained.step}"
+        spec, params, step = load.load(workdir)
+        return lambda x, t: spec.encode(params, x, t), f"EMA parameters of {workdir}, step {step}"
     config = bench_cpu32.get_config()
     model = config_lib.unet(config)
     x = jnp.zeros((1, 32, 32, 3), jnp.float32)
@@ -80,8 +80,8 @@ def dense(fn, x, chunk_size):
     """(s (B, q) float64, compile_s, per-sample seconds after the first): the exact reference.
 
     compile_s is the first sample's time (which compiles) less the median of the others."""
-    jacobian = spectrum.sample_jacobian_fn(fn, x, chunk_size=chunk_size)
-    sample = lambda b: np.linalg.svd(np.asarray(jacobian(x[b:b + 1]), np.float64), compute_uv=False)
+    jacobian = spectrum.sample_jacobian_fn(lambda _, v: fn(v), x, chunk_size=chunk_size)
+    sample = lambda b: np.linalg.svd(np.asarray(jacobian(None, x[b:b + 1]), np.float64), compute_uv=False)
     rows, times = zip(*(timed(sample, b) for b in range(x.shape[0])))
     return np.stack(rows), times[0] - statistics.median(times[1:]), times[1:]
 
@@ -90,8 +90,8 @@ def matrix_free(fn, x, key, num_iters, repeats):
     """(alpha, beta (B, num_iters), Ritz values (B, num_iters), compile_s, median_s).
 
     One untimed-for-the-median first run compiles; compile_s is its time less the median."""
-    bidiagonalize = spectrum.bidiagonalize_fn(fn, x, num_iters=num_iters)
-    run = lambda: jax.block_until_ready(bidiagonalize(x, key))
+    bidiagonalize = spectrum.bidiagonalize_fn(lambda _, v: fn(v), x, num_iters=num_iters)
+    run = lambda: jax.block_until_ready(bidiagonalize(None, x, key))
     (alpha, beta), first = timed(run)
     times = []
     for _ in range(repeats):

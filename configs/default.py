@@ -2,6 +2,8 @@
 fields; on the command line, override any field with `--config.section.field=value`."""
 import ml_collections
 
+from isodiff_jax.analysis import options
+
 
 def get_config():
     c = ml_collections.ConfigDict()
@@ -69,15 +71,13 @@ def get_config():
     lg.sample_eta = 1.0  # DDIM η of the grid: 1 (stochastic, fixed seed) is much cleaner than 0 for short runs
     lg.progress_bar = True  # tqdm progress bar on process 0
 
-    c.evaluation = ev = ml_collections.ConfigDict()  # analysis evaluators on the EMA parameters
+    # analysis evaluators on the EMA parameters; every field of isodiff_jax.analysis.options.Options
+    # (num_pairs, timesteps, num_samples, ...) is here with its default, except seed (= c.seed)
+    c.evaluation = ev = ml_collections.ConfigDict(
+        {f.name: f.default for f in options.fields() if f.name != "seed"})
     ev.every_steps = 0  # every E steps and at the end; 0 = never
     ev.metrics = ""  # comma-separated, from isodiff_jax.analysis.suite.METRICS, e.g. "mrtl,fd"
     ev.oracle_dir = ""  # shapes factor oracle (fd_oracle, factor_rtl, edit)
     ev.inception_file = ""  # Inception-v3 FID weights, .npz (docs/fid.md)
     ev.lpips_file = ""  # LPIPS weights for PPL, .npz (docs/lpips.md)
-    ev.num_pairs = 16  # mRTL / factor-RTL pairs
-    ev.num_samples = 32  # PPL samples (MCN/VoR and inversion use a quarter)
-    ev.num_fd_samples = 256  # generated images for fid / fd_oracle
-    ev.sample_steps = 20  # DDIM steps (η = 0) of the evaluators' decoding
-    ev.timesteps = (500, 700, 900)  # mRTL, MCN/VoR and probe timesteps
     return c

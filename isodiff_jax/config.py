@@ -1,8 +1,10 @@
 """The boundary between a config (ml_collections, see configs/default.py) and the code.
 
 `validate` checks every value before any work starts and names the field and what it allows;
-the builders turn config sections into the typed objects the library takes (a `UNet`, a
-`Schedule`, a `Regularizer`, an optax optimizer). Nothing past this module sees a ConfigDict.
+the builders turn config sections into the typed values the library takes (a `ModelSpec`, a
+`Regularizer`, an optax optimizer, the loop's `TrainSetup`, the evaluators' `Options`). Nothing
+past this module sees a ConfigDict. It sits at the top of the layers (it imports training and
+analysis; nothing below imports it).
 """
 import json
 import os
@@ -10,11 +12,16 @@ from typing import Optional
 
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
-from isodiff_jax import data, diffusion, isometry
+from isodiff_jax import checkpoint, data, diffusion, isometry
+from isodiff_jax.analysis import options as options_lib
 from isodiff_jax.analysis import suite
-from isodiff_jax.train.step import REGULARIZERS, Regularizer, make_optimizer
+from isodiff_jax.isometry import REGULARIZERS, Regularizer
+from isodiff_jax.spec import DataSpec, ModelSpec, ScheduleSpec
+from isodiff_jax.train.loop import TrainSettings, TrainSetup
+from isodiff_jax.train.step import make_optimizer
 from isodiff_jax.unet import UNet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -157,12 +164,22 @@ def _validate_evaluation(config) -> None:
            ev.timesteps, f"timesteps in [0, {config.diffusion.num_timesteps})")
 
 
-def evaluation_options(config):
-    """config.evaluation -> analysis.suite.Options (seeded by config.seed, so every evaluation
-    of a run uses the same noise)."""
+def evaluation_options(config) -> options_lib.Options:
+    """config.evaluation -> analysis Options (seeded by config.seed, so every evaluation of a run
+    uses the same noise)."""
     ev = config.evaluation
-    return suite.Options(num_pairs=ev.num_pairs, timesteps=tuple(ev.timesteps), num_samples=ev.num_samples,
-                         num_fd_samples=ev.num_fd_samples, sample_steps=ev.sample_steps, seed=config.seed)
+    values = {f.name: ev[f.name] for f in options_lib.fields() if f.name != "seed"}
+    values["timesteps"] = tuple(values["timesteps"])
+    return options_lib.Options(**values, seed=config.seed)
+
+
+def evaluators(config, spec: ModelSpec, mesh=None) -> list:
+    """The evaluators config.evaluation asks for (none when evaluation.every_steps is 0)."""
+    if not config.evaluation.every_steps:
+        return []
+    ev = config.evaluation
+    resources = suite.load_resources(ev.oracle_dir, ev.inception_file, ev.lpips_file)
+    return [suite.Suite(spec, evaluation_metrics(config), evaluation_options(config), resources, mesh)]
 
 
 def unet(config, channels: int = 3) -> UNet:
@@ -175,10 +192,38 @@ def unet(config, channels: int = 3) -> UNet:
                 dtype=DTYPES[m.dtype])
 
 
-def schedule(config) -> diffusion.Schedule:
+def schedule_spec(config) -> ScheduleSpec:
     df = config.diffusion
-    return diffusion.make_schedule(df.schedule, df.num_timesteps, beta_start=df.beta_start,
-                                   beta_end=df.beta_end)
+    return ScheduleSpec(kind=df.schedule, num_timesteps=df.num_timesteps, beta_start=df.beta_start,
+                        beta_end=df.beta_end)
+
+
+def schedule(config) -> diffusion.Schedule:
+    return schedule_spec(config).build()
+
+
+def model_spec(config, channels: int = 3) -> ModelSpec:
+    d = config.data
+    return ModelSpec(unet=unet(config, channels), schedule=schedule_spec(config),
+                     data=DataSpec(name=d.name, resolution=d.resolution, channels=channels, data_dir=d.data_dir,
+                                   split=d.split, seed=config.seed))
+
+
+def train_settings(config) -> TrainSettings:
+    t, o, ck, lg = config.training, config.optim, config.checkpoint, config.logging
+    return TrainSettings(
+        num_steps=t.num_steps, global_batch_size=t.global_batch_size, seed=config.seed, gate_p=config.regularizer.p,
+        grad_accum_steps=o.grad_accum_steps, ema_max_decay=o.ema_max_decay, init_from=t.init_from,
+        random_flip=config.data.random_flip, prefetch=config.data.prefetch, checkpoint_every=ck.every_steps,
+        checkpoint_keep=ck.keep, log_every=lg.log_every_steps, sample_every=lg.sample_every_steps,
+        num_samples=lg.num_samples, sample_steps=lg.sample_steps, sample_eta=lg.sample_eta,
+        evaluate_every=config.evaluation.every_steps, progress_bar=lg.progress_bar)
+
+
+def train_setup(config) -> TrainSetup:
+    """The loop's typed inputs (the config itself travels only as its JSON record)."""
+    return TrainSetup(spec=model_spec(config), optimizer=optimizer(config), learning_rate=learning_rate(config),
+                      regularizer=regularizer(config), settings=train_settings(config), config_json=to_json(config))
 
 
 def regularizer(config) -> Optional[Regularizer]:
@@ -218,3 +263,18 @@ def from_json(text: str) -> ml_collections.ConfigDict:
             if isinstance(value, list):
                 values[section][key] = tuple(value)
     return ml_collections.ConfigDict(values)
+
+
+def check_resumable(workdir: str, config) -> None:
+    """A workdir's checkpoints only fit the same model and images: refuse a changed config early."""
+    try:
+        saved = from_json(checkpoint.saved_config_json(workdir))
+    except FileNotFoundError:
+        return
+    for section, keys in (("model", None), ("data", ("resolution",))):
+        old, new = saved[section], config[section]
+        for key in keys or new.keys():
+            if key in old and tuple(np.atleast_1d(old[key])) != tuple(np.atleast_1d(new[key])):
+                raise ConfigError(
+                    f"config.{section}.{key}={new[key]!r} differs from {old[key]!r} in the checkpoints "
+                    f"of {workdir}: use a new workdir (or training.init_from to fine-tune from it)")

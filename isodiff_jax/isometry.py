@@ -21,6 +21,7 @@ projection); form "tangent" (default) or "chart" (stereographic, sphere only); e
 "jvp_vjp" (Tr R² ≈ |R v|², one JVP + one VJP) or "jvp_jvp" (Tr R² ≈ (vᵀ R v')², two JVPs);
 radius "point" (the sphere through x) or "sqrt_n" (x rescaled onto the sphere of radius √n).
 """
+import dataclasses
 import math
 from typing import Callable, NamedTuple
 
@@ -185,3 +186,56 @@ def path_length_penalty(encode, x, key, pl_mean, decay):
     lengths = jnp.sqrt(jnp.sum(jty.reshape(x.shape[0], -1) ** 2, axis=-1))
     new_mean = decay * pl_mean + (1 - decay) * jnp.mean(jax.lax.stop_gradient(lengths))
     return jnp.mean((lengths - new_mean) ** 2), new_mean
+
+
+REGULARIZERS = ("sphere", "euclidean", "path_length")
+
+
+@dataclasses.dataclass(frozen=True)
+class Regularizer:
+    """Which geometric regularizer, with what weight λ and estimator options (method.md §3).
+
+    kind "sphere" (the paper's loss), "euclidean" (G = I) or "path_length" (StyleGAN2 baseline);
+    the other fields are those of `isometry_loss` and `path_length_penalty`.
+    """
+
+    kind: str = "sphere"
+    weight: float = 1e-3
+    form: str = "tangent"
+    estimator: str = "jvp_vjp"
+    num_probes: int = 1
+    radius: str = "point"
+    pl_decay: float = 0.99
+
+    def __post_init__(self):
+        _check_choice("regularizer kind", self.kind, REGULARIZERS)
+        if not self.weight >= 0:
+            raise ValueError(f"regularizer weight must be >= 0, got {self.weight}")
+        if self.kind != "path_length":
+            _check_options(self.kind, self.form, self.estimator, self.radius)
+
+    @property
+    def linearizes_at_x_t(self) -> bool:
+        """True when the loss needs only the encoder's linearization at x_t itself (shareable
+        with the diffusion loss's forward pass)."""
+        return self.kind != "path_length" and (self.kind == "euclidean" or self.radius == "point")
+
+    def _isometry_options(self) -> dict:
+        return dict(metric=self.kind, form=self.form, estimator=self.estimator, num_probes=self.num_probes)
+
+    def __call__(self, encode: Callable, x_t: jax.Array, key: jax.Array,
+                 pl_mean: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
+        """-> (loss, new_pl_mean, metrics) for encode: (B, ...) -> h at the batch's t."""
+        if self.kind == "path_length":
+            loss, pl_mean = path_length_penalty(encode, x_t, key, pl_mean, self.pl_decay)
+            return loss, pl_mean, {"pl_mean": pl_mean}
+        loss, aux = isometry_loss(encode, x_t, key, radius=self.radius, **self._isometry_options())
+        return loss, pl_mean, aux
+
+    def from_linearization(self, jvp: Callable, x_t: jax.Array, key: jax.Array,
+                           pl_mean: jax.Array) -> tuple[jax.Array, jax.Array, dict]:
+        """As __call__, from jvp = the encoder linearized at x_t (needs linearizes_at_x_t)."""
+        if not self.linearizes_at_x_t:
+            raise ValueError(f"{self} needs the encoder itself, not its linearization at x_t")
+        loss, aux = isometry_loss_linear(jvp, x_t, key, **self._isometry_options())
+        return loss, pl_mean, aux

@@ -25,13 +25,13 @@ def trained_workdir(tmp_path_factory):
     """A test-config run of 4 steps with checkpoints at steps 2 and 4 and evaluators (mRTL, linear
     probes) at both; the analysis tests share it."""
     from configs import test as test_config
-    from isodiff_jax.train import loop
+    from isodiff_jax import launch
     path = tmp_path_factory.mktemp("trained")
     config = test_config.get_config()
     config.training.num_steps, config.checkpoint.every_steps = 4, 2  # compiled programs shared with test_train_loop
     ev = config.evaluation
     ev.every_steps, ev.metrics, ev.num_pairs, ev.sample_steps, ev.timesteps = 2, "mrtl,probe", 4, 4, (50,)
-    loop.train_and_evaluate(config, str(path))
+    launch.train(config, str(path))
     return str(path)
 
 
@@ -41,3 +41,29 @@ def oracle16():
     the oracle-based metrics; its accuracy is tested at 24 px in test_oracle.py)."""
     from isodiff_jax.analysis import oracle
     return oracle.train(16, steps=150, batch_size=32, progress=False)
+
+
+class CompileCounter:
+    """Counts the XLA programs this process builds (each new executable is lowered to MLIR once,
+    whether or not the persistent cache then spares the XLA compile)."""
+
+    EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+
+    def __init__(self):
+        self.count = 0
+
+    def _listen(self, event, duration, **kwargs):
+        if event == self.EVENT:
+            self.count += 1
+
+    def __enter__(self):
+        jax.monitoring.register_event_duration_secs_listener(self._listen)
+        return self
+
+    def __exit__(self, *exc_info):
+        jax.monitoring.unregister_event_duration_listener(self._listen)
+
+
+@pytest.fixture
+def count_compiles():
+    return CompileCounter

@@ -1,5 +1,7 @@
 """Ground truth on shapes: factor-RTL, editing precision, linear probes, Fréchet distances in
 oracle features; checked on closed cases, then run through the real oracle and a trained model."""
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -95,41 +97,41 @@ def test_chosen_ridge_is_the_validation_minimum_and_does_not_fit_noise():
 def test_frechet_evaluator_reports_the_real_floor_and_needs_enough_real_images():
     rng = np.random.default_rng(2)
     real, generated = rng.normal(size=(40, 3)), rng.normal(size=(20, 3)) + 2.0
-    out = dict(quality.frechet_distance("fd_test", lambda v: v, generated, real))
+    out = dict(quality.frechet_distances("fd_test", generated, real))
     assert out["fd_test"] > 10 and out["fd_test_real_vs_real"] < 2
     with pytest.raises(ValueError, match="needs 40 real images"):
-        list(quality.frechet_distance("fd_test", lambda v: v, generated, real[:30]))
+        list(quality.frechet_distances("fd_test", generated, real[:30]))
     assert quality.confident_fraction(np.array([[0.95, 0.05], [0.6, 0.4]])) == 0.5
 
 
 def test_editor_without_shift_is_the_plain_sampler_and_h_shifts_move_images(trained_workdir):
-    trained = load.load(trained_workdir)
-    editor = editing.Editor(trained, sample_steps=4, h_min_t=50)
-    x_T = jax.random.normal(jax.random.PRNGKey(0), (3, *trained.image_shape))
-    plain = diffusion.ddim_sample(trained.eps, trained.schedule, x_T, 4, clip_x0=1.0)
-    np.testing.assert_allclose(editor.decode(x_T), plain, atol=1e-5)
+    spec, params, _ = load.load(trained_workdir)
+    editor = editing.Editor(spec, sample_steps=4, h_min_t=50)
+    x_T = jax.random.normal(jax.random.PRNGKey(0), (3, *spec.image_shape))
+    plain = diffusion.ddim_sample(lambda x, t: spec.eps(params, x, t), spec.noise_schedule, x_T, 4, clip_x0=1.0)
+    np.testing.assert_allclose(editor.decode(params, x_T), plain, atol=1e-5)
     assert list(editor.timesteps[editor.edit_steps]) == [75, 50]
-    images, hs = editor.h_along_paths(x_T)
+    images, hs = editor.h_along_paths(params, x_T)
     np.testing.assert_allclose(images, plain, atol=1e-5)
     assert hs.shape == (2, 3, int(np.prod(editor.h_shape)))
     shifts = editor.h_shifts(np.repeat(hs, 4, axis=1) + np.random.default_rng(0).normal(size=(2, 12, hs.shape[-1])),
                              np.arange(12.0))
     assert np.all(shifts[2:] == 0) and np.all(np.any(shifts[:2] != 0, axis=(1, 2, 3)))
-    assert not np.allclose(editor.decode(x_T, 50 * shifts), plain, atol=1e-3)
+    assert not np.allclose(editor.decode(params, x_T, 50 * shifts), plain, atol=1e-3)
     with pytest.raises(ValueError, match="no DDIM step to edit"):
-        editing.Editor(trained, sample_steps=4, h_min_t=99)
+        editing.Editor(spec, sample_steps=4, h_min_t=99)
 
 
 def test_metrics_needing_the_oracle_or_shapes_say_so(trained_workdir):
-    trained = load.load(trained_workdir)
+    spec = load.load(trained_workdir).spec
     with pytest.raises(ValueError, match="--oracle"):
-        suite.check(["edit"], trained, suite.Resources())
+        suite.check(["edit"], spec, suite.Resources())
     with pytest.raises(ValueError, match="--inception"):
-        suite.check(["fd"], trained, suite.Resources())
-    other = load.Trained(config=trained.config.copy_and_resolve_references(), model=trained.model,
-                         schedule=trained.schedule, params=trained.params, step=trained.step)
-    other.config.data.name = "cifar10"
-    assert "shapes" in suite.missing_inputs("probe", other.config.data.name, oracle=True, inception=False)
+        suite.check(["fd"], spec, suite.Resources())
+    other = dataclasses.replace(spec, data=dataclasses.replace(spec.data, name="cifar10"))
+    assert "shapes" in suite.missing_inputs("probe", other.data.name, oracle=True, inception=False)
+    with pytest.raises(ValueError, match="probe needs the shapes"):
+        suite.Suite(other, ["probe"])
 
 
 def test_oracle_metrics_run_through_the_cli(trained_workdir, oracle16, tmp_path):

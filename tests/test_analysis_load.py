@@ -1,10 +1,14 @@
-"""Loading a training workdir for analysis: config, model, schedule, EMA or raw parameters."""
+"""Loading a training workdir for analysis (spec, EMA or raw parameters), evaluators built once,
+and the analysis command."""
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isodiff_jax.analysis import load
+from isodiff_jax.analysis import load, suite
+from isodiff_jax.analysis.options import Options
 
 
 @pytest.fixture(scope="module")
@@ -13,21 +17,22 @@ def workdir(trained_workdir):
 
 
 def test_loads_newest_ema_parameters_by_default(workdir):
-    trained = load.load(workdir)
-    raw = load.load(workdir, ema=False)
-    assert trained.step == 4 and trained.image_shape == (16, 16, 3)
-    leaves = zip(jax.tree.leaves(trained.params), jax.tree.leaves(raw.params))
+    spec, params, step = load.load(workdir)
+    raw = load.load(workdir, ema=False).params
+    assert step == 4 and spec.image_shape == (16, 16, 3)
+    leaves = zip(jax.tree.leaves(params), jax.tree.leaves(raw))
     assert any(not np.array_equal(a, b) for a, b in leaves)  # EMA differs from the raw parameters
     x = jnp.zeros((2, 16, 16, 3))
     t = jnp.array([10, 90], jnp.int32)
-    assert trained.eps(x, t).shape == (2, 16, 16, 3)
-    assert trained.encode(x, t).shape == (2, 8, 8, 32)
+    assert spec.eps(params, x, t).shape == (2, 16, 16, 3)
+    assert spec.encode(params, x, t).shape == (2, 8, 8, 32)
 
 
-def test_loads_a_given_step_on_one_device(workdir):
-    trained = load.load(workdir, step=2, devices=jax.devices()[:1])
-    assert trained.step == 2
-    assert all(len(leaf.sharding.device_set) == 1 for leaf in jax.tree.leaves(trained.params))
+def test_loads_a_given_step_on_one_device_without_the_optimizer_state(workdir):
+    spec, params, step = load.load(workdir, step=2, devices=jax.devices()[:1])
+    assert step == 2 and set(params) == {"params"}
+    assert jax.tree.structure(params) == jax.tree.structure(spec.abstract_params())
+    assert all(len(leaf.sharding.device_set) == 1 for leaf in jax.tree.leaves(params))
     with pytest.raises(FileNotFoundError, match="no checkpoint for step 3"):
         load.load(workdir, step=3)
 
@@ -39,12 +44,25 @@ def test_training_ran_the_configured_evaluators(workdir):
     for line in lines:
         assert line["mrtl"] >= 1.0 and line["mrtl"] == line["mrtl_t50"]
         assert -10 < line["probe_r2"] <= 1 and 0 <= line["probe_shape_accuracy"] <= 1
-    # the evaluators see the EMA parameters of their step: the checkpoint's, evaluated again
-    from isodiff_jax.analysis import suite
-    trained = load.load(workdir, step=2)
-    options = suite.Options(num_pairs=4, sample_steps=4, timesteps=(50,), seed=trained.config.seed)
-    again = dict(suite.evaluate(trained, ["mrtl"], options))
+    # the evaluators saw the (sharded) EMA parameters of their step: the checkpoint's, evaluated again
+    spec, params, _ = load.load(workdir, step=2, devices=jax.devices()[:1])
+    options = Options(num_pairs=4, sample_steps=4, timesteps=(50,), seed=0)
+    again = dict(suite.Suite(spec, ["mrtl"], options).run(params))
     assert again["mrtl"] == pytest.approx(lines[0]["mrtl"], rel=1e-5)
+
+
+def test_a_second_evaluation_on_new_parameters_compiles_nothing(workdir, count_compiles):
+    spec, params_2, _ = load.load(workdir, step=2)
+    params_4 = load.load(workdir, step=4).params
+    options = Options(num_pairs=4, num_samples=8, sample_steps=4, timesteps=(50,), pool=2)
+    evaluators = suite.Suite(spec, ["mrtl", "mcn", "ppl", "inversion", "probe"], options)
+    pictures = suite.Interpolation(spec, options)
+    first = dict(itertools.chain(evaluators.run(params_2), pictures.run(params_2)))
+    with count_compiles() as counter:
+        second = dict(itertools.chain(evaluators.run(params_4), pictures.run(params_4)))
+    assert counter.count == 0
+    assert second.keys() == first.keys() and second["mrtl"] != first["mrtl"]
+    assert second["t50_mcn"] != first["t50_mcn"] and second["probe_r2"] != first["probe_r2"]
 
 
 def test_not_a_workdir_is_named(tmp_path):

@@ -55,9 +55,9 @@ def test_slerp_path_of_images_interpolates_whole_samples_not_pixels():
 
 def test_mrtl_evaluator_yields_per_timestep_and_mean_values():
     A = jax.random.normal(jax.random.PRNGKey(3), (5, 2 * 2 * 3))
-    encode_at = lambda x, t: jnp.tanh(x.reshape(x.shape[0], -1) @ A.T * (1 + t[:, None] / 1000))
-    out = dict(rtl.mrtl(encode_at, jax.random.PRNGKey(4), image_shape=(2, 2, 3), timesteps=(100, 900),
-                        num_pairs=6, num_segments=8, batch_size=4))
+    encode = lambda a, x, t: jnp.tanh(x.reshape(x.shape[0], -1) @ a.T * (1 + t[:, None] / 1000))
+    out = dict(rtl.Mrtl(encode, image_shape=(2, 2, 3), timesteps=(100, 900), num_pairs=6, num_segments=8,
+                        batch_size=4, seed=4).run(A))
     assert out["rtl_values"].shape == (2, 6) and np.all(out["rtl_values"] >= 1.0)
     np.testing.assert_allclose(out["mrtl"], out["rtl_values"].mean(), rtol=1e-6)
     np.testing.assert_allclose(out["mrtl_t100"], out["rtl_values"][0].mean(), rtol=1e-6)
@@ -117,8 +117,8 @@ def test_ppl_trims_per_sample_values_not_batch_means():
 
 def test_ppl_evaluator_names_its_distance():
     from isodiff_jax.analysis import ppl
-    out = dict(ppl.ppl(lambda x: jnp.tanh(x), jax.random.PRNGKey(6), image_shape=(4, 4, 3), num_samples=20,
-                       batch_size=8))
+    out = dict(ppl.Ppl(lambda scale, x: jnp.tanh(scale * x), image_shape=(4, 4, 3), num_samples=20,
+                       batch_size=8, seed=6).run(1.0))
     assert set(out) == {"ppl_pixel_l2", "ppl_values"} and out["ppl_values"].shape == (20,)
     assert 0 < out["ppl_pixel_l2"] < np.inf
 
@@ -131,13 +131,13 @@ def test_inversion_of_an_exact_gaussian_model_reconstructs_and_psnr_matches_mse(
     schedule = diffusion.make_schedule("linear", 1000, dtype=jnp.float64)
     sigma2 = 0.25
 
-    def eps_fn(x, t):  # E[ε | x_t] for x0 ~ N(0, σ² I)
+    def eps_fn(s2, x, t):  # E[ε | x_t] for x0 ~ N(0, s2 I); the variance plays the parameters
         abar = schedule.alphas_cumprod[t][:, None, None, None]
-        return jnp.sqrt(1 - abar) * x / (abar * sigma2 + 1 - abar)
+        return jnp.sqrt(1 - abar) * x / (abar * s2 + 1 - abar)
 
     x0 = 0.5 * jax.random.normal(jax.random.PRNGKey(7), (4, 4, 4, 3), jnp.float64)
-    out = dict(inversion.inversion_error(eps_fn, schedule, x0, num_steps=50, batch_size=4))
-    coarse = dict(inversion.inversion_error(eps_fn, schedule, x0, num_steps=10, batch_size=4))
+    out = dict(inversion.Inversion(eps_fn, schedule, x0, num_steps=50, batch_size=4).run(sigma2))
+    coarse = dict(inversion.Inversion(eps_fn, schedule, x0, num_steps=10, batch_size=4).run(sigma2))
     assert out["inversion_mse"] < 1e-3 and out["inversion_mse"] < coarse["inversion_mse"]
     mse, psnr = inversion.mse_and_psnr(np.zeros((1, 2)), np.full((1, 2), 0.2))
     np.testing.assert_allclose(psnr, 10 * np.log10(4 / 0.04))

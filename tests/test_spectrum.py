@@ -162,17 +162,18 @@ def test_bad_inputs_raise(nonlinear):
 def test_sample_jacobian_fn_matches_jacfwd_with_a_ragged_last_chunk(nonlinear):
     fn, x, _ = nonlinear
     reference = jax.jacfwd(lambda v: fn(v.reshape(1, 4, 4, 3)).reshape(-1))(x[1].reshape(-1))
-    jacobian = spectrum.sample_jacobian_fn(fn, x, chunk_size=5)  # 12 rows: chunks 5, 5, 2
-    np.testing.assert_allclose(jacobian(x[1:2]), reference, rtol=1e-12, atol=1e-14)
+    jacobian = spectrum.sample_jacobian_fn(lambda _, v: fn(v), x, chunk_size=5)  # 12 rows: chunks 5, 5, 2
+    np.testing.assert_allclose(jacobian(None, x[1:2]), reference, rtol=1e-12, atol=1e-14)
 
 
 def test_bidiagonalize_fn_leading_blocks_are_shorter_runs(nonlinear):
     """The Ritz values after j steps, from the leading j × j block of one q-step run."""
     fn, x, reference = nonlinear
     key = jax.random.key(3)
-    alpha, beta = spectrum.bidiagonalize_fn(fn, x, num_iters=12)(x, key)
+    with_params = lambda _, v: fn(v)
+    alpha, beta = spectrum.bidiagonalize_fn(with_params, x, num_iters=12)(None, x, key)
     np.testing.assert_allclose(spectrum.bidiagonal_singular_values(alpha, beta), reference, rtol=1e-8)
-    short = spectrum.bidiagonal_singular_values(*spectrum.bidiagonalize_fn(fn, x, num_iters=5)(x, key))
+    short = spectrum.bidiagonal_singular_values(*spectrum.bidiagonalize_fn(with_params, x, num_iters=5)(None, x, key))
     leading = spectrum.bidiagonal_singular_values(alpha[:, :5], beta[:, :5])
     np.testing.assert_allclose(leading, short, rtol=1e-10)
     assert np.all(leading[:, -1] >= reference[:, -1] * (1 - 1e-10))  # s_min approached from above

@@ -14,8 +14,9 @@ import pytest
 from PIL import Image
 
 from configs import test as test_config
+from isodiff_jax import checkpoint, launch, sharding
 from isodiff_jax import config as config_lib
-from isodiff_jax.train import checkpoint, loop, sharding
+from isodiff_jax.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEPS = 6
@@ -54,7 +55,7 @@ def saved_state(workdir, step=None, devices=None):
     config = config_lib.from_json(checkpoint.saved_config_json(str(workdir)))
     mesh = sharding.make_mesh(devices)
     found, state = checkpoint.restore(checkpoint.manager(str(workdir), read_only=True),
-                                      loop.abstract_state(loop.make_setup(config), mesh), step)
+                                      loop.abstract_state(config_lib.train_setup(config), mesh), step)
     assert found is not None, f"no checkpoint in {workdir}"
     return found, jax.device_get(state)
 
@@ -73,7 +74,7 @@ def assert_close(a, b, atol):
 def reference(tmp_path_factory):
     """STEPS steps in one uninterrupted in-process run on the 4 simulated devices."""
     workdir = tmp_path_factory.mktemp("reference")
-    summary = loop.train_and_evaluate(small_config(), str(workdir))
+    summary = launch.train(small_config(), str(workdir))
     return workdir, summary
 
 
@@ -92,8 +93,8 @@ def test_train_py_writes_checkpoints_samples_logs_and_resumes(tmp_path):
 
 
 def test_resume_is_exact(reference, tmp_path):
-    loop.train_and_evaluate(small_config(training__num_steps=3), str(tmp_path))
-    summary = loop.train_and_evaluate(small_config(), str(tmp_path))
+    launch.train(small_config(training__num_steps=3), str(tmp_path))
+    summary = launch.train(small_config(), str(tmp_path))
     assert summary["steps"] == STEPS - 3
     assert_identical(saved_state(tmp_path)[1], saved_state(reference[0])[1])
 
@@ -112,14 +113,14 @@ def test_killed_run_restarts_from_last_complete_checkpoint_and_loses_nothing(ref
     process.communicate()
     kept = checkpoint.manager(str(tmp_path), read_only=True).all_steps()
     assert kept and max(kept) < STEPS, f"not killed between saves (complete steps: {kept})"
-    summary = loop.train_and_evaluate(small_config(checkpoint__every_steps=1), str(tmp_path))
+    summary = launch.train(small_config(checkpoint__every_steps=1), str(tmp_path))
     assert summary["steps"] == STEPS - max(kept)
     assert not glob.glob(str(tmp_path / "checkpoints" / "*tmp*")), "a partial save was left behind"
     assert_identical(saved_state(tmp_path)[1], saved_state(reference[0])[1])
 
 
 def test_one_and_four_devices_agree(reference, tmp_path):
-    loop.train_and_evaluate(small_config(), str(tmp_path), devices=jax.devices()[:1])
+    launch.train(small_config(), str(tmp_path), devices=jax.devices()[:1])
     assert_close(saved_state(tmp_path)[1], saved_state(reference[0])[1], atol=2e-5)
 
 
@@ -152,27 +153,46 @@ def test_two_processes_train_together(reference, tmp_path):
 def test_non_finite_loss_stops_naming_the_step(tmp_path):
     config = small_config(optim__lr=1e30, optim__warmup_steps=0, checkpoint__every_steps=1)
     with pytest.raises(FloatingPointError, match=r"non-finite values at step 1 .*last good checkpoint is step 1"):
-        loop.train_and_evaluate(config, str(tmp_path))
+        launch.train(config, str(tmp_path))
     assert checkpoint.manager(str(tmp_path), read_only=True).all_steps() == [1]
+
+
+def test_non_finite_parameters_with_a_finite_loss_stop_before_any_save(tmp_path):
+    """lr = inf: the first step's loss and gradient are finite, its updated parameters are not."""
+    config = small_config(optim__lr=float("inf"), optim__warmup_steps=0, checkpoint__every_steps=1)
+    with pytest.raises(FloatingPointError, match=r"at step 0 .*non-finite parameters.*no checkpoint was saved"):
+        launch.train(config, str(tmp_path))
+    assert checkpoint.manager(str(tmp_path), read_only=True).all_steps() == []
+
+
+def test_the_loop_fetches_metrics_only_at_its_cadences(tmp_path, monkeypatch):
+    """Logging every 3 steps and saving every 6 of 6 steps: the host waits for the device twice."""
+    fetched = []
+    original = loop._Run._fetch
+    monkeypatch.setattr(loop._Run, "_fetch", lambda self, done, *args: fetched.append(done) or
+                        original(self, done, *args))
+    summary = launch.train(small_config(logging__log_every_steps=3, checkpoint__every_steps=6), str(tmp_path))
+    assert fetched == [3, 6]
+    assert np.isfinite(summary["metrics"]["loss"]) and summary["metrics"]["steps_per_s"] > 0
 
 
 def test_bad_input_stops_before_anything_is_written(tmp_path):
     config = small_config(data__name="folder", data__data_dir=str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError, match="missing"):
-        loop.train_and_evaluate(config, str(tmp_path / "run"))
+        launch.train(config, str(tmp_path / "run"))
     assert not os.path.exists(tmp_path / "run")
 
 
 def test_changed_model_refuses_to_resume(reference):
     config = small_config(model__block_out_channels=(16, 16))
     with pytest.raises(config_lib.ConfigError, match="config.model.block_out_channels"):
-        loop.train_and_evaluate(config, str(reference[0]))
+        launch.train(config, str(reference[0]))
 
 
 def test_fine_tuning_starts_from_another_workdirs_ema_parameters(reference, tmp_path):
     config = small_config(training__init_from=str(reference[0]), training__num_steps=1,
                           checkpoint__every_steps=1, optim__warmup_steps=0)
-    loop.train_and_evaluate(config, str(tmp_path))
+    launch.train(config, str(tmp_path))
     _, before = saved_state(reference[0])
     _, after = saved_state(tmp_path)
     assert after.step == 1

@@ -42,8 +42,8 @@ def _reference_loss(model, schedule, reg, params, x0, key, t_range):
     return diffusion.epsilon_loss(eps, eps_hat) + reg.weight * iso
 
 
-@pytest.mark.parametrize("reg", [train_step.Regularizer("sphere", weight=0.5),
-                                 train_step.Regularizer("sphere", weight=0.5, radius="sqrt_n")],
+@pytest.mark.parametrize("reg", [isometry.Regularizer("sphere", weight=0.5),
+                                 isometry.Regularizer("sphere", weight=0.5, radius="sqrt_n")],
                          ids=["shared-linearization", "separate-encode-sqrt_n"])
 def test_regularized_step_equals_reference_objective(setup, reg):
     model, schedule, optimizer, state, x0 = setup
@@ -62,7 +62,7 @@ def test_regularized_step_equals_reference_objective(setup, reg):
 def test_other_regularizers_run_and_update_state(setup, kind):
     model, schedule, optimizer, state, x0 = setup
     step = train_step.make_train_step(model, schedule, optimizer,
-                                      regularizer=train_step.Regularizer(kind, weight=0.1))
+                                      regularizer=isometry.Regularizer(kind, weight=0.1))
     new_state, metrics = step(state, x0, jax.random.PRNGKey(4))
     assert all(np.isfinite(v) for v in jax.tree.leaves(metrics))
     assert (float(new_state.pl_mean) > 0) == (kind == "path_length")
@@ -81,9 +81,9 @@ def test_plain_step_compiles_once_and_updates_ema(setup):
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="kind"):
-        train_step.Regularizer("lpips")
+        isometry.Regularizer("lpips")
     with pytest.raises(ValueError, match="weight"):
-        train_step.Regularizer("sphere", weight=-1.0)
+        isometry.Regularizer("sphere", weight=-1.0)
     model = UNet(**TINY)
     with pytest.raises(ValueError, match="t_range"):
         train_step.make_train_step(model, diffusion.make_schedule("linear", 10), optax.sgd(0.1), t_range=(5, 20))
@@ -93,13 +93,14 @@ def test_gradient_accumulation_averages_micro_batches(setup):
     """accum_steps=2: micro-batch a holds rows a::2 and draws from fold_in(step key, a)."""
     model, schedule, optimizer, state, _ = setup
     x0 = jax.random.uniform(jax.random.PRNGKey(6), (4, 8, 8, 3), jnp.float64, -1, 1)
-    reg, key = train_step.Regularizer("sphere", weight=0.5), jax.random.PRNGKey(7)
+    reg, key = isometry.Regularizer("sphere", weight=0.5), jax.random.PRNGKey(7)
     step = train_step.make_train_step(model, schedule, optimizer, regularizer=reg, t_range=(500, 1000),
                                       accum_steps=2)
     _, metrics = step(state, x0, key)
-    losses, grads = zip(*[jax.value_and_grad(_reference_loss, argnums=3)(
-        model, schedule, reg, state.params, x0[a::2], jax.random.fold_in(jax.random.fold_in(key, 0), a),
-        (500, 1000)) for a in range(2)])
+    loss_fn = train_step.make_loss_fn(model, schedule, regularizer=reg, t_range=(500, 1000))
+    value_and_grad = jax.value_and_grad(lambda p, x, k: loss_fn(p, state.pl_mean, x, k)[0])
+    losses, grads = zip(*[value_and_grad(state.params, x0[a::2], jax.random.fold_in(jax.random.fold_in(key, 0), a))
+                          for a in range(2)])
     mean_grads = jax.tree.map(lambda *g: sum(g) / 2, *grads)
     np.testing.assert_allclose(metrics["loss"], np.mean(losses), rtol=1e-10)
     np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(mean_grads), rtol=1e-8)

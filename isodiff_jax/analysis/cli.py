@@ -12,18 +12,21 @@ runs' pictures side by side.
 """
 import argparse
 import dataclasses
+import itertools
 import json
 import os
 
 import tqdm
 
-from isodiff_jax.analysis import load, pictures, suite
+from isodiff_jax import checkpoint
+from isodiff_jax.analysis import editing, factors, load, options as options_lib, pictures, suite
+from isodiff_jax.analysis.options import Options
+from isodiff_jax.spec import ModelSpec
 
 
-def _draw(out: str, label: str, results: dict, trained, options: suite.Options) -> list:
+def _draw(out: str, label: str, results: dict) -> list:
     """The pictures for one workdir's results; returns the paths written."""
-    paths = [pictures.interpolation(os.path.join(out, "interpolation.png"),
-                                    suite.interpolation_rows(trained, options))]
+    paths = [pictures.interpolation(os.path.join(out, "interpolation.png"), results["interpolation_frames"])]
     if "rtl_values" in results:
         paths.append(pictures.histogram(os.path.join(out, "rtl_histogram.png"),
                                         {label: results["rtl_values"]}, "RTL"))
@@ -35,18 +38,18 @@ def _draw(out: str, label: str, results: dict, trained, options: suite.Options) 
         paths.append(pictures.inversion(os.path.join(out, "inversion.png"), *results["inversion_pairs"]))
     for space, strips in results.get("edit_strips", {}).items():
         paths.append(pictures.editing(os.path.join(out, f"editing_{space}.png"), strips,
-                                      suite.factors.CONTINUOUS, suite.editing.ALPHAS, f"edits in {space}"))
+                                      factors.CONTINUOUS, editing.ALPHAS, f"edits in {space}"))
     return paths
 
 
-def choose_metrics(requested, trained, resources: suite.Resources) -> list:
+def choose_metrics(requested, spec: ModelSpec, resources: suite.Resources) -> list:
     """The requested metrics, or (requested None) every metric that can run, naming those skipped."""
     if requested is not None:
-        suite.check(requested, trained, resources)
+        suite.check(requested, spec, resources)
         return list(requested)
     chosen = []
     for metric in suite.METRICS:
-        reason = suite.missing_inputs(metric, trained.config.data.name, oracle=resources.oracle is not None,
+        reason = suite.missing_inputs(metric, spec.data.name, oracle=resources.oracle is not None,
                                       inception=resources.inception is not None)
         if reason:
             print(f"skipping {reason}")
@@ -55,26 +58,46 @@ def choose_metrics(requested, trained, resources: suite.Resources) -> list:
     return chosen
 
 
-def analyse(workdir: str, metrics, out: str, options: suite.Options, resources: suite.Resources = suite.Resources(),
-            *, step=None, ema=True) -> dict:
-    """Runs the metrics on one workdir; writes OUT/metrics.json and the pictures; returns the scalars."""
-    trained = load.load(workdir, step=step, ema=ema)
-    metrics = choose_metrics(metrics, trained, resources)
-    results = {}
-    with tqdm.tqdm(suite.evaluate(trained, metrics, options, resources), desc=f"analysing {workdir}",
-                   unit="value") as bar:
-        for name, value in bar:
-            results[name] = value
-            bar.set_postfix_str(name)
-    scalars = {k: v for k, v in results.items() if isinstance(v, float)}
-    os.makedirs(out, exist_ok=True)
-    paths = _draw(out, os.path.basename(os.path.normpath(workdir)), results, trained, options)
-    report = {"workdir": os.path.abspath(workdir), "step": trained.step, "parameters": "ema" if ema else "raw",
-              "metrics_run": metrics, "options": dataclasses.asdict(options), "metrics": scalars,
-              "pictures": [os.path.basename(p) for p in paths]}
-    with open(os.path.join(out, "metrics.json.tmp"), "w") as f:
-        json.dump(report, f, indent=2)
-    os.replace(os.path.join(out, "metrics.json.tmp"), os.path.join(out, "metrics.json"))
+class Analysis:
+    """The evaluators and the picture-making sampler for one model spec, built once and run on
+    the parameters of any number of its checkpoints."""
+
+    def __init__(self, spec: ModelSpec, metrics, options: Options, resources: suite.Resources):
+        self.metrics = choose_metrics(metrics, spec, resources)
+        self.suite = suite.Suite(spec, self.metrics, options, resources)
+        self.interpolation = suite.Interpolation(spec, options)
+
+    def analyse(self, workdir: str, out: str, *, step=None, ema=True) -> dict:
+        """Runs the metrics on one workdir; writes OUT/metrics.json and the pictures; returns the scalars."""
+        loaded = load.load(workdir, step=step, ema=ema)
+        results = {}
+        values = itertools.chain(self.suite.run(loaded.params), self.interpolation.run(loaded.params))
+        with tqdm.tqdm(values, desc=f"analysing {workdir}", unit="value") as bar:
+            for name, value in bar:
+                results[name] = value
+                bar.set_postfix_str(name)
+        scalars = {k: v for k, v in results.items() if isinstance(v, float)}
+        os.makedirs(out, exist_ok=True)
+        paths = _draw(out, os.path.basename(os.path.normpath(workdir)), results)
+        report = {"workdir": os.path.abspath(workdir), "step": loaded.step, "parameters": "ema" if ema else "raw",
+                  "metrics_run": self.metrics, "options": dataclasses.asdict(self.suite.options),
+                  "metrics": scalars, "pictures": [os.path.basename(p) for p in paths]}
+        with open(os.path.join(out, "metrics.json.tmp"), "w") as f:
+            json.dump(report, f, indent=2)
+        os.replace(os.path.join(out, "metrics.json.tmp"), os.path.join(out, "metrics.json"))
+        return scalars
+
+
+def analyse_all(workdirs, outs, metrics, options: Options, resources: suite.Resources, *, step=None,
+                ema=True) -> list:
+    """Each workdir into its out directory; workdirs of the same model share one `Analysis`, so
+    each kernel compiles once for all of them."""
+    analyses, scalars = {}, []
+    for workdir, out in zip(workdirs, outs):
+        spec, _ = checkpoint.read_spec(workdir, step)
+        if spec not in analyses:
+            analyses[spec] = Analysis(spec, metrics, options, resources)
+        scalars.append(analyses[spec].analyse(workdir, out, step=step, ema=ema))
     return scalars
 
 
@@ -110,7 +133,7 @@ def _parser():
     parser.add_argument("--oracle", default=None, help="factor oracle directory (shapes runs; see analysis.oracle)")
     parser.add_argument("--inception", default=None, help="Inception-v3 FID weights (.npz; see docs/fid.md)")
     parser.add_argument("--lpips", default=None, help="LPIPS weights (.npz; see docs/lpips.md) for PPL")
-    for field in dataclasses.fields(suite.Options):
+    for field in options_lib.fields():
         kind = type(field.default)
         parser.add_argument(f"--{field.name}", default=field.default,
                             type=(lambda s: tuple(int(v) for v in s.split(","))) if kind is tuple else kind)
@@ -120,7 +143,7 @@ def _parser():
 def main(argv=None):
     parser = _parser()
     args = parser.parse_args(argv)
-    options = suite.Options(**{f.name: getattr(args, f.name) for f in dataclasses.fields(suite.Options)})
+    options = Options(**{f.name: getattr(args, f.name) for f in options_lib.fields()})
     metrics = None if args.metrics is None else [m for m in args.metrics.split(",") if m]
     workdirs = args.compare or [args.workdir]
     names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
@@ -128,8 +151,7 @@ def main(argv=None):
         parser.error(f"workdir names must differ to label the comparison: {names}")
     resources = suite.load_resources(args.oracle, args.inception, args.lpips)
     outs = [os.path.join(args.out, n) for n in names] if args.compare else [args.out]
-    scalars = [analyse(w, metrics, o, options, resources, step=args.step, ema=not args.raw)
-               for w, o in zip(workdirs, outs)]
+    scalars = analyse_all(workdirs, outs, metrics, options, resources, step=args.step, ema=not args.raw)
     if args.compare:
         with open(os.path.join(args.out, "comparison.md"), "w") as f:
             f.write(comparison_table(names, scalars))

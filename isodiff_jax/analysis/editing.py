@@ -24,6 +24,7 @@ import numpy as np
 from isodiff_jax import diffusion
 from isodiff_jax.analysis import factors
 from isodiff_jax.data import shapes
+from isodiff_jax.spec import ModelSpec
 
 ALPHAS = (-2.0, -1.0, 1.0, 2.0)
 SPACES = ("xT", "h")
@@ -54,48 +55,49 @@ def precision(original: dict, edited: list, target: str) -> dict:
             "precision": float(mean_change[target] / total) if total > 0 else float("nan")}
 
 
-def _eps_with_h_shift(trained, x, t, shift):
+def _eps_with_h_shift(spec: ModelSpec, params, x, t, shift):
     """ε̂ with the middle block's output moved by `shift` (B or 1, h shape)."""
     def apply(module, x, t):
         h, skips = module.encode_with_skips(x, t)
         return module.decode(h + shift.astype(h.dtype), skips, t)
-    return trained.model.apply(trained.params, x, t, method=apply)
+    return spec.unet.apply(params, x, t, method=apply)
 
 
 class Editor:
-    """Deterministic DDIM decoding of x_T, optionally with h moved at every step, jitted once."""
+    """Deterministic DDIM decoding of x_T, optionally with h moved at every step; its kernels take
+    the parameters and are jitted once."""
 
-    def __init__(self, trained, sample_steps: int, h_min_t: int):
-        self.trained, self.sample_steps = trained, sample_steps
-        self.timesteps = diffusion.ddim_timesteps(trained.schedule.num_timesteps, sample_steps)[::-1]
+    def __init__(self, spec: ModelSpec, sample_steps: int, h_min_t: int):
+        self.spec, self.sample_steps = spec, sample_steps
+        schedule = spec.noise_schedule
+        self.timesteps = diffusion.ddim_timesteps(schedule.num_timesteps, sample_steps)[::-1]
         self.edit_steps = np.flatnonzero(self.timesteps >= h_min_t)
         if len(self.edit_steps) == 0:
             raise ValueError(f"h_min_t={h_min_t} leaves no DDIM step to edit; the largest timestep "
                              f"is {self.timesteps[0]}")
-        step_of_t = np.zeros(trained.schedule.num_timesteps, np.int32)  # timestep -> DDIM step index
+        step_of_t = np.zeros(schedule.num_timesteps, np.int32)  # timestep -> DDIM step index
         step_of_t[self.timesteps] = np.arange(sample_steps)
         step_of_t = jnp.asarray(step_of_t)
-        x = jax.ShapeDtypeStruct((1, *trained.image_shape), jnp.float32)
-        self.h_shape = jax.eval_shape(trained.encode, x, jnp.zeros((1,), jnp.int32)).shape[1:]
+        self.h_shape = spec.h_shape()
 
-        def decode(x_T, shifts):
-            eps_fn = lambda x, t: _eps_with_h_shift(trained, x, t, shifts[step_of_t[t[0]]][None])
-            return diffusion.ddim_sample(eps_fn, trained.schedule, x_T, sample_steps, clip_x0=1.0)
+        def decode(params, x_T, shifts):
+            eps_fn = lambda x, t: _eps_with_h_shift(spec, params, x, t, shifts[step_of_t[t[0]]][None])
+            return diffusion.ddim_sample(eps_fn, schedule, x_T, sample_steps, clip_x0=1.0)
         self._decode = jax.jit(decode)
-        self._path = jax.jit(lambda x_T: diffusion.ddim_sample(
-            trained.eps, trained.schedule, x_T, sample_steps, clip_x0=1.0, return_path=True))
-        self._encode = jax.jit(trained.encode)
+        self._path = jax.jit(lambda params, x_T: diffusion.ddim_sample(
+            lambda x, t: spec.eps(params, x, t), schedule, x_T, sample_steps, clip_x0=1.0, return_path=True))
+        self._encode = jax.jit(spec.encode)
 
-    def decode(self, x_T, shifts=None) -> np.ndarray:
+    def decode(self, params, x_T, shifts=None) -> np.ndarray:
         """x_T (B, H, W, C), shifts (S, *h shape) in sampling order or None -> images (B, H, W, C)."""
         if shifts is None:
             shifts = np.zeros((self.sample_steps, *self.h_shape), np.float32)
-        return np.asarray(self._decode(x_T, jnp.asarray(shifts, jnp.float32)))
+        return np.asarray(self._decode(params, x_T, jnp.asarray(shifts, jnp.float32)))
 
-    def h_along_paths(self, x_T) -> tuple[np.ndarray, np.ndarray]:
+    def h_along_paths(self, params, x_T) -> tuple[np.ndarray, np.ndarray]:
         """(images (B, H, W, C), h at the edited steps along each sample's own path (S_edit, B, D))."""
-        x_0, path = self._path(x_T)
-        hs = [np.asarray(self._encode(path[i], jnp.full((len(x_T),), self.timesteps[i], jnp.int32)))
+        x_0, path = self._path(params, x_T)
+        hs = [np.asarray(self._encode(params, path[i], jnp.full((len(x_T),), self.timesteps[i], jnp.int32)))
               for i in self.edit_steps]
         return np.asarray(x_0), np.stack([h.reshape(len(x_T), -1) for h in hs])
 
@@ -108,37 +110,44 @@ class Editor:
         return shifts.reshape(self.sample_steps, *self.h_shape)
 
 
-def editing(trained, oracle, key, *, num_label: int = 256, num_edit: int = 32, sample_steps: int = 20,
-            h_min_t: int = 500, batch_size: int = 64) -> Iterator:
+class Editing:
     """Evaluator: yields ("edit_<space>_<factor>_{target,others,precision}") per space and factor,
     ("edit_<space>_precision", mean over factors), and ("edit_strips", {space: (B, 1 + len(ALPHAS),
-    H, W, C)}) for pictures: per factor, the first held-out sample and its edits."""
-    editor = Editor(trained, sample_steps, h_min_t)
-    k_label, k_edit = jax.random.split(key)
-    x_label = np.asarray(jax.random.normal(k_label, (num_label, *trained.image_shape)))
-    x_edit = jnp.asarray(jax.random.normal(k_edit, (num_edit, *trained.image_shape)))
-    labelled = [editor.h_along_paths(jnp.asarray(x_label[i:i + batch_size]))
-                for i in range(0, num_label, batch_size)]
-    label_factors = oracle.predict(np.concatenate([images for images, _ in labelled]))
-    hs = np.concatenate([h for _, h in labelled], axis=1)
-    original_images = editor.decode(x_edit)
-    original = oracle.predict(original_images)
-    strips, precisions = {space: [] for space in SPACES}, {space: [] for space in SPACES}
-    for name in factors.CONTINUOUS:
-        coordinate = edit_coordinate(label_factors, name)
-        d, sigma = direction(x_label, coordinate)
-        x_shift = (sigma * d).reshape(trained.image_shape).astype(np.float32)
-        h_shifts = editor.h_shifts(hs, coordinate)
-        edit = {"xT": lambda a: editor.decode(x_edit + a * x_shift),  # used within this iteration only
-                "h": lambda a: editor.decode(x_edit, a * h_shifts)}
+    H, W, C)}) for pictures: per factor, the first held-out sample and its edits. Built once;
+    `run(params)` compiles nothing for new parameters."""
+
+    def __init__(self, spec: ModelSpec, oracle, *, num_label: int = 256, num_edit: int = 32,
+                 sample_steps: int = 20, h_min_t: int = 500, batch_size: int = 64, seed: int = 0):
+        self.editor, self.oracle, self.image_shape = Editor(spec, sample_steps, h_min_t), oracle, spec.image_shape
+        k_label, k_edit = jax.random.split(jax.random.PRNGKey(seed))
+        self.x_label = np.asarray(jax.random.normal(k_label, (num_label, *spec.image_shape)))
+        self.x_edit = np.asarray(jax.random.normal(k_edit, (num_edit, *spec.image_shape)))
+        self.batch_size = batch_size
+
+    def run(self, params) -> Iterator:
+        editor, oracle, x_label, x_edit = self.editor, self.oracle, self.x_label, self.x_edit
+        labelled = [editor.h_along_paths(params, x_label[i:i + self.batch_size])
+                    for i in range(0, len(x_label), self.batch_size)]
+        label_factors = oracle.predict(np.concatenate([images for images, _ in labelled]))
+        hs = np.concatenate([h for _, h in labelled], axis=1)
+        original_images = editor.decode(params, x_edit)
+        original = oracle.predict(original_images)
+        strips, precisions = {space: [] for space in SPACES}, {space: [] for space in SPACES}
+        for name in factors.CONTINUOUS:
+            coordinate = edit_coordinate(label_factors, name)
+            d, sigma = direction(x_label, coordinate)
+            x_shift = (sigma * d).reshape(self.image_shape).astype(np.float32)
+            h_shifts = editor.h_shifts(hs, coordinate)
+            edit = {"xT": lambda a: editor.decode(params, x_edit + a * x_shift),  # used within this iteration only
+                    "h": lambda a: editor.decode(params, x_edit, a * h_shifts)}
+            for space in SPACES:
+                edited = [edit[space](a) for a in ALPHAS]
+                scores = precision(original, [oracle.predict(e) for e in edited], name)
+                precisions[space].append(scores["precision"])
+                for kind, value in scores.items():
+                    yield f"edit_{space}_{name}_{kind}", value
+                strips[space].append(np.stack([e[0] for e in edited[:2]] + [original_images[0]]
+                                              + [e[0] for e in edited[2:]]))
         for space in SPACES:
-            edited = [edit[space](a) for a in ALPHAS]
-            scores = precision(original, [oracle.predict(e) for e in edited], name)
-            precisions[space].append(scores["precision"])
-            for kind, value in scores.items():
-                yield f"edit_{space}_{name}_{kind}", value
-            strips[space].append(np.stack([e[0] for e in edited[:2]] + [original_images[0]]
-                                          + [e[0] for e in edited[2:]]))
-    for space in SPACES:
-        yield f"edit_{space}_precision", float(np.mean(precisions[space]))
-    yield "edit_strips", {space: np.stack(rows) for space, rows in strips.items()}
+            yield f"edit_{space}_precision", float(np.mean(precisions[space]))
+        yield "edit_strips", {space: np.stack(rows) for space, rows in strips.items()}

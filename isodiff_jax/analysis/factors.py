@@ -58,30 +58,40 @@ def path_factor_rtl(path: dict, *, min_change: float = 0.1) -> dict:
     return out
 
 
-def factor_rtl(sample: Callable, oracle, key, *, image_shape: Sequence[int], num_pairs: int = 32,
-               num_frames: int = 17, batch_size: int = 8, min_change: float = 0.1) -> Iterator:
+class FactorRtl:
     """Evaluator: decode `num_frames` frames along slerp between pairs x_0, x_1 ~ N(0, I) with
-    `sample` (x_T -> images in [-1, 1]), read their factors with `oracle`, yield
+    sample(params, x_T) -> images in [-1, 1], read their factors with `oracle`, yield
     ("factor_rtl_<factor>", mean over the pairs that qualify), ("factor_rtl_<factor>_pairs", how
     many qualified), ("factor_rtl_shape_extra_changes", mean) and ("factor_rtl", the mean of the
-    continuous factors' values)."""
-    decode = jax.jit(lambda x0, x1: sample(rtl.slerp_path(x0, x1, num_frames - 1).reshape(-1, *x0.shape[1:])))
-    per_pair = {}
-    for start in range(0, num_pairs, batch_size):
-        b = min(batch_size, num_pairs - start)
-        k0, k1 = jax.random.split(jax.random.fold_in(key, start))
-        x0, x1 = (jax.random.normal(k, (b, *image_shape)) for k in (k0, k1))
-        predicted = oracle.predict(np.asarray(decode(x0, x1)))
-        path = {name: v.reshape(num_frames, b) for name, v in predicted.items()}
-        for name, values in path_factor_rtl(path, min_change=min_change).items():
-            per_pair.setdefault(name, []).append(values)
-    means = []
-    for name in CONTINUOUS:
-        values = np.concatenate(per_pair[name])
-        qualified = values[~np.isnan(values)]
-        mean = float(qualified.mean()) if len(qualified) else float("nan")
-        means.append(mean)
-        yield f"factor_rtl_{name}", mean
-        yield f"factor_rtl_{name}_pairs", float(len(qualified))
-    yield "factor_rtl_shape_extra_changes", float(np.concatenate(per_pair["shape_extra_changes"]).mean())
-    yield "factor_rtl", float(np.nanmean(means))
+    continuous factors' values). Built once; `run(params)` compiles nothing for new parameters."""
+
+    def __init__(self, sample: Callable, oracle, *, image_shape: Sequence[int], num_pairs: int = 32,
+                 num_frames: int = 17, batch_size: int = 8, min_change: float = 0.1, seed: int = 0):
+        self.oracle, self.image_shape, self.num_pairs = oracle, tuple(image_shape), num_pairs
+        self.num_frames, self.batch_size, self.min_change = num_frames, batch_size, min_change
+        self.key = jax.random.PRNGKey(seed)
+        self._decode = jax.jit(lambda params, x0, x1: sample(
+            params, rtl.slerp_path(x0, x1, num_frames - 1).reshape(-1, *x0.shape[1:])))
+
+    def _per_pair(self, params) -> dict:
+        per_pair = {}
+        for start in range(0, self.num_pairs, self.batch_size):
+            b = min(self.batch_size, self.num_pairs - start)
+            k0, k1 = jax.random.split(jax.random.fold_in(self.key, start))
+            x0, x1 = (np.asarray(jax.random.normal(k, (b, *self.image_shape))) for k in (k0, k1))
+            predicted = self.oracle.predict(np.asarray(self._decode(params, x0, x1)))
+            path = {name: v.reshape(self.num_frames, b) for name, v in predicted.items()}
+            for name, values in path_factor_rtl(path, min_change=self.min_change).items():
+                per_pair.setdefault(name, []).append(values)
+        return {name: np.concatenate(v) for name, v in per_pair.items()}
+
+    def run(self, params) -> Iterator:
+        per_pair, means = self._per_pair(params), []
+        for name in CONTINUOUS:
+            qualified = per_pair[name][~np.isnan(per_pair[name])]
+            mean = float(qualified.mean()) if len(qualified) else float("nan")
+            means.append(mean)
+            yield f"factor_rtl_{name}", mean
+            yield f"factor_rtl_{name}_pairs", float(len(qualified))
+        yield "factor_rtl_shape_extra_changes", float(per_pair["shape_extra_changes"].mean())
+        yield "factor_rtl", float(np.nanmean(means))

@@ -1,12 +1,12 @@
 """Inversion error (method.md §6): DDIM inversion of real images to x_T, then DDIM sampling back;
 MSE and PSNR between the images and their reconstructions (images in [-1, 1], peak-to-peak 2)."""
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from isodiff_jax import diffusion
+from isodiff_jax import diffusion, sharding
 
 
 def reconstruct(eps_fn: Callable, schedule: diffusion.Schedule, x0: jax.Array, num_steps: int) -> jax.Array:
@@ -21,16 +21,24 @@ def mse_and_psnr(x0, x_rec) -> tuple[np.ndarray, np.ndarray]:
     return mse, 10.0 * np.log10(4.0 / np.maximum(mse, 1e-20))
 
 
-def inversion_error(eps_fn: Callable, schedule: diffusion.Schedule, images, *, num_steps: int = 20,
-                    batch_size: int = 16) -> Iterator:
+class Inversion:
     """Evaluator over (N, H, W, C) images in [-1, 1]: yields ("inversion_mse", mean),
-    ("inversion_psnr", mean dB), and ("inversion_pairs", (images[:8], reconstructions[:8]))."""
-    run = jax.jit(lambda x: reconstruct(eps_fn, schedule, x, num_steps))
-    images = np.asarray(images)
-    images = images if np.issubdtype(images.dtype, np.floating) else images.astype(np.float32)
-    reconstructions = np.concatenate([np.asarray(run(jnp.asarray(images[i:i + batch_size])))
-                                      for i in range(0, len(images), batch_size)])
-    mse, psnr = mse_and_psnr(images, reconstructions)
-    yield "inversion_mse", float(mse.mean())
-    yield "inversion_psnr", float(psnr.mean())
-    yield "inversion_pairs", (images[:8], reconstructions[:8])
+    ("inversion_psnr", mean dB), and ("inversion_pairs", (images[:8], reconstructions[:8])) for
+    eps(params, x, t) -> ε̂. Built once; `run(params)` compiles nothing for new parameters."""
+
+    def __init__(self, eps: Callable, schedule: diffusion.Schedule, images, *, num_steps: int = 20,
+                 batch_size: int = 16, mesh: Optional[Mesh] = None):
+        images = np.asarray(images)
+        self.images = images if np.issubdtype(images.dtype, np.floating) else images.astype(np.float32)
+        self.batch_size, self.mesh = batch_size, mesh
+        self._reconstruct = jax.jit(lambda params, x: reconstruct(lambda x, t: eps(params, x, t), schedule, x,
+                                                                  num_steps))
+
+    def run(self, params) -> Iterator:
+        chunks = (self.images[i:i + self.batch_size] for i in range(0, len(self.images), self.batch_size))
+        reconstructions = np.concatenate([sharding.to_host(self._reconstruct(params, sharding.put_rows(x, self.mesh)))
+                                          for x in chunks])
+        mse, psnr = mse_and_psnr(self.images, reconstructions)
+        yield "inversion_mse", float(mse.mean())
+        yield "inversion_psnr", float(psnr.mean())
+        yield "inversion_pairs", (self.images[:8], reconstructions[:8])

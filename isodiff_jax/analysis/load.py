@@ -1,17 +1,15 @@
-"""Loading a training workdir for analysis: its saved config, the U-Net, the noise schedule and
-the (EMA or raw) parameters of the newest or a given checkpoint, on any number of devices.
-No data is read."""
+"""Loading a training workdir for analysis: the model spec and the (EMA or raw) parameters of
+the newest or a given checkpoint, on any number of devices; nothing else is read (no optimizer
+state, no data, no config)."""
 from typing import Optional
 
-from isodiff_jax.analysis.trained import Trained
-from isodiff_jax.train import loop, sharding
+from isodiff_jax import checkpoint, sharding
+from isodiff_jax.checkpoint import Loaded
 
-__all__ = ["Trained", "load"]
+__all__ = ["Loaded", "load"]
 
 
-def load(workdir: str, *, step: Optional[int] = None, ema: bool = True, devices=None) -> Trained:
-    """The checkpoint of `workdir` at `step` (newest by default), EMA parameters unless ema=False,
-    replicated over `devices` (all by default)."""
-    config, setup, found, state = loop.restore_workdir(workdir, sharding.make_mesh(devices), step)
-    params = state.ema_params if ema else state.params
-    return Trained(config=config, model=setup.model, schedule=setup.schedule, params=params, step=found)
+def load(workdir: str, *, step: Optional[int] = None, ema: bool = True, devices=None) -> Loaded:
+    """(spec, params, step) of the checkpoint of `workdir` at `step` (newest by default), EMA
+    parameters unless ema=False, replicated over `devices` (all by default)."""
+    return checkpoint.load_params(workdir, step=step, ema=ema, mesh=sharding.make_mesh(devices))

@@ -7,13 +7,14 @@ before averaging (the original code trimmed per-batch means instead). The distan
 the output key: "pixel_l2" (mean squared pixel difference, images in [-1, 1]) or any
 d(a, b) -> (B,) given with a name, e.g. a feature distance or LPIPS.
 """
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from isodiff_jax import geometry
+from isodiff_jax import geometry, sharding
 
 
 def pixel_l2(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -37,30 +38,35 @@ def pair_values(sample: Callable, distance: Callable, x0, x1, w, epsilon: float)
     return distance(images[:len(a)], images[len(a):]) / epsilon ** 2
 
 
-def path_length_values(sample: Callable, distance: Callable, key, *, image_shape: Sequence[int],
-                       num_samples: int, batch_size: int = 16, epsilon: float = 1e-4) -> np.ndarray:
-    """(num_samples,) pair values for x_0, x_1 ~ N(0, I) and w ~ U(0, 1 − ε);
-    sample: x_T (B, ...) -> images (B, ...)."""
-    @jax.jit
-    def batch_values(k, like):
-        k0, k1, kw = jax.random.split(k, 3)
-        x0 = jax.random.normal(k0, like.shape + tuple(image_shape))
-        x1 = jax.random.normal(k1, x0.shape)
-        w = jax.random.uniform(kw, like.shape, maxval=1.0 - epsilon)
-        return pair_values(sample, distance, x0, x1, w, epsilon)
+class Ppl:
+    """Evaluator: yields (f"ppl_{distance_name}", trimmed mean) and ("ppl_values", all values) for
+    sample(params, x_T (B, ...)) -> images (B, ...), with x_0, x_1 ~ N(0, I) and w ~ U(0, 1 − ε)
+    drawn from `seed`. Built once; `run(params)` compiles nothing for new parameters."""
 
-    values = []
-    for start in range(0, num_samples, batch_size):
-        size = min(batch_size, num_samples - start)
-        values.append(np.asarray(batch_values(jax.random.fold_in(key, start), jnp.zeros((size,)))))
-    return np.concatenate(values)
+    def __init__(self, sample: Callable, *, image_shape: Sequence[int], num_samples: int = 256,
+                 batch_size: int = 16, epsilon: float = 1e-4, distance: Callable = pixel_l2,
+                 distance_name: str = "pixel_l2", seed: int = 0, mesh: Optional[Mesh] = None):
+        self.num_samples, self.batch_size, self.name = num_samples, batch_size, distance_name
+        self.key = jax.random.PRNGKey(seed)
 
+        def batch_values(params, key, size):
+            k0, k1, kw = jax.random.split(key, 3)
+            x0 = sharding.constrain_rows(jax.random.normal(k0, (size, *image_shape)), mesh)
+            x1 = sharding.constrain_rows(jax.random.normal(k1, x0.shape), mesh)
+            w = jax.random.uniform(kw, (size,), maxval=1.0 - epsilon)
+            return pair_values(lambda x: sample(params, x), distance, x0, x1, w, epsilon)
+        self._values = jax.jit(batch_values, static_argnames="size")
 
-def ppl(sample: Callable, key, *, image_shape: Sequence[int], num_samples: int = 256,
-        batch_size: int = 16, epsilon: float = 1e-4, distance: Callable = pixel_l2,
-        distance_name: str = "pixel_l2") -> Iterator:
-    """Evaluator: yields (f"ppl_{distance_name}", trimmed mean) and ("ppl_values", all values)."""
-    values = path_length_values(sample, distance, key, image_shape=image_shape,
-                                num_samples=num_samples, batch_size=batch_size, epsilon=epsilon)
-    yield f"ppl_{distance_name}", trimmed_mean(values)
-    yield "ppl_values", values
+    def values(self, params) -> np.ndarray:
+        """(num_samples,) pair values."""
+        out = []
+        for start in range(0, self.num_samples, self.batch_size):
+            size = min(self.batch_size, self.num_samples - start)
+            key = np.asarray(jax.random.fold_in(self.key, start))
+            out.append(sharding.to_host(self._values(params, key, size=size)))
+        return np.concatenate(out)
+
+    def run(self, params) -> Iterator:
+        values = self.values(params)
+        yield f"ppl_{self.name}", trimmed_mean(values)
+        yield "ppl_values", values

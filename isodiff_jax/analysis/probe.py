@@ -11,13 +11,14 @@ The ridge penalty is chosen per timestep from RIDGE_GRID on a held-back quarter 
 images (h has thousands of dimensions against hundreds of images, so a fixed small penalty
 overfits badly at high noise); the test images are never used to choose it.
 """
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from isodiff_jax import diffusion
+from isodiff_jax import diffusion, sharding
 from isodiff_jax.analysis import oracle as oracle_lib
 from isodiff_jax.analysis import spectrum
 from isodiff_jax.data import shapes
@@ -76,32 +77,47 @@ def probe_scores(train_h, train_factors: dict, test_h, test_factors: dict, *, ri
     return {**scores, "ridge": ridge}
 
 
-def linear_probe(encode_at: Callable, schedule: diffusion.Schedule, key, *, resolution: int,
-                 timesteps: Sequence[int], num_train: int = 512, num_test: int = 256, pool: int = 1,
-                 ridge: float | None = None, batch_size: int = 64, seed: int = 5) -> Iterator:
+class LinearProbe:
     """Evaluator: yields ("probe_t{t}_<score>", value) per timestep and ("probe_r2", the mean R²
     over the continuous factors and timesteps), ("probe_shape_accuracy", mean over timesteps).
 
-    encode_at(x (B, R, R, 3), t int32 (B,)) -> h; images come from `shapes` with `seed`; ridge
-    None chooses the penalty per timestep (reported as probe_t{t}_ridge)."""
-    images, factors = oracle_lib.images_of(seed, np.arange(num_train + num_test), resolution)
-    split = lambda f, part: {k: (v[:num_train] if part == 0 else v[num_train:]) for k, v in f.items()}
+    encode(params, x (B, R, R, 3), t int32 (B,)) -> h; images come from `shapes` with
+    `image_seed` and their noise from `seed`; ridge None chooses the penalty per timestep
+    (reported as probe_t{t}_ridge). Built once; `run(params)` compiles nothing for new parameters.
+    """
 
-    @jax.jit
-    def features(x0, t, k):
-        t_vec = jnp.full((x0.shape[0],), t, jnp.int32)
-        x_t = diffusion.q_sample(schedule, x0, t_vec, jax.random.normal(k, x0.shape))
-        h = spectrum.average_pool(encode_at(x_t, t_vec), pool)
-        return h.reshape(h.shape[0], -1)
+    def __init__(self, encode: Callable, schedule: diffusion.Schedule, *, resolution: int,
+                 timesteps: Sequence[int], num_train: int = 512, num_test: int = 256, pool: int = 1,
+                 ridge: float | None = None, batch_size: int = 64, image_seed: int = 5, seed: int = 0,
+                 mesh: Optional[Mesh] = None):
+        self.images, self.factors = oracle_lib.images_of(image_seed, np.arange(num_train + num_test), resolution)
+        self.timesteps, self.num_train, self.ridge, self.batch_size = tuple(timesteps), num_train, ridge, batch_size
+        self.key, self.mesh = jax.random.PRNGKey(seed), mesh
 
-    r2s, accuracies = [], []
-    for t in timesteps:
-        h = np.concatenate([np.asarray(features(images[i:i + batch_size], t, jax.random.fold_in(key, i)))
-                            for i in range(0, len(images), batch_size)])
-        scores = probe_scores(h[:num_train], split(factors, 0), h[num_train:], split(factors, 1), ridge=ridge)
-        for name, value in scores.items():
-            yield f"probe_t{t}_{name}", value
-        r2s += [v for name, v in scores.items() if name.startswith("r2_")]
-        accuracies.append(scores["shape_accuracy"])
-    yield "probe_r2", float(np.mean(r2s))
-    yield "probe_shape_accuracy", float(np.mean(accuracies))
+        def features(params, x0, t, k):
+            t_vec = jnp.full((x0.shape[0],), t, jnp.int32)
+            x_t = diffusion.q_sample(schedule, x0, t_vec, jax.random.normal(k, x0.shape))
+            h = spectrum.average_pool(encode(params, x_t, t_vec), pool)
+            return h.reshape(h.shape[0], -1)
+        self._features = jax.jit(features)
+
+    def _h(self, params, t) -> np.ndarray:
+        return np.concatenate([
+            sharding.to_host(self._features(params, sharding.put_rows(self.images[i:i + self.batch_size], self.mesh),
+                                            t, np.asarray(jax.random.fold_in(self.key, i))))
+            for i in range(0, len(self.images), self.batch_size)])
+
+    def run(self, params) -> Iterator:
+        n = self.num_train
+        train = {k: v[:n] for k, v in self.factors.items()}
+        test = {k: v[n:] for k, v in self.factors.items()}
+        r2s, accuracies = [], []
+        for t in self.timesteps:
+            h = self._h(params, t)
+            scores = probe_scores(h[:n], train, h[n:], test, ridge=self.ridge)
+            for name, value in scores.items():
+                yield f"probe_t{t}_{name}", value
+            r2s += [v for name, v in scores.items() if name.startswith("r2_")]
+            accuracies.append(scores["shape_accuracy"])
+        yield "probe_r2", float(np.mean(r2s))
+        yield "probe_shape_accuracy", float(np.mean(accuracies))

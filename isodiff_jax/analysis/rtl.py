@@ -6,13 +6,14 @@ a straight line in h-space.
 for K+1 points x_k = slerp(x_0, x_1, k/K) on the sphere and h_k = e_θ(x_k, t). mRTL is the mean
 over pairs (x_0, x_1) ~ N(0, I) and over the timesteps evaluated.
 """
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from isodiff_jax import geometry
+from isodiff_jax import geometry, sharding
 
 
 def relative_trajectory_length(path: jax.Array) -> jax.Array:
@@ -40,24 +41,38 @@ def path_rtl(encode: Callable, x0: jax.Array, x1: jax.Array, num_segments: int) 
     return relative_trajectory_length(jax.lax.map(encode, path))
 
 
-def mrtl(encode_at: Callable, key, *, image_shape: Sequence[int], timesteps: Sequence[int],
-         num_pairs: int = 64, num_segments: int = 20, batch_size: int = 16) -> Iterator:
-    """Evaluator: yields ("mrtl", mean over pairs and timesteps), ("mrtl_t{t}", mean at t) and
-    ("rtl_values", (len(timesteps), num_pairs) array) for encode_at(x (B, H, W, C), t int32 (B,)).
+class Mrtl:
+    """Evaluator: yields ("mrtl_t{t}", mean at t) per timestep, ("mrtl", mean over pairs and
+    timesteps) and ("rtl_values", (len(timesteps), num_pairs) array) for
+    encode(params, x (B, H, W, C), t int32 (B,)) -> h.
 
-    The same pairs x_0, x_1 ~ N(0, I) are used at every timestep.
+    The same pairs x_0, x_1 ~ N(0, I) (from `seed`) are used at every timestep. Built once; its
+    kernel takes the parameters, so `run` on new parameters of the same shapes compiles nothing.
+    With a mesh, each batch of pairs is split over its devices.
     """
-    per_t = []
-    rtl_fn = jax.jit(lambda x0, x1, t: path_rtl(lambda x: encode_at(x, t), x0, x1, num_segments))
-    for t in timesteps:
-        values = []
-        for start in range(0, num_pairs, batch_size):
-            b = min(batch_size, num_pairs - start)
-            k0, k1 = jax.random.split(jax.random.fold_in(key, start), 2)
-            x0 = jax.random.normal(k0, (b, *image_shape))
-            x1 = jax.random.normal(k1, (b, *image_shape))
-            values.append(np.asarray(rtl_fn(x0, x1, jnp.full((b,), t, jnp.int32))))
-        per_t.append(np.concatenate(values))
-        yield f"mrtl_t{t}", float(per_t[-1].mean())
-    yield "mrtl", float(np.mean(per_t))
-    yield "rtl_values", np.stack(per_t)
+
+    def __init__(self, encode: Callable, *, image_shape: Sequence[int], timesteps: Sequence[int],
+                 num_pairs: int = 64, num_segments: int = 20, batch_size: int = 16, seed: int = 0,
+                 mesh: Optional[Mesh] = None):
+        self.timesteps, self.num_pairs, self.batch_size = tuple(timesteps), num_pairs, batch_size
+        self.key = jax.random.PRNGKey(seed)
+
+        def batch_rtl(params, key, t, size):
+            k0, k1 = jax.random.split(key)
+            x0, x1 = (sharding.constrain_rows(jax.random.normal(k, (size, *image_shape)), mesh) for k in (k0, k1))
+            t_vec = jnp.full((size,), t, jnp.int32)
+            return path_rtl(lambda x: encode(params, x, t_vec), x0, x1, num_segments)
+        self._rtl = jax.jit(batch_rtl, static_argnames="size")
+
+    def run(self, params) -> Iterator:
+        per_t = []
+        for t in self.timesteps:
+            values = []
+            for start in range(0, self.num_pairs, self.batch_size):
+                size = min(self.batch_size, self.num_pairs - start)
+                key = np.asarray(jax.random.fold_in(self.key, start))
+                values.append(sharding.to_host(self._rtl(params, key, t, size=size)))
+            per_t.append(np.concatenate(values))
+            yield f"mrtl_t{t}", float(per_t[-1].mean())
+        yield "mrtl", float(np.mean(per_t))
+        yield "rtl_values", np.stack(per_t)

@@ -39,6 +39,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from isodiff_jax import sharding
+
 METHODS = ("dense", "matrix_free")
 WHICH = ("top", "bottom")
 
@@ -85,10 +87,10 @@ def _flat_products(lin, x, out):
     return jvp, vjp
 
 
-def _jacobian_chunk(fn: Callable, x_b, start, *, m: int, n: int, chunk: int):
+def _jacobian_chunk(fn: Callable, params, x_b, start, *, m: int, n: int, chunk: int):
     """Rows start … start + chunk − 1 (m ≤ n) or those columns, transposed (m > n), of the
-    Jacobian of fn at one sample x_b (1, ...): (chunk, max(m, n)); indices past the end give 0."""
-    out, lin = jax.linearize(fn, x_b)
+    Jacobian of fn(params, ·) at one sample x_b (1, ...): (chunk, max(m, n)); indices past the end give 0."""
+    out, lin = jax.linearize(lambda x: fn(params, x), x_b)
     jvp, vjp = _flat_products(lin, x_b, out)
     # From the smaller side: m transposed products for rows, or n products for columns.
     side, product = (m, vjp) if m <= n else (n, jvp)
@@ -96,22 +98,24 @@ def _jacobian_chunk(fn: Callable, x_b, start, *, m: int, n: int, chunk: int):
     return jax.vmap(lambda e: product(e[None])[0])(basis)
 
 
-def sample_jacobian_fn(fn: Callable, x, *, chunk_size: int = 64) -> Callable:
-    """The map x_b (1, ...) -> dense Jacobian (m, n) of fn at one sample, in the dtype of x_b.
+def sample_jacobian_fn(fn: Callable, x, *, chunk_size: int = 64, params_like=None) -> Callable:
+    """The map (params, x_b (1, ...)) -> dense Jacobian (m, n) of fn(params, ·) at one sample, in
+    the dtype of x_b, for fn(params, x (B, ...)) -> (B, ...).
 
-    x (B, ...) gives the per-sample shape. One jitted chunk of products, compiled at the first
+    x (B, ...) gives the per-sample shape and params_like (arrays or ShapeDtypeStructs) the
+    parameters' shapes; the parameters are an argument, so new ones compile nothing. One jitted chunk of products, compiled at the first
     call, run by a host loop: XLA:CPU ran the network's products ~10× slower inside a device
     loop (lax.map), measured on the benchmark model (docs/benchmarks.md, "MCN").
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    m, n = map_dims(fn, x)
+    m, n = map_dims(lambda x: jax.eval_shape(fn, params_like, x), x)
     side = min(m, n)
     chunk = min(chunk_size, side)
     run = jax.jit(functools.partial(_jacobian_chunk, fn, m=m, n=n, chunk=chunk))
 
-    def jacobian(x_b):
-        vectors = jnp.concatenate([run(x_b, start) for start in range(0, side, chunk)])[:side]
+    def jacobian(params, x_b):
+        vectors = jnp.concatenate([run(params, x_b, start) for start in range(0, side, chunk)])[:side]
         return vectors if m <= n else vectors.T
     return jacobian
 
@@ -124,10 +128,14 @@ def jacobian_singular_values(fn: Callable, x, *, chunk_size: int = 64) -> np.nda
     Returns: (B, k) float64 numpy array, k = min(m, n), descending per row. Only one sample's
     Jacobian (m × n, dtype of x) exists at a time; the SVD runs on the host in float64.
     """
-    jacobian = sample_jacobian_fn(fn, x, chunk_size=chunk_size)
+    return dense_singular_values(sample_jacobian_fn(lambda _, x: fn(x), x, chunk_size=chunk_size), None, x)
+
+
+def dense_singular_values(jacobian: Callable, params, x) -> np.ndarray:
+    """(B, k) float64 singular values, descending, from jacobian = `sample_jacobian_fn(...)`."""
     rows = []
     for b in range(x.shape[0]):
-        jac = np.asarray(jacobian(x[b:b + 1]), dtype=np.float64)
+        jac = np.asarray(jacobian(params, x[b:b + 1]), dtype=np.float64)
         rows.append(np.linalg.svd(jac, compute_uv=False))
     return np.stack(rows)
 
@@ -190,28 +198,29 @@ def _gkl_step(lin, carry, j, key, *, x, out, tol: float):
     return us.at[j].set(u_j), vs.at[j + 1].set(v_next), coeffs, scale
 
 
-def bidiagonalize_fn(fn: Callable, x, *, num_iters: int) -> Callable:
-    """The map (x (B, ...), key) -> (alpha, beta), each (B, num_iters): the coefficients of
-    num_iters Golub–Kahan–Lanczos steps (`_gkl_step`) for every sample at once; the upper
-    bidiagonal matrix has diagonal alpha and superdiagonal beta[:, :-1].
+def bidiagonalize_fn(fn: Callable, x, *, num_iters: int, params_like=None) -> Callable:
+    """The map (params, x (B, ...), key) -> (alpha, beta), each (B, num_iters): the coefficients
+    of num_iters Golub–Kahan–Lanczos steps (`_gkl_step`) on the Jacobian of fn(params, ·) for
+    every sample at once; the upper bidiagonal matrix has diagonal alpha and superdiagonal
+    beta[:, :-1]. fn(params, x (B, ...)) -> (B, ...).
 
-    x gives the shapes. The linearization and one step are jitted (compiled at the first call)
+    x and params_like give the shapes; the parameters are an argument, so new ones compile nothing. The linearization and one step are jitted (compiled at the first call)
     and the steps run from a host loop: XLA:CPU ran the network's products ~8× slower inside a
     device loop (fori_loop), measured on the benchmark model (docs/benchmarks.md, "MCN").
     """
-    m, n = map_dims(fn, x)
+    m, n = map_dims(lambda x: jax.eval_shape(fn, params_like, x), x)
     if not 1 <= num_iters <= min(m, n):
         raise ValueError(f"num_iters must be in [1, min(m, n) = {min(m, n)}], got {num_iters}")
     # A coupling this small is rounding noise of a reorthogonalized vector: treat it as zero.
     tol = math.sqrt(max(m, n)) * float(jnp.finfo(x.dtype).eps)
-    out = jax.eval_shape(fn, x)
-    linearize = jax.jit(lambda x: jax.linearize(fn, x)[1])
+    out = jax.eval_shape(fn, params_like, x)
+    linearize = jax.jit(lambda params, x: jax.linearize(lambda x: fn(params, x), x)[1])
     init = jax.jit(functools.partial(_gkl_init, d=min(m, n), p=max(m, n), num_iters=num_iters))
     step = jax.jit(functools.partial(_gkl_step, x=jax.ShapeDtypeStruct(x.shape, x.dtype), out=out,
                                      tol=tol), donate_argnums=1)
 
-    def run(x, key):
-        lin, carry = linearize(x), init(x, key)
+    def run(params, x, key):
+        lin, carry = linearize(params, x), init(x, key)
         for j in range(num_iters):
             carry = step(lin, carry, j, key)
         coeffs = carry[2]
@@ -269,7 +278,7 @@ def matrix_free_singular_values(fn: Callable, x, key, *, k: int, which=WHICH,
     num_iters = min(d, max(4 * k, 64)) if num_iters is None else num_iters
     if not k <= num_iters <= d:
         raise ValueError(f"num_iters must be in [k = {k}, min(m, n) = {d}], got {num_iters}")
-    alpha, beta = bidiagonalize_fn(fn, x, num_iters=num_iters)(x, key)
+    alpha, beta = bidiagonalize_fn(lambda _, x: fn(x), x, num_iters=num_iters)(None, x, key)
     return _select(bidiagonal_singular_values(alpha, beta), k, which)
 
 
@@ -317,16 +326,26 @@ def spectrum_metrics(fn: Callable, x, *, method: str = "dense", key=None, prefix
     num_iters as `matrix_free_singular_values`); rtol defaults to `nonzero_rtol`. In
     matrix-free mode rank is yielded only when the whole spectrum was computed.
     """
-    if method not in METHODS:
-        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    _check_method(method, key)
     m, n = map_dims(fn, x)
-    rtol = nonzero_rtol(m, n, x.dtype) if rtol is None else rtol
     if method == "dense":
         s = jacobian_singular_values(fn, x, chunk_size=chunk_size)
-    elif key is None:
-        raise ValueError("method='matrix_free' needs a PRNG key")
     else:
         s = matrix_free_singular_values(fn, x, key, k=min(k, m, n), num_iters=num_iters)
+    yield from spectrum_values(s, m, n, x.dtype, rtol=rtol, prefix=prefix)
+
+
+def _check_method(method: str, key) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if method == "matrix_free" and key is None:
+        raise ValueError("method='matrix_free' needs a PRNG key")
+
+
+def spectrum_values(s, m: int, n: int, dtype, *, rtol: float | None = None,
+                    prefix: str = "") -> Iterator[tuple[str, float]]:
+    """The metrics of `spectrum_metrics` from singular values s (B, c) of m × n Jacobians in dtype."""
+    rtol = nonzero_rtol(m, n, dtype) if rtol is None else rtol
     cn = condition_numbers(s, rtol=rtol)
     yield prefix + "mcn", float(np.mean(cn))
     yield prefix + "vor", vor(s, rtol=rtol)
@@ -335,3 +354,30 @@ def spectrum_metrics(fn: Callable, x, *, method: str = "dense", key=None, prefix
     if s.shape[1] == min(m, n):
         yield prefix + "rank", float(np.mean(ranks(s, rtol=rtol)))
     yield prefix + "singular_values", s
+
+
+class Spectrum:
+    """Evaluator: `spectrum_metrics` of fn(params, x) at fixed inputs x (B, ...), with the
+    Jacobian products jitted once (params_like gives the parameters' shapes), so `run(params)`
+    on new parameters compiles nothing. num_iters is capped at min(m, n)."""
+
+    def __init__(self, fn: Callable, x, *, params_like, method: str = "dense", key=None, prefix: str = "",
+                 chunk_size: int = 64, k: int = 8, num_iters: int | None = None):
+        _check_method(method, key)
+        self.x, self.key, self.prefix, self.method = x, key, prefix, method
+        self.m, self.n = map_dims(lambda x: jax.eval_shape(fn, params_like, x), x)
+        if method == "dense":
+            self._jacobian = sample_jacobian_fn(fn, x, chunk_size=chunk_size, params_like=params_like)
+        else:
+            self.k = min(k, self.m, self.n)
+            num_iters = min(self.m, self.n, max(4 * self.k, 64) if num_iters is None else num_iters)
+            self._bidiagonalize = bidiagonalize_fn(fn, x, num_iters=num_iters, params_like=params_like)
+
+    def singular_values(self, params) -> np.ndarray:
+        if self.method == "dense":
+            return dense_singular_values(self._jacobian, params, self.x)
+        alpha, beta = (sharding.to_host(c) for c in self._bidiagonalize(params, self.x, self.key))
+        return _select(bidiagonal_singular_values(alpha, beta), self.k, WHICH)
+
+    def run(self, params) -> Iterator[tuple[str, float]]:
+        yield from spectrum_values(self.singular_values(params), self.m, self.n, self.x.dtype, prefix=self.prefix)

@@ -1,5 +1,7 @@
-"""Every evaluator behind one call: `evaluate(trained, metrics, options, resources)` yields
-(name, value) pairs for a `trained.Trained` (from a checkpoint, or built from a training state).
+"""Every evaluator behind one object: `Suite(spec, metrics, options, resources, mesh)` is built
+once for a model spec; `suite.run(params)` yields (name, value) pairs for any parameters of that
+model (a checkpoint, or the EMA parameters inside training) and compiles nothing after the first
+run.
 
 Metrics and what they need:
 
@@ -10,38 +12,26 @@ Metrics and what they need:
     probe                            shapes data (the generator's own factors)
 
 Scalars are Python floats; arrays and image sets (for pictures) are yielded under names ending
-in "_values", "_singular_values", "_pairs" or "_strips".
+in "_values", "_singular_values", "_pairs", "_strips" or "_frames".
 """
 import dataclasses
-from typing import Any, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 
-from isodiff_jax import data, diffusion, geometry
+from isodiff_jax import diffusion, geometry, sharding
 from isodiff_jax.analysis import editing, factors, inversion, ppl, probe, quality, rtl, spectrum
+from isodiff_jax.analysis.options import Options
+from isodiff_jax.spec import ModelSpec
 
 METRICS = ("mrtl", "mcn", "vor", "ppl", "inversion", "fd", "factor_rtl", "edit", "probe")
 SHAPES_ONLY = ("factor_rtl", "edit", "probe")
 
-
-@dataclasses.dataclass(frozen=True)
-class Options:
-    num_pairs: int = 32  # mRTL and factor-RTL pairs
-    timesteps: tuple = (500, 700, 900)  # mRTL, MCN/VoR and probe timesteps
-    num_samples: int = 64  # PPL samples; MCN/VoR and inversion use a quarter of it
-    num_fd_samples: int = 512  # generated images for fid / fd_oracle (as many real ones again, twice)
-    sample_steps: int = 20  # DDIM steps (η = 0) for every decoded image
-    fd_sample_steps: int = 0  # fd's samples: DDIM steps (0: sample_steps)
-    fd_sample_eta: float = 0.0  # fd's samples: DDIM η (1 = the training loop's grids)
-    pool: int = 1  # average pooling of h before MCN/VoR and the probes
-    spectrum_method: str = "matrix_free"  # "dense" or "matrix_free"
-    spectrum_iters: int = 64  # matrix-free Lanczos iterations (s_min, hence MCN, converges from above: see docs/benchmarks.md)
-    num_label: int = 256  # editing: oracle-labelled samples that define the directions
-    num_edit: int = 32  # editing: held-out samples edited
-    h_min_t: int = 500  # editing in h: steps with t >= h_min_t are edited
-    seed: int = 0
+__all__ = ["METRICS", "Options", "Resources", "Suite", "Interpolation", "load_resources", "check", "problems",
+           "missing_inputs", "sampler", "real_images"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,98 +84,141 @@ def problems(metrics, data_name: str, *, oracle: bool, inception: bool, inputs: 
     return out + [r for r in reasons if r]
 
 
-def check(metrics, trained, resources: Resources) -> None:
-    found = problems(metrics, trained.config.data.name, oracle=resources.oracle is not None,
+def check(metrics, spec: ModelSpec, resources: Resources) -> None:
+    found = problems(metrics, spec.data.name, oracle=resources.oracle is not None,
                      inception=resources.inception is not None)
     if found:
         raise ValueError("; ".join(found))
 
 
-def sampler(trained, num_steps, eta: float = 0.0):
-    """(x_T, key=None) -> images with DDIM, x0 clipped to [-1, 1]; deterministic (η = 0) unless
-    eta > 0, which needs the key."""
-    return lambda x_T, key=None: diffusion.ddim_sample(trained.eps, trained.schedule, x_T, num_steps, eta=eta,
-                                                       key=key, clip_x0=1.0)
+def sampler(spec: ModelSpec, num_steps: int, eta: float = 0.0) -> Callable:
+    """(params, x_T, key=None) -> images with DDIM, x0 clipped to [-1, 1]; deterministic (η = 0)
+    unless eta > 0, which needs the key. Pure: jit it (with the parameters as an argument)."""
+    def sample(params, x_T, key=None):
+        return diffusion.ddim_sample(lambda x, t: spec.eps(params, x, t), spec.noise_schedule, x_T, num_steps,
+                                     eta=eta, key=key, clip_x0=1.0)
+    return sample
 
 
-def real_images(trained, count: int, seed: int) -> np.ndarray:
-    """count images of the run's data set in [-1, 1] (read directly, no training pipeline)."""
-    d = trained.config.data
-    source = data.make_source(d.name, resolution=d.resolution, seed=trained.config.seed,
-                              data_dir=d.data_dir or None, split=d.split)
+def real_images(spec: ModelSpec, count: int, seed: int) -> np.ndarray:
+    """count images of the model's data set in [-1, 1] (read directly, no training pipeline)."""
+    source = spec.data.source()
     if len(source) < count:
         raise ValueError(f"the data set has {len(source)} images, {count} are needed")
     index = np.random.default_rng(seed).choice(len(source), size=count, replace=False)
     return source.get(np.sort(index)).astype(np.float32) / 127.5 - 1.0
 
 
-def _spectrum(trained, options, key):
-    """MCN / VoR over noised real images at each timestep."""
-    x0 = real_images(trained, max(4, options.num_samples // 4), options.seed)
-    for t in options.timesteps:
-        t_vec = lambda x: jnp.full((x.shape[0],), t, jnp.int32)
-        fn = lambda x: spectrum.average_pool(trained.encode(x, t_vec(x)), options.pool)
-        eps = jax.random.normal(jax.random.fold_in(key, t), x0.shape)
-        x_t = diffusion.q_sample(trained.schedule, jnp.asarray(x0), t_vec(x0), eps)
-        m, n = spectrum.map_dims(fn, x_t)
-        yield from spectrum.spectrum_metrics(fn, x_t, method=options.spectrum_method, key=key, prefix=f"t{t}_",
-                                             num_iters=min(options.spectrum_iters, m, n))
+class _SpectrumAtTimesteps:
+    """MCN / VoR over noised real images at each timestep (one `spectrum.Spectrum` per timestep)."""
+
+    def __init__(self, spec: ModelSpec, options: Options):
+        key = jax.random.PRNGKey(options.seed)
+        x0 = jnp.asarray(real_images(spec, max(4, options.num_samples // 4), options.seed))
+        self.parts = []
+        for t in options.timesteps:
+            t_vec = jnp.full((x0.shape[0],), t, jnp.int32)
+            fn = lambda params, x, t=t: spectrum.average_pool(
+                spec.encode(params, x, jnp.full((x.shape[0],), t, jnp.int32)), options.pool)
+            x_t = diffusion.q_sample(spec.noise_schedule, x0, t_vec, jax.random.normal(jax.random.fold_in(key, t), x0.shape))
+            self.parts.append(spectrum.Spectrum(fn, x_t, params_like=spec.abstract_params(),
+                                                method=options.spectrum_method, key=key, prefix=f"t{t}_",
+                                                num_iters=options.spectrum_iters))
+
+    def run(self, params) -> Iterator:
+        for part in self.parts:
+            yield from part.run(params)
 
 
-def _ppl(trained, options, resources, key):
+class _FrechetDistances:
+    """fid and/or fd_oracle: generated images against real ones, whose features are computed once."""
+
+    def __init__(self, spec: ModelSpec, options: Options, resources: Resources, mesh: Optional[Mesh]):
+        sample = sampler(spec, options.fd_sample_steps or options.sample_steps, options.fd_sample_eta)
+        self.generator = quality.Generator(sample, image_shape=spec.image_shape, num=options.num_fd_samples,
+                                           seed=options.seed, mesh=mesh)
+        self.extractors = {}
+        if resources.inception is not None:
+            self.extractors["fid"] = resources.inception.features
+        if resources.oracle is not None and spec.data.name == "shapes":
+            self.extractors["fd_oracle"] = resources.oracle.features
+        real = real_images(spec, 2 * options.num_fd_samples, options.seed + 2)
+        self.real_features = {name: features(real) for name, features in self.extractors.items()}
+        self.oracle = resources.oracle if "fd_oracle" in self.extractors else None
+
+    def run(self, params) -> Iterator:
+        generated = self.generator.generate(params)
+        for name, features in self.extractors.items():
+            yield from quality.frechet_distances(name, features(generated), self.real_features[name])
+        if self.oracle is not None:
+            yield "oracle_confident_fraction", quality.confident_fraction(self.oracle.shape_probabilities(generated))
+
+
+def _ppl(spec: ModelSpec, options: Options, resources: Resources, mesh: Optional[Mesh]) -> ppl.Ppl:
     distance, name = ppl.pixel_l2, "pixel_l2"
     if resources.lpips is not None:
         distance, name = resources.lpips.distance, f"lpips_{resources.lpips.net}"
-    yield from ppl.ppl(sampler(trained, options.sample_steps), key, image_shape=trained.image_shape,
-                       num_samples=options.num_samples, distance=distance, distance_name=name)
+    return ppl.Ppl(sampler(spec, options.sample_steps), image_shape=spec.image_shape,
+                   num_samples=options.num_samples, distance=distance, distance_name=name, seed=options.seed, mesh=mesh)
 
 
-def _fd(trained, options, resources, key):
-    sample = sampler(trained, options.fd_sample_steps or options.sample_steps, options.fd_sample_eta)
-    generated = quality.generate(sample, key, image_shape=trained.image_shape, num=options.num_fd_samples)
-    real = real_images(trained, 2 * options.num_fd_samples, options.seed + 2)
-    if resources.inception is not None:
-        yield from quality.frechet_distance("fid", resources.inception.features, generated, real)
-    if resources.oracle is not None and trained.config.data.name == "shapes":
-        yield from quality.frechet_distance("fd_oracle", resources.oracle.features, generated, real)
-        yield "oracle_confident_fraction", quality.confident_fraction(resources.oracle.shape_probabilities(generated))
+def _builders(spec: ModelSpec, options: Options, resources: Resources, mesh: Optional[Mesh]) -> dict:
+    """{metric: () -> evaluator}, in METRICS order ("vor" is computed by the "mcn" evaluator)."""
+    o = options
+    return {
+        "mrtl": lambda: rtl.Mrtl(spec.encode, image_shape=spec.image_shape, timesteps=o.timesteps,
+                                 num_pairs=o.num_pairs, seed=o.seed, mesh=mesh),
+        "mcn": lambda: _SpectrumAtTimesteps(spec, o),
+        "ppl": lambda: _ppl(spec, o, resources, mesh),
+        "inversion": lambda: inversion.Inversion(
+            spec.eps, spec.noise_schedule, real_images(spec, max(4, o.num_samples // 4), o.seed + 1),
+            num_steps=o.sample_steps, mesh=mesh),
+        "fd": lambda: _FrechetDistances(spec, o, resources, mesh),
+        "factor_rtl": lambda: factors.FactorRtl(sampler(spec, o.sample_steps), resources.oracle,
+                                                image_shape=spec.image_shape, num_pairs=o.num_pairs, seed=o.seed),
+        "edit": lambda: editing.Editing(spec, resources.oracle, num_label=o.num_label, num_edit=o.num_edit,
+                                        sample_steps=o.sample_steps, h_min_t=o.h_min_t, seed=o.seed),
+        "probe": lambda: probe.LinearProbe(spec.encode, spec.noise_schedule, resolution=spec.data.resolution,
+                                           timesteps=o.timesteps, pool=o.pool, seed=o.seed, mesh=mesh),
+    }
 
 
-def evaluate(trained, metrics, options: Options, resources: Resources = Resources()) -> Iterator:
-    """Yields (name, value) for the chosen metrics, in METRICS order."""
-    check(metrics, trained, resources)
-    key = jax.random.PRNGKey(options.seed)
-    sample = sampler(trained, options.sample_steps)
-    if "mrtl" in metrics:
-        yield from rtl.mrtl(trained.encode, key, image_shape=trained.image_shape, timesteps=options.timesteps,
-                            num_pairs=options.num_pairs)
-    if "mcn" in metrics or "vor" in metrics:
-        yield from _spectrum(trained, options, key)
-    if "ppl" in metrics:
-        yield from _ppl(trained, options, resources, key)
-    if "inversion" in metrics:
-        images = real_images(trained, max(4, options.num_samples // 4), options.seed + 1)
-        yield from inversion.inversion_error(trained.eps, trained.schedule, images, num_steps=options.sample_steps)
-    if "fd" in metrics:
-        yield from _fd(trained, options, resources, key)
-    if "factor_rtl" in metrics:
-        yield from factors.factor_rtl(sample, resources.oracle, key, image_shape=trained.image_shape,
-                                      num_pairs=options.num_pairs)
-    if "edit" in metrics:
-        yield from editing.editing(trained, resources.oracle, key, num_label=options.num_label,
-                                   num_edit=options.num_edit, sample_steps=options.sample_steps,
-                                   h_min_t=options.h_min_t)
-    if "probe" in metrics:
-        yield from probe.linear_probe(trained.encode, trained.schedule, key, resolution=trained.config.data.resolution,
-                                      timesteps=options.timesteps, pool=options.pool)
+class Suite:
+    """The evaluators of `metrics` for one model spec, built once.
+
+    `run(params)` yields (name, value) for the chosen metrics, in METRICS order. Every kernel takes
+    the parameters as an argument, so a run on new parameters of the same shapes (another
+    checkpoint, a later training step) compiles nothing. With a mesh, evaluation batches are split
+    over its devices (of every process; all processes must call `run` together).
+    """
+
+    def __init__(self, spec: ModelSpec, metrics, options: Options = Options(), resources: Resources = Resources(),
+                 mesh: Optional[Mesh] = None):
+        metrics = list(metrics)
+        check(metrics, spec, resources)
+        if "vor" in metrics and "mcn" not in metrics:
+            metrics.append("mcn")  # one spectrum gives both
+        self.spec, self.metrics, self.options = spec, metrics, options
+        builders = _builders(spec, options, resources, mesh)
+        self.evaluators = {name: build() for name, build in builders.items() if name in metrics}
+
+    def run(self, params) -> Iterator[tuple[str, Any]]:
+        for evaluator in self.evaluators.values():
+            yield from evaluator.run(params)
 
 
-def interpolation_rows(trained, options: Options, num_frames: int = 9) -> dict:
-    """Frames decoded along slerp and lerp between two fixed x_T."""
-    k0, k1 = jax.random.split(jax.random.PRNGKey(options.seed + 7))
-    x0, x1 = (jax.random.normal(k, (1, *trained.image_shape)).reshape(1, -1) for k in (k0, k1))
-    w = jnp.linspace(0, 1, num_frames)[:, None]
-    sample = jax.jit(sampler(trained, options.sample_steps))
-    shape = (num_frames, *trained.image_shape)
-    return {"slerp": np.asarray(sample(geometry.slerp(x0, x1, w).reshape(shape))),
-            "lerp": np.asarray(sample(geometry.lerp(x0, x1, w).reshape(shape)))}
+class Interpolation:
+    """Frames decoded along slerp and lerp between two fixed x_T (for pictures): `run(params)`
+    yields ("interpolation_frames", {"slerp": (K, H, W, C), "lerp": (K, H, W, C)})."""
+
+    def __init__(self, spec: ModelSpec, options: Options, num_frames: int = 9):
+        k0, k1 = jax.random.split(jax.random.PRNGKey(options.seed + 7))
+        x0, x1 = (jax.random.normal(k, (1, *spec.image_shape)) for k in (k0, k1))
+        w = jnp.linspace(0, 1, num_frames)[:, None]
+        shape = (num_frames, *spec.image_shape)
+        self.paths = {name: np.asarray(path(x0.reshape(1, -1), x1.reshape(1, -1), w)).reshape(shape)
+                      for name, path in (("slerp", geometry.slerp), ("lerp", geometry.lerp))}
+        self._sample = jax.jit(sampler(spec, options.sample_steps))
+
+    def run(self, params) -> Iterator[tuple[str, dict]]:
+        yield "interpolation_frames", {name: sharding.to_host(self._sample(params, x)) for name, x in self.paths.items()}

@@ -1,1 +1,1 @@
-"""Training: state, optimizer, step factories (and, later, the loop and checkpoints)."""
+"""Training: the state, the loss and the step (`step`), the loop (`loop`), what the user sees (`monitor`)."""

@@ -1,132 +1,204 @@
-"""The training loop: `train_and_evaluate(config, workdir)`.
+"""The training loop: `train_and_evaluate(setup, workdir, mesh, evaluators)`.
+
+It takes typed values only (a `TrainSetup`, built from a config at the entry point) and knows
+evaluators only as objects with `run(params) -> Iterator[(name, value)]`.
 
 One `jax.jit` per step kind over the ("data",) mesh: batch sharded, state replicated and
 donated. Timestep gating (method.md §4) picks, on the host, the plain step (t < pT) or the
 regularized one (t >= pT) from (seed, step) alone; the data of step s is a function of
 (seed, s) and the step's randomness is fold_in(key, s), so a resumed run repeats exactly what an
 uninterrupted one would have done.
+
+The host does not wait for the device between steps: each step adds its metrics to running
+sums kept on the device, and records there the first step whose loss, gradient or updated
+parameters are not finite. The host fetches them only at the logging, checkpoint, sample and
+evaluation cadences, and never saves a state after a non-finite step.
 """
 import dataclasses
-import functools
 import os
 import time
+from typing import Iterable, Optional, Protocol
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
-from isodiff_jax import config as config_lib
-from isodiff_jax import data, diffusion
-from isodiff_jax.analysis import suite, trained
+from isodiff_jax import checkpoint, diffusion, sharding
 from isodiff_jax.data import pipeline
-from isodiff_jax.train import checkpoint, sharding
+from isodiff_jax.isometry import Regularizer
+from isodiff_jax.spec import ModelSpec, Params
 from isodiff_jax.train import step as step_lib
-from isodiff_jax.train.monitor import Monitor, all_finite, host_floats
-from isodiff_jax.unet import UNet
+from isodiff_jax.train.monitor import Monitor
+
+
+class Evaluator(Protocol):
+    def run(self, params: Params) -> Iterable[tuple[str, object]]: ...
 
 
 @dataclasses.dataclass(frozen=True)
-class Setup:
-    """Everything the loop builds from the config once."""
-    model: UNet
-    schedule: diffusion.Schedule
-    optimizer: object
-    regularizer: step_lib.Regularizer | None
-    sample_shape: tuple  # (global batch, H, W, C)
-    keys: dict  # "init", "step", "samples": PRNG keys (host constants, identical on every process)
+class TrainSettings:
+    """How long, how big and how often."""
+    num_steps: int
+    global_batch_size: int
+    seed: int = 0  # root of every random key and of the data order
+    gate_p: float = 0.5  # steps with t < pT are plain, t >= pT regularized
+    grad_accum_steps: int = 1
+    ema_max_decay: float = 0.9999
+    init_from: str = ""  # a workdir whose EMA parameters start the run
+    random_flip: bool = False
+    prefetch: int = 3
+    checkpoint_every: int = 200
+    checkpoint_keep: int = 3
+    log_every: int = 20
+    sample_every: int = 0  # 0: only at the end
+    num_samples: int = 36
+    sample_steps: int = 200
+    sample_eta: float = 1.0
+    evaluate_every: int = 0  # 0: never (with evaluators: at the end only)
+    progress_bar: bool = True
 
 
-def make_setup(config, channels: int = 3) -> Setup:
-    root = jax.random.PRNGKey(config.seed)
-    k_init, k_step, k_samples = jax.random.split(root, 3)
-    r = config.data.resolution
-    return Setup(model=config_lib.unet(config, channels), schedule=config_lib.schedule(config),
-                 optimizer=config_lib.optimizer(config), regularizer=config_lib.regularizer(config),
-                 sample_shape=(config.training.global_batch_size, r, r, channels),
-                 keys={"init": k_init, "step": k_step, "samples": k_samples})
+@dataclasses.dataclass(frozen=True)
+class TrainSetup:
+    """Everything a run computes with, as typed values."""
+    spec: ModelSpec
+    optimizer: optax.GradientTransformation
+    learning_rate: optax.Schedule  # for the logs (the optimizer holds its own)
+    regularizer: Optional[Regularizer]
+    settings: TrainSettings
+    config_json: str = "{}"  # the run's config, saved with every checkpoint as its record
+
+    @property
+    def batch_shape(self) -> tuple[int, ...]:
+        return (self.settings.global_batch_size, *self.spec.image_shape)
+
+    def keys(self) -> dict:
+        """"init", "step", "samples": PRNG keys from the seed (host constants, identical on every process)."""
+        k_init, k_step, k_samples = jax.random.split(jax.random.PRNGKey(self.settings.seed), 3)
+        return {"init": k_init, "step": k_step, "samples": k_samples}
 
 
-def regularized_step(config, step: int) -> bool:
+def regularized_step(setup: TrainSetup, step: int) -> bool:
     """The gate of method.md §4 for `step`: True with probability 1 − p, a function of (seed, step)."""
-    if config.regularizer.kind == "none":
+    if setup.regularizer is None:
         return False
-    return np.random.default_rng([config.seed, step, 0x6A7E]).random() >= config.regularizer.p
+    return np.random.default_rng([setup.settings.seed, step, 0x6A7E]).random() >= setup.settings.gate_p
 
 
-def compile_steps(config, setup: Setup, mesh) -> dict:
-    """{regularized: compiled (state, x0) -> (state, metrics)} for the step kinds the config uses.
+def step_kinds(setup: TrainSetup) -> dict:
+    """{regularized: (regularizer or None, t_range)} for the step kinds the run uses."""
+    T = setup.spec.schedule.num_timesteps
+    split = int(setup.settings.gate_p * T)
+    if setup.regularizer is None:
+        return {False: (None, (0, T))}
+    kinds = {True: (setup.regularizer, (split, T))}
+    if split > 0:
+        kinds[False] = (None, (0, split))
+    return kinds
+
+
+def make_step(setup: TrainSetup, regularized: bool):
+    """The pure (state, x0) -> (state, metrics) step of one kind (randomness from the step key)."""
+    regularizer, t_range = step_kinds(setup)[regularized]
+    s = setup.settings
+    fn = step_lib.make_train_step(setup.spec.unet, setup.spec.noise_schedule, setup.optimizer,
+                                  regularizer=regularizer, t_range=t_range, ema_max_decay=s.ema_max_decay,
+                                  accum_steps=s.grad_accum_steps)
+    key = setup.keys()["step"]
+    return lambda state, x0: fn(state, x0, key)
+
+
+# ---- metrics kept on the device between fetches ------------------------------------------
+
+def _all_finite(tree) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+
+
+def empty_totals(names) -> dict:
+    """Running sums and counts of each metric, and the first non-finite step (−1: none yet)."""
+    zeros = {n: jnp.zeros((), jnp.float32) for n in names}
+    return {"sums": zeros, "counts": dict(zeros), "first_non_finite": jnp.array(-1, jnp.int32),
+            "bad_metrics": dict(zeros)}
+
+
+def add_step(totals: dict, step: jax.Array, metrics: dict, params) -> dict:
+    """totals after a step `step` that produced `metrics` and the new `params` (pure, on device)."""
+    finite = _all_finite(metrics) & _all_finite(params)
+    newly_bad = (totals["first_non_finite"] < 0) & ~finite
+    sums, counts, bad = dict(totals["sums"]), dict(totals["counts"]), dict(totals["bad_metrics"])
+    for name, value in metrics.items():
+        value = value.astype(jnp.float32)
+        sums[name] = sums[name] + value
+        counts[name] = counts[name] + 1
+        bad[name] = jnp.where(newly_bad, value, bad[name])
+    return {"sums": sums, "counts": counts, "bad_metrics": bad,
+            "first_non_finite": jnp.where(newly_bad, step, totals["first_non_finite"])}
+
+
+def metric_names(setup: TrainSetup, state_shapes, x0_shape) -> list:
+    """Every metric name either step kind reports."""
+    names = set()
+    for regularized in step_kinds(setup):
+        _, metrics = jax.eval_shape(make_step(setup, regularized), state_shapes, x0_shape)
+        names |= set(metrics)
+    return sorted(names)
+
+
+def compile_steps(setup: TrainSetup, mesh: Mesh) -> tuple[dict, dict]:
+    """-> ({regularized: compiled (state, totals, x0) -> (state, totals)}, fresh totals).
 
     Compiled ahead of time, before the first step: with several processes, a process still
     compiling when another reaches the first collective would make the CPU collectives time out,
     so all processes meet at a barrier once everything is compiled.
     """
-    T = setup.schedule.num_timesteps
-    split = int(config.regularizer.p * T)
-    kinds = {False: (None, (0, T))}
-    if setup.regularizer is not None:
-        kinds = {True: (setup.regularizer, (split, T))}
-        if split > 0:
-            kinds[False] = (None, (0, split))
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     state = abstract_state(setup, mesh)
-    x0 = jax.ShapeDtypeStruct(setup.sample_shape, np.float32, sharding=batch)
+    x0 = jax.ShapeDtypeStruct(setup.batch_shape, np.float32, sharding=batch)
+    names = metric_names(setup, state, x0)
+    totals = jax.jit(lambda: empty_totals(names), out_shardings=replicated)()
     steps = {}
-    for regularized, (reg, t_range) in kinds.items():
-        fn = step_lib.make_train_step(setup.model, setup.schedule, setup.optimizer, regularizer=reg,
-                                      t_range=t_range, ema_max_decay=config.optim.ema_max_decay,
-                                      accum_steps=config.optim.grad_accum_steps)
-        fn = functools.partial(fn, key=setup.keys["step"])
-        jitted = jax.jit(lambda state, x0, fn=fn: fn(state, x0), donate_argnums=0,
-                         in_shardings=(replicated, batch), out_shardings=replicated)
-        steps[regularized] = jitted.lower(state, x0).compile()
+    for regularized in step_kinds(setup):
+        fn = make_step(setup, regularized)
+
+        def run(state, totals, x0, fn=fn):
+            new_state, metrics = fn(state, x0)
+            return new_state, add_step(totals, state.step, metrics, new_state.params)
+
+        jitted = jax.jit(run, donate_argnums=(0, 1), in_shardings=(replicated, replicated, batch),
+                         out_shardings=replicated)
+        steps[regularized] = jitted.lower(state, checkpoint.abstract(totals, replicated), x0).compile()
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("isodiff_jax: train steps compiled")
-    return steps
+    return steps, totals
 
 
-def abstract_state(setup: Setup, mesh):
-    shape = (1, *setup.sample_shape[1:])
-    shapes = jax.eval_shape(lambda k: step_lib.init_state(setup.model, setup.optimizer, k, shape),
-                            setup.keys["init"])
+def abstract_state(setup: TrainSetup, mesh: Mesh):
+    shapes = jax.eval_shape(lambda k: step_lib.state_from_params(setup.spec.init_params(k), setup.optimizer),
+                            setup.keys()["init"])
     return checkpoint.abstract(shapes, sharding.replicated(mesh))
 
 
-def fresh_state(config, setup: Setup, mesh):
-    """A new state (replicated), or one whose parameters come from training.init_from."""
-    shape = (1, *setup.sample_shape[1:])
-    init = jax.jit(lambda k: step_lib.init_state(setup.model, setup.optimizer, k, shape),
-                   out_shardings=sharding.replicated(mesh))
-    state = init(setup.keys["init"])
-    if config.training.init_from:
-        params = load_params(config.training.init_from, mesh)
-        _check_same_structure(params, state.params, config.training.init_from)
-        state = jax.jit(lambda p: step_lib.state_from_params(p, setup.optimizer),
-                        out_shardings=sharding.replicated(mesh))(params)
-    return state
-
-
-def restore_workdir(workdir: str, mesh, step: int | None = None):
-    """-> (config, setup, step, state) of another training workdir, replicated on `mesh`."""
-    config = config_lib.from_json(checkpoint.saved_config_json(workdir))
-    setup = make_setup(config)
-    found, state = checkpoint.restore(checkpoint.manager(workdir, read_only=True),
-                                      abstract_state(setup, mesh), step)
-    if found is None:
-        raise FileNotFoundError(f"{checkpoint.checkpoint_dir(workdir)} holds no complete checkpoint")
-    return config, setup, found, state
-
-
-def load_params(workdir: str, mesh, *, ema: bool = True, step: int | None = None):
-    """The (EMA by default) parameters saved in another training workdir, replicated on `mesh`."""
-    _, _, _, state = restore_workdir(workdir, mesh, step)
-    return state.ema_params if ema else state.params
+def fresh_state(setup: TrainSetup, mesh: Mesh):
+    """A new state (replicated), or one whose parameters come from settings.init_from."""
+    source = setup.settings.init_from
+    if source:
+        loaded = checkpoint.load_params(source, mesh=mesh)
+        _check_same_structure(loaded.params, setup.spec.abstract_params(), source)
+        params = loaded.params
+    else:
+        params = jax.jit(setup.spec.init_params, out_shardings=sharding.replicated(mesh))(setup.keys()["init"])
+    return jax.jit(lambda p: step_lib.state_from_params(p, setup.optimizer),
+                   out_shardings=sharding.replicated(mesh))(params)
 
 
 def _check_same_structure(loaded, expected, source):
     a = jax.tree.map(lambda x: (x.shape, x.dtype), loaded)
     b = jax.tree.map(lambda x: (x.shape, x.dtype), expected)
     if a != b:
-        raise ValueError(f"parameters in {source} do not fit config.model (different U-Net); "
+        raise ValueError(f"parameters in {source} do not fit this run's model (a different U-Net); "
                          f"first differing leaves: {_first_difference(a, b)}")
 
 
@@ -139,92 +211,58 @@ def _first_difference(a, b):
     return "none"
 
 
-def make_sampler(config, setup: Setup, mesh):
-    """jitted ema_params -> (num_samples, H, W, C) DDIM samples (η = logging.sample_eta) from
+def make_sampler(setup: TrainSetup, mesh: Mesh):
+    """jitted ema_params -> (num_samples, H, W, C) DDIM samples (η = settings.sample_eta) from
     fixed x_T and, for η > 0, fixed noise."""
-    n, (_, r, _, c) = config.logging.num_samples, setup.sample_shape
-    k_x, k_noise = jax.random.split(setup.keys["samples"])
-    x_T = jax.random.normal(k_x, (n, r, r, c))
-    lg = config.logging
+    s = setup.settings
+    k_x, k_noise = jax.random.split(setup.keys()["samples"])
+    x_T = jax.random.normal(k_x, (s.num_samples, *setup.spec.image_shape))
 
     def sample(params):
-        eps_fn = lambda x, t: setup.model.apply(params, x, t)[0]
-        return diffusion.ddim_sample(eps_fn, setup.schedule, x_T, lg.sample_steps, eta=lg.sample_eta,
+        eps_fn = lambda x, t: setup.spec.eps(params, x, t)
+        return diffusion.ddim_sample(eps_fn, setup.spec.noise_schedule, x_T, s.sample_steps, eta=s.sample_eta,
                                      key=k_noise, clip_x0=1.0)
 
     return jax.jit(sample, out_shardings=sharding.replicated(mesh))
 
 
-def make_evaluation(config, setup: Setup):
-    """(step, EMA parameters) -> {metric: float} with the evaluators of config.evaluation.
-
-    Every process evaluates its own host copy of the (replicated) parameters on its own devices,
-    with the same seeds, so no collective is involved; process 0 reports."""
-    metrics, options = config_lib.evaluation_metrics(config), config_lib.evaluation_options(config)
-    ev = config.evaluation
-    resources = suite.load_resources(ev.oracle_dir, ev.inception_file, ev.lpips_file)
-
-    def evaluate(step: int, ema_params) -> dict:
-        params = jax.tree.map(lambda a: np.asarray(a.addressable_data(0)), ema_params)
-        model = trained.Trained(config=config, model=setup.model, schedule=setup.schedule, params=params, step=step)
-        return {name: value for name, value in suite.evaluate(model, metrics, options, resources)
-                if isinstance(value, float)}
-    return evaluate
-
-
-def _check_resumable(workdir: str, config) -> None:
-    """A workdir's checkpoints only fit the same model and images: refuse a changed config early."""
-    try:
-        saved = config_lib.from_json(checkpoint.saved_config_json(workdir))
-    except FileNotFoundError:
-        return
-    for section, keys in (("model", None), ("data", ("resolution",))):
-        old, new = saved[section], config[section]
-        for key in keys or new.keys():
-            if key in old and tuple(np.atleast_1d(old[key])) != tuple(np.atleast_1d(new[key])):
-                raise config_lib.ConfigError(
-                    f"config.{section}.{key}={new[key]!r} differs from {old[key]!r} in the checkpoints "
-                    f"of {workdir}: use a new workdir (or training.init_from to fine-tune from it)")
-
-
-def initial_state(config, setup: Setup, mesh, mngr):
+def initial_state(setup: TrainSetup, mesh: Mesh, mngr):
     """-> (state, message): the newest complete checkpoint in the workdir, else a fresh state."""
     step, state = checkpoint.restore(mngr, abstract_state(setup, mesh))
     if step is not None:
         return state, f"resumed from the checkpoint at step {step}"
-    state = fresh_state(config, setup, mesh)
-    origin = f"parameters from {config.training.init_from}" if config.training.init_from else "random init"
+    state = fresh_state(setup, mesh)
+    origin = f"parameters from {setup.settings.init_from}" if setup.settings.init_from else "random init"
     return state, f"started at step 0 ({origin})"
 
 
-def train_and_evaluate(config, workdir: str, devices=None) -> dict:
-    """Trains (or resumes) in `workdir` up to training.num_steps; returns a summary dict.
+def train_and_evaluate(setup: TrainSetup, workdir: str, mesh: Optional[Mesh] = None,
+                       evaluators: Iterable[Evaluator] = ()) -> dict:
+    """Trains (or resumes) in `workdir` up to settings.num_steps; returns a summary dict.
 
-    devices: the devices to shard the batch over (all devices of all processes by default).
+    mesh: the ("data",) mesh to shard the batch over (all devices of all processes by default).
+    evaluators: run on the EMA parameters every settings.evaluate_every steps and at the end.
     """
-    mesh = sharding.make_mesh(devices)
-    config_lib.validate(config, mesh.size)
-    d = config.data
-    source = data.make_source(d.name, resolution=d.resolution, seed=config.seed,
-                              data_dir=d.data_dir or None, split=d.split)
-    _check_resumable(workdir, config)
-    setup = make_setup(config)
-    config_json = config_lib.to_json(config)
-    mngr = checkpoint.manager(workdir, keep=config.checkpoint.keep)
-    checkpoint.write_config(workdir, config_json)
-    state, how = initial_state(config, setup, mesh, mngr)
-    start, total = int(jax.device_get(state.step)), config.training.num_steps
-    monitor = Monitor(workdir, total_steps=total, start_step=start, progress_bar=config.logging.progress_bar)
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    s = setup.settings
+    if s.global_batch_size % (mesh.size * s.grad_accum_steps):
+        raise ValueError(f"global batch {s.global_batch_size} does not divide over {mesh.size} devices × "
+                         f"{s.grad_accum_steps} gradient-accumulation steps")
+    source = setup.spec.data.source()  # a missing data set stops here, before anything is written
+    mngr = checkpoint.manager(workdir, keep=s.checkpoint_keep)
+    checkpoint.write_config(workdir, setup.config_json)
+    state, how = initial_state(setup, mesh, mngr)
+    start, total = int(jax.device_get(state.step)), s.num_steps
+    monitor = Monitor(workdir, total_steps=total, start_step=start, progress_bar=s.progress_bar)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     monitor.print(f"{how}; {n_params:,} parameters; {mesh.size} devices in "
-                  f"{jax.process_count()} processes; global batch {config.training.global_batch_size}")
+                  f"{jax.process_count()} processes; global batch {s.global_batch_size}")
     batches = pipeline.prefetch_batches(
-        source, start, seed=config.seed, global_batch=config.training.global_batch_size,
-        process_index=jax.process_index(), process_count=jax.process_count(),
-        random_flip=d.random_flip, buffer_size=d.prefetch)
+        source, start, seed=s.seed, global_batch=s.global_batch_size, process_index=jax.process_index(),
+        process_count=jax.process_count(), random_flip=s.random_flip, buffer_size=s.prefetch)
     started = time.perf_counter()
     try:
-        run = _Run(config, setup, mesh, mngr, monitor, config_json)
+        run = _Run(setup, mesh, mngr, monitor, list(evaluators))
         state = run.loop(state, start, total, batches)
     finally:
         batches.close()
@@ -244,49 +282,69 @@ def _summary_text(s: dict) -> str:
     m = s["metrics"]
     losses = ", ".join(f"{k}={m[k]:.4g}" for k in ("loss", "diffusion_loss", "reg_loss", "rank_loss") if k in m)
     return (f"trained {s['steps']} steps to step {s['final_step']} in {s['seconds']:.0f} s "
-            f"(input wait {100 * s['input_wait_share']:.1f}%); last step: {losses}\n"
+            f"(input wait {100 * s['input_wait_share']:.1f}%); last logged: {losses}\n"
             f"  checkpoints: {s['checkpoints']}\n  TensorBoard: {s['logs']}\n  samples: {s['samples']}")
 
 
 class _Run:
-    """The per-step work of one run (compiled steps, logging, saving, sampling)."""
+    """The per-step work of one run (compiled steps, fetching, logging, saving, sampling)."""
 
-    def __init__(self, config, setup, mesh, mngr, monitor, config_json):
-        self.config, self.mesh, self.mngr, self.monitor = config, mesh, mngr, monitor
-        self.config_json = config_json
-        self.steps = compile_steps(config, setup, mesh)
-        self.sampler = make_sampler(config, setup, mesh)
-        self.learning_rate = config_lib.learning_rate(config)
+    def __init__(self, setup: TrainSetup, mesh: Mesh, mngr, monitor: Monitor, evaluators: list):
+        self.setup, self.mesh, self.mngr, self.monitor = setup, mesh, mngr, monitor
+        self.steps, self.totals = compile_steps(setup, mesh)
+        self.names = sorted(self.totals["sums"])
+        self._empty_totals = jax.jit(lambda: empty_totals(self.names), out_shardings=sharding.replicated(mesh))
+        self.sampler = make_sampler(setup, mesh)
+        self.evaluators = evaluators
         self.last_sample_path = None
         self._waited = 0.0  # the prefetcher's wait_seconds at the last flush
-        self.evaluation = make_evaluation(config, setup) if config.evaluation.every_steps else None
 
     def loop(self, state, start: int, total: int, batches):
-        c = self.config
-        for s in range(start, total):
+        s = self.setup.settings
+        every = lambda n, done: bool(n) and done % n == 0
+        for step in range(start, total):
             x0 = sharding.global_batch(next(batches), self.mesh)
-            state, metrics = self.steps[regularized_step(c, s)](state, x0)
-            metrics = host_floats(metrics)
-            if not all_finite(metrics):
-                self._stop_non_finite(s, metrics)
-            done = s + 1
-            self.monitor.step(done, metrics)
+            state, self.totals = self.steps[regularized_step(self.setup, step)](state, self.totals, x0)
+            done = step + 1
+            self.monitor.step(done)
             last = done == total
-            if done % c.logging.log_every_steps == 0 or last:
-                waited, self._waited = batches.wait_seconds - self._waited, batches.wait_seconds
-                self.monitor.flush(done, {"lr": float(self.learning_rate(s)), "input_wait_seconds": waited})
-            if done % c.checkpoint.every_steps == 0 or last:
-                checkpoint.save(self.mngr, done, state, self.config_json)
-            if (c.logging.sample_every_steps and done % c.logging.sample_every_steps == 0) or last:
+            log, save = every(s.log_every, done) or last, every(s.checkpoint_every, done) or last
+            sample = every(s.sample_every, done) or last
+            evaluate = bool(self.evaluators) and (every(s.evaluate_every, done) or last)
+            if not (log or save or sample or evaluate):
+                continue  # no host sync: the next step is dispatched at once
+            self._fetch(done, batches, log)
+            if save:
+                checkpoint.save(self.mngr, done, state, spec=self.setup.spec, config_json=self.setup.config_json)
+            if sample:
                 self.last_sample_path = self.monitor.samples(done, self.sampler(state.ema_params))
-            if self.evaluation and (done % c.evaluation.every_steps == 0 or last):
-                self.monitor.evaluation(done, self.evaluation(done, state.ema_params))
+            if evaluate:
+                self.monitor.evaluation(done, self._evaluate(state.ema_params))
         return state
+
+    def _fetch(self, done: int, batches, log: bool) -> None:
+        """Brings the device totals to the host (the only sync), stops at a non-finite step, and
+        writes the interval's means when `log`."""
+        totals = jax.device_get(self.totals)
+        if totals["first_non_finite"] >= 0:
+            self._stop_non_finite(int(totals["first_non_finite"]), totals["bad_metrics"])
+        if not log:
+            return
+        means = {n: float(totals["sums"][n] / totals["counts"][n]) for n in self.names if totals["counts"][n]}
+        waited, self._waited = batches.wait_seconds - self._waited, batches.wait_seconds
+        self.monitor.flush(done, means, {"lr": float(self.setup.learning_rate(done - 1)), "input_wait_seconds": waited})
+        self.totals = self._empty_totals()
+
+    def _evaluate(self, params) -> dict:
+        return {name: value for evaluator in self.evaluators for name, value in evaluator.run(params)
+                if isinstance(value, float)}
 
     def _stop_non_finite(self, s: int, metrics: dict):
         self.mngr.wait_until_finished()
-        bad = {k: v for k, v in metrics.items() if not np.isfinite(v)}
-        raise FloatingPointError(
-            f"non-finite values at step {s} (the step that would make step {s + 1}): {bad}; nothing "
-            f"after it was saved, the last good checkpoint is step {self.mngr.latest_step()} in "
-            f"{self.mngr.directory}")
+        bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
+        what = f"non-finite metrics {bad}" if bad else "non-finite parameters after the update"
+        latest = self.mngr.latest_step()
+        kept = (f"the last good checkpoint is step {latest} in {self.mngr.directory}" if latest is not None
+                else "no checkpoint was saved")
+        raise FloatingPointError(f"non-finite values at step {s} (the step that would make step {s + 1}): "
+                                 f"{what}; nothing after it was saved, {kept}")

@@ -5,7 +5,6 @@ import os
 import time
 
 import jax
-import numpy as np
 import tqdm
 from tensorboardX import SummaryWriter
 
@@ -23,38 +22,32 @@ class Monitor:
         self.writer = SummaryWriter(self.log_dir) if self.lead else None
         self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                              disable=not (self.lead and progress_bar))
-        self.sums, self.counts = {}, {}
-        self.last = {}  # the newest value of each metric (for the bar and the summary)
+        self.last = {}  # the newest logged value of each metric (for the bar and the summary)
         self.interval_start, self.interval_steps = time.perf_counter(), 0
 
-    def step(self, step: int, metrics: dict) -> None:
-        """Records the metrics of the step that ended at `step` (host floats)."""
-        for name, value in metrics.items():
-            self.sums[name] = self.sums.get(name, 0.0) + value
-            self.counts[name] = self.counts.get(name, 0) + 1
-            self.last[name] = value
+    def step(self, step: int) -> None:
+        """Counts the step that ended at `step` (its metrics stay on the device until `flush`)."""
         self.interval_steps += 1
         self.bar.update(1)
-        postfix = {"loss": f"{self.last['loss']:.4f}"}
-        if "reg_loss" in self.last:
-            postfix["iso"] = f"{self.last['reg_loss']:.3g}"
-        if "steps_per_s" in self.last:
-            postfix["steps/s"] = f"{self.last['steps_per_s']:.2f}"
-        self.bar.set_postfix(postfix, refresh=False)
 
-    def flush(self, step: int, extra: dict | None = None) -> dict:
-        """Writes the interval's means (plus `extra`) at `step` and starts a new interval."""
+    def flush(self, step: int, means: dict, extra: dict | None = None) -> dict:
+        """Writes the interval's metric means (plus `extra`) at `step` and starts a new interval."""
         elapsed = time.perf_counter() - self.interval_start
-        means = {name: self.sums[name] / self.counts[name] for name in self.sums}
+        means = dict(means)
         if self.interval_steps:
             means["steps_per_s"] = self.interval_steps / max(elapsed, 1e-9)
-            self.last["steps_per_s"] = means["steps_per_s"]
+        self.last.update(means)
         means.update(extra or {})
         if self.writer is not None:
             for name, value in means.items():
                 self.writer.add_scalar(name, value, step)
             self.writer.flush()
-        self.sums, self.counts = {}, {}
+        postfix = {"loss": f"{self.last['loss']:.4f}"} if "loss" in self.last else {}
+        if "reg_loss" in self.last:
+            postfix["iso"] = f"{self.last['reg_loss']:.3g}"
+        if "steps_per_s" in self.last:
+            postfix["steps/s"] = f"{self.last['steps_per_s']:.2f}"
+        self.bar.set_postfix(postfix, refresh=False)
         self.interval_start, self.interval_steps = time.perf_counter(), 0
         return means
 
@@ -91,11 +84,3 @@ class Monitor:
         if self.writer is not None:
             self.writer.close()
 
-
-def host_floats(metrics) -> dict:
-    """Device scalars (replicated) -> {name: float}."""
-    return {name: float(value) for name, value in jax.device_get(metrics).items()}
-
-
-def all_finite(metrics: dict) -> bool:
-    return all(np.isfinite(v) for v in metrics.values())

@@ -1,21 +1,21 @@
 """The training step: diffusion loss plus an optional geometric regularizer (method.md §3-4).
 
-`make_train_step` returns a pure `(state, x0, key) -> (state, metrics)` function; the caller
-jits it once. Timestep gating (method.md §4) is done on the host by building two steps, one
-plain with t in [0, pT) and one regularized with t in [pT, T), so plain steps pay nothing.
+`make_loss_fn` returns the objective as a pure `(params, pl_mean, x0, key) -> (loss, (pl_mean,
+metrics))` function; `make_train_step` returns a pure `(state, x0, key) -> (state, metrics)`
+function built on it; the caller jits it once. Timestep gating (method.md §4) is done on the
+host by building two steps, one plain with t in [0, pT) and one regularized with t in [pT, T),
+so plain steps pay nothing.
 """
-import dataclasses
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import flax
 import jax
 import jax.numpy as jnp
 import optax
 
-from isodiff_jax import diffusion, isometry
+from isodiff_jax import diffusion
+from isodiff_jax.isometry import Regularizer
 from isodiff_jax.unet import UNet
-
-REGULARIZERS = ("sphere", "euclidean", "path_length")
 
 
 @flax.struct.dataclass
@@ -25,50 +25,6 @@ class TrainState:
     ema_params: Any
     opt_state: Any
     pl_mean: jax.Array  # running mean of |Jᵀy| for the path-length penalty
-
-
-@dataclasses.dataclass(frozen=True)
-class Regularizer:
-    """Which regularizer, with what weight λ and estimator options (see isodiff_jax.isometry)."""
-
-    kind: str = "sphere"
-    weight: float = 1e-3
-    form: str = "tangent"
-    estimator: str = "jvp_vjp"
-    num_probes: int = 1
-    radius: str = "point"
-    pl_decay: float = 0.99
-
-    def __post_init__(self):
-        if self.kind not in REGULARIZERS:
-            raise ValueError(f"regularizer kind={self.kind!r} is not one of {REGULARIZERS}")
-        if self.weight < 0:
-            raise ValueError(f"regularizer weight must be >= 0, got {self.weight}")
-
-    @property
-    def linearizes_at_x_t(self) -> bool:
-        """True when the loss needs only the encoder's linearization at x_t itself (shareable
-        with the diffusion loss's forward pass)."""
-        return self.kind != "path_length" and (self.kind == "euclidean" or self.radius == "point")
-
-    def _isometry_options(self):
-        return dict(metric=self.kind, form=self.form, estimator=self.estimator,
-                    num_probes=self.num_probes)
-
-    def __call__(self, encode, x_t, key, pl_mean):
-        """-> (loss, new_pl_mean, metrics) for encode: (B, ...) -> h at the batch's t."""
-        if self.kind == "path_length":
-            loss, pl_mean = isometry.path_length_penalty(encode, x_t, key, pl_mean, self.pl_decay)
-            return loss, pl_mean, {"pl_mean": pl_mean}
-        loss, aux = isometry.isometry_loss(encode, x_t, key, radius=self.radius,
-                                           **self._isometry_options())
-        return loss, pl_mean, aux
-
-    def from_linearization(self, jvp, x_t, key, pl_mean):
-        """As __call__, from jvp = the encoder linearized at x_t (needs linearizes_at_x_t)."""
-        assert self.linearizes_at_x_t, self
-        loss, aux = isometry.isometry_loss_linear(jvp, x_t, key, **self._isometry_options())
-        return loss, pl_mean, aux
 
 
 def make_optimizer(learning_rate, *, b1=0.9, b2=0.999, weight_decay=0.0, clip_norm=1.0):
@@ -95,22 +51,22 @@ def ema_decay(step, max_decay):
     return jnp.minimum(max_decay, 1.0 - (1.0 + step) ** -0.75)
 
 
-def make_train_step(model: UNet, schedule: diffusion.Schedule, optimizer, *,
-                    regularizer: Optional[Regularizer] = None, t_range=None, ema_max_decay=0.9999,
-                    accum_steps: int = 1):
-    """A pure step (state, x0 (B, H, W, C), key) -> (state, metrics); t ~ U{t_range}.
-
-    The step's randomness is fold_in(key, state.step), so it depends only on the root key and
-    the step number (a resumed run repeats it exactly). With accum_steps = A > 1 the batch is
-    split into A micro-batches whose gradients are averaged before one optimizer update; row i
-    goes to micro-batch i mod A, so a batch sharded over devices splits without moving data
-    (B / A must divide over the devices). L_iso is then a ratio of means per micro-batch.
-    """
+def _t_range(schedule: diffusion.Schedule, t_range) -> tuple[int, int]:
     lo, hi = t_range if t_range is not None else (0, schedule.num_timesteps)
     if not 0 <= lo < hi <= schedule.num_timesteps:
         raise ValueError(f"t_range={t_range} must satisfy 0 <= lo < hi <= {schedule.num_timesteps}")
-    if accum_steps < 1:
-        raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
+    return lo, hi
+
+
+def make_loss_fn(model: UNet, schedule: diffusion.Schedule, *, regularizer: Optional[Regularizer] = None,
+                 t_range: Optional[tuple[int, int]] = None) -> Callable:
+    """The objective of method.md §4 as a pure function
+    (params, pl_mean, x0 (B, H, W, C), key) -> (loss, (new pl_mean, metrics)); t ~ U{t_range}.
+
+    loss = ε-MSE + λ · regularizer, with the randomness (t, ε, probes) split from `key`. A
+    regularizer that needs only the encoder's linearization at x_t shares the encoder's forward
+    pass with the diffusion loss."""
+    lo, hi = _t_range(schedule, t_range)
 
     def loss_fn(params, pl_mean, x0, key):
         k_t, k_eps, k_reg = jax.random.split(key, 3)
@@ -136,6 +92,24 @@ def make_train_step(model: UNet, schedule: diffusion.Schedule, optimizer, *,
         metrics["reg_loss"] = reg
         return loss_eps + regularizer.weight * reg, (pl_mean, metrics)
 
+    return loss_fn
+
+
+def make_train_step(model: UNet, schedule: diffusion.Schedule, optimizer: optax.GradientTransformation, *,
+                    regularizer: Optional[Regularizer] = None, t_range: Optional[tuple[int, int]] = None,
+                    ema_max_decay: float = 0.9999, accum_steps: int = 1) -> Callable:
+    """A pure step (state, x0 (B, H, W, C), key) -> (state, metrics) on `make_loss_fn`'s objective.
+
+    The step's randomness is fold_in(key, state.step), so it depends only on the root key and
+    the step number (a resumed run repeats it exactly). With accum_steps = A > 1 the batch is
+    split into A micro-batches whose gradients are averaged before one optimizer update; row i
+    goes to micro-batch i mod A, so a batch sharded over devices splits without moving data
+    (B / A must divide over the devices). L_iso is then a ratio of means per micro-batch.
+    """
+    _t_range(schedule, t_range)
+    if accum_steps < 1:
+        raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
+    loss_fn = make_loss_fn(model, schedule, regularizer=regularizer, t_range=t_range)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def accumulated(params, pl_mean, x0, key):
