@@ -1,0 +1,32 @@
+"""The package's imports point one way (tools/check_layers.py): core, data, the shared model
+layer, then train and analysis side by side, then the entry points."""
+import importlib.util
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _tool():
+    spec = importlib.util.spec_from_file_location("check_layers", os.path.join(ROOT, "tools", "check_layers.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_imports_point_one_way():
+    bad, checked = _tool().violations(ROOT)
+    assert checked > 50 and bad == []
+
+
+def test_the_check_catches_an_upward_and_a_sideways_import(tmp_path):
+    tool = _tool()
+    package = tmp_path / "isodiff_jax"
+    (package / "train").mkdir(parents=True)
+    (package / "analysis").mkdir()
+    (package / "geometry.py").write_text("from isodiff_jax.train import loop\n")
+    (package / "train" / "loop.py").write_text("def f():\n    from isodiff_jax.analysis import suite\n")
+    (package / "analysis" / "suite.py").write_text("import isodiff_jax.geometry\n")
+    bad, checked = tool.violations(str(tmp_path))
+    assert checked == 3
+    assert any(line.startswith("isodiff_jax.geometry -> isodiff_jax.train") for line in bad)
+    assert any("side by side" in line for line in bad) and len(bad) == 2

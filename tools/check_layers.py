@@ -1,0 +1,109 @@
+"""Checks that the package's imports point one way, bottom to top:
+
+    core       geometry, isometry, unet, diffusion, images, runtime
+    data       isodiff_jax.data
+    model      spec, sharding, checkpoint       (what training and analysis share)
+    train | analysis                            (side by side: neither imports the other)
+    entry      config, launch                   (config -> typed values; nothing imports them)
+
+Inside core, only isometry may import (geometry). Every `import` counts, also those inside
+functions. Prints each offending import and exits 1, or prints a summary and exits 0.
+
+Usage: python tools/check_layers.py [ROOT]   (ROOT: the repository, default: this file's parent)
+"""
+import ast
+import os
+import sys
+
+PACKAGE = "isodiff_jax"
+LAYERS = {  # layer -> (rank, module prefixes)
+    "core": (0, ("geometry", "isometry", "unet", "diffusion", "images", "runtime")),
+    "data": (1, ("data",)),
+    "model": (2, ("spec", "sharding", "checkpoint")),
+    "train": (3, ("train",)),
+    "analysis": (3, ("analysis",)),
+    "entry": (4, ("config", "launch")),
+}
+CORE_IMPORTS = {"isometry": {"geometry"}}  # the only imports allowed inside core
+
+
+def layer_of(module: str) -> str:
+    """'isodiff_jax.train.loop' -> 'train'."""
+    top = module.split(".")[1] if module.count(".") else ""
+    for name, (_, prefixes) in LAYERS.items():
+        if top in prefixes:
+            return name
+    raise ValueError(f"{module} is in no layer: add it to tools/check_layers.py")
+
+
+def module_name(root: str, path: str) -> str:
+    rel = os.path.relpath(path, root)[:-len(".py")].replace(os.sep, ".")
+    return rel[:-len(".__init__")] if rel.endswith(".__init__") else rel
+
+
+def imports_of(path: str, module: str) -> set:
+    """Every isodiff_jax module that `module` (at `path`) imports."""
+    tree = ast.parse(open(path).read(), path)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names if a.name.startswith(PACKAGE)}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:  # relative import
+                parts = module.split(".")[:-node.level] if not path.endswith("__init__.py") else module.split(".")
+                base = ".".join(parts + ([base] if base else []))
+            if base.startswith(PACKAGE):
+                found |= {f"{base}.{a.name}" if base == PACKAGE else base for a in node.names}
+    return found
+
+
+def violations(root: str) -> tuple[list, int]:
+    """-> (list of 'a -> b: why', number of imports checked)."""
+    bad, checked = [], 0
+    for directory, _, files in os.walk(os.path.join(root, PACKAGE)):
+        for file in sorted(files):
+            if not file.endswith(".py"):
+                continue
+            path = os.path.join(directory, file)
+            module = module_name(root, path)
+            if module == PACKAGE:
+                continue
+            here = layer_of(module)
+            for target in sorted(imports_of(path, module)):
+                if target == PACKAGE:
+                    continue
+                checked += 1
+                there = layer_of(target)
+                why = _why_not(module, here, target, there)
+                if why:
+                    bad.append(f"{module} -> {target}: {why}")
+    return bad, checked
+
+
+def _why_not(module: str, here: str, target: str, there: str):
+    if here == there:
+        if here == "core" and target.split(".")[1] not in CORE_IMPORTS.get(module.split(".")[1], set()) \
+                and target.split(".")[1] != module.split(".")[1]:
+            return "core modules do not import each other (only isometry -> geometry)"
+        return None
+    (rank_here, _), (rank_there, _) = LAYERS[here], LAYERS[there]
+    if rank_there > rank_here:
+        return f"{here} (layer {rank_here}) imports {there} (layer {rank_there}), a layer above it"
+    if rank_there == rank_here:
+        return f"{here} and {there} sit side by side and must not import each other"
+    return None
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    root = argv[0] if argv else os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    bad, checked = violations(root)
+    for line in bad:
+        print(line)
+    print(f"{checked} imports checked, {len(bad)} against the layers")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
