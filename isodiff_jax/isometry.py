@@ -25,6 +25,7 @@ import dataclasses
 import math
 from typing import Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -102,6 +103,7 @@ def trace_estimates_linear(jvp, x, key, *, metric="sphere", form="tangent", esti
     _check_options(metric, form, estimator)
     if num_probes < 1:
         raise ValueError(f"num_probes must be >= 1, got {num_probes}")
+    chex.assert_equal_shape_prefix([x, jax.eval_shape(jvp, x)], 1)  # h per sample of x
     prob = _linear_problem(jvp, x, metric, form)
     num_draws = 2 if estimator == "jvp_jvp" else 1
     xi = jax.random.normal(key, (num_draws, num_probes) + prob.y.shape, prob.y.dtype)

@@ -105,6 +105,15 @@ def test_ppl_pair_values_of_the_identity_sampler_are_the_squared_slerp_speed():
     np.testing.assert_allclose(values, jnp.mean(velocity ** 2, axis=-1), rtol=1e-3)
 
 
+def test_paths_refuse_end_points_of_different_shapes():
+    from isodiff_jax.analysis import ppl
+    x0, x1 = jnp.zeros((2, 4, 4, 3)), jnp.ones((2, 4, 4, 2))
+    with pytest.raises(AssertionError, match="different shapes"):
+        rtl.slerp_path(x0, x1, 4)
+    with pytest.raises(AssertionError, match="different shapes"):
+        ppl.pair_values(lambda x: x, ppl.pixel_l2, x0, x1, jnp.zeros(2), 1e-4)
+
+
 def test_ppl_trims_per_sample_values_not_batch_means():
     from isodiff_jax.analysis import ppl
     values = np.random.default_rng(2).uniform(0.9, 1.1, 1000)

@@ -9,6 +9,7 @@ d(a, b) -> (B,) given with a name, e.g. a feature distance or LPIPS.
 """
 from typing import Callable, Iterator, Optional, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,6 +32,8 @@ def trimmed_mean(values, low: float = 1.0, high: float = 99.0) -> float:
 
 def pair_values(sample: Callable, distance: Callable, x0, x1, w, epsilon: float) -> jax.Array:
     """d(g(slerp(x0, x1, w)), g(slerp(x0, x1, w + ε))) / ε² per pair: x0, x1 (B, ...), w (B,) -> (B,)."""
+    chex.assert_equal_shape([x0, x1])
+    chex.assert_shape(w, (x0.shape[0],))
     flat0, flat1 = x0.reshape(len(x0), -1), x1.reshape(len(x1), -1)
     a = geometry.slerp(flat0, flat1, w[:, None]).reshape(x0.shape)
     b = geometry.slerp(flat0, flat1, w[:, None] + epsilon).reshape(x0.shape)

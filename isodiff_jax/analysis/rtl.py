@@ -8,6 +8,7 @@ over pairs (x_0, x_1) ~ N(0, I) and over the timesteps evaluated.
 """
 from typing import Callable, Iterator, Optional, Sequence
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +30,7 @@ def relative_trajectory_length(path: jax.Array) -> jax.Array:
 def slerp_path(x0: jax.Array, x1: jax.Array, num_segments: int) -> jax.Array:
     """(B, ...) end points -> (K+1, B, ...) points slerp(x0, x1, k/K), k = 0..K, each sample taken
     as one flattened vector (images are not interpolated pixel by pixel)."""
+    chex.assert_equal_shape([x0, x1])
     w = jnp.linspace(0.0, 1.0, num_segments + 1, dtype=x0.dtype)
     flat0, flat1 = x0.reshape(len(x0), -1), x1.reshape(len(x1), -1)
     path = jax.vmap(lambda wk: geometry.slerp(flat0, flat1, wk))(w)
