@@ -34,9 +34,7 @@ def pair_values(sample: Callable, distance: Callable, x0, x1, w, epsilon: float)
     """d(g(slerp(x0, x1, w)), g(slerp(x0, x1, w + ε))) / ε² per pair: x0, x1 (B, ...), w (B,) -> (B,)."""
     chex.assert_equal_shape([x0, x1])
     chex.assert_shape(w, (x0.shape[0],))
-    flat0, flat1 = x0.reshape(len(x0), -1), x1.reshape(len(x1), -1)
-    a = geometry.slerp(flat0, flat1, w[:, None]).reshape(x0.shape)
-    b = geometry.slerp(flat0, flat1, w[:, None] + epsilon).reshape(x0.shape)
+    a, b = geometry.slerp(x0, x1, w), geometry.slerp(x0, x1, w + epsilon)
     images = sample(jnp.concatenate([a, b]))  # one sampler call for both ends
     return distance(images[:len(a)], images[len(a):]) / epsilon ** 2
 

@@ -32,9 +32,7 @@ def slerp_path(x0: jax.Array, x1: jax.Array, num_segments: int) -> jax.Array:
     as one flattened vector (images are not interpolated pixel by pixel)."""
     chex.assert_equal_shape([x0, x1])
     w = jnp.linspace(0.0, 1.0, num_segments + 1, dtype=x0.dtype)
-    flat0, flat1 = x0.reshape(len(x0), -1), x1.reshape(len(x1), -1)
-    path = jax.vmap(lambda wk: geometry.slerp(flat0, flat1, wk))(w)
-    return path.reshape(num_segments + 1, *x0.shape)
+    return jax.vmap(lambda wk: geometry.slerp(x0, x1, wk))(w)
 
 
 def path_rtl(encode: Callable, x0: jax.Array, x1: jax.Array, num_segments: int) -> jax.Array:

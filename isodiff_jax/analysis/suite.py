@@ -214,10 +214,9 @@ class Interpolation:
     def __init__(self, spec: ModelSpec, options: Options, num_frames: int = 9):
         k0, k1 = jax.random.split(jax.random.PRNGKey(options.seed + 7))
         x0, x1 = (jax.random.normal(k, (1, *spec.image_shape)) for k in (k0, k1))
-        w = jnp.linspace(0, 1, num_frames)[:, None]
-        shape = (num_frames, *spec.image_shape)
-        self.paths = {name: np.asarray(path(x0.reshape(1, -1), x1.reshape(1, -1), w)).reshape(shape)
-                      for name, path in (("slerp", geometry.slerp), ("lerp", geometry.lerp))}
+        w = jnp.linspace(0, 1, num_frames)  # (1, H, W, C) ends and (K,) weights give K frames
+        self.paths = {name: np.asarray(path(x0, x1, w)) for name, path in (("slerp", geometry.slerp),
+                                                                           ("lerp", geometry.lerp))}
         self._sample = jax.jit(sampler(spec, options.sample_steps))
 
     def run(self, params) -> Iterator[tuple[str, dict]]:
