@@ -77,7 +77,10 @@ class ModelSpec:
 
     @functools.cached_property
     def noise_schedule(self) -> diffusion.Schedule:
-        return self.schedule.build()
+        """The schedule's arrays, built once; concrete even when first read inside a jit trace
+        (a cached tracer would break every later use)."""
+        with jax.ensure_compile_time_eval():
+            return self.schedule.build()
 
     def eps(self, params: Params, x: jax.Array, t: jax.Array) -> jax.Array:
         """ε̂(x (B, H, W, C), t int32 (B,)) -> (B, H, W, C)."""
@@ -96,6 +99,7 @@ class ModelSpec:
         """Shapes and dtypes of the parameters (jax.ShapeDtypeStruct leaves), computed without work."""
         return jax.eval_shape(self.init_params, jax.random.PRNGKey(0))
 
+    @property
     def h_shape(self) -> tuple[int, ...]:
         """The shape of one sample's h."""
         x = jax.ShapeDtypeStruct((1, *self.image_shape), jnp.float32)

@@ -78,7 +78,7 @@ class Editor:
         step_of_t = np.zeros(schedule.num_timesteps, np.int32)  # timestep -> DDIM step index
         step_of_t[self.timesteps] = np.arange(sample_steps)
         step_of_t = jnp.asarray(step_of_t)
-        self.h_shape = spec.h_shape()
+        self.h_shape = spec.h_shape
 
         def decode(params, x_T, shifts):
             eps_fn = lambda x, t: _eps_with_h_shift(spec, params, x, t, shifts[step_of_t[t[0]]][None])
