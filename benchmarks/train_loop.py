@@ -1,14 +1,16 @@
 """Throughput of the training loop on a config (default: configs/shapes32.py, the main job):
-steps/s and the share of step time spent waiting for input.
+steps/s with the metrics fetched to the host every step (the loop before the redesign) against
+every --fetch_every steps (the loop now: metrics summed on the device), side by side, and the
+share of time spent waiting for input.
 
 It drives the loop's own pieces (the data prefetcher, the sharded batch, both compiled step
-kinds chosen by the gate, the per-step metric fetch) for --steps steps after compiling and
-warming up both step kinds, without checkpoints or samples. Prints one line:
+kinds chosen by the gate, the device-side metric totals) after compiling and warming up both
+step kinds, without checkpoints or samples. The two fetch cadences alternate in --blocks blocks
+of --steps steps each, so both see the same machine load; prints one line per block and a
+summary line with the medians and their ratio.
 
-    config=… devices=… global_batch=… steps=… steps_per_s=… median_step_s=… input_wait_share=…
-    plain_median_s=… regularized_median_s=… batch_load_ms=…
-
-Usage: python benchmarks/train_loop.py [--config configs/shapes32.py] [--steps 60] [--devices 1]
+Usage: python benchmarks/train_loop.py [--config configs/shapes32.py] [--steps 40] [--blocks 3]
+       [--devices 4] [--fetch_every 20]
 """
 import argparse
 import importlib.util
@@ -28,62 +30,62 @@ def load_config(path):
     return module.get_config()
 
 
+def run_block(steps, setup, state, totals, batches, mesh, first_step, count, fetch_every):
+    """count steps from first_step, fetching the totals every fetch_every steps; -> (state, totals, seconds)."""
+    import jax
+    from isodiff_jax import sharding
+    from isodiff_jax.train import loop
+    started = time.perf_counter()
+    for s in range(first_step, first_step + count):
+        state, totals = steps[loop.regularized_step(setup, s)](state, totals, sharding.global_batch(next(batches), mesh))
+        if (s + 1 - first_step) % fetch_every == 0:
+            jax.device_get(totals)
+    jax.block_until_ready(totals)
+    return state, totals, time.perf_counter() - started
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="configs/shapes32.py")
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--devices", type=int, default=1, help="simulated CPU devices")
+    parser.add_argument("--steps", type=int, default=40, help="steps per block")
+    parser.add_argument("--blocks", type=int, default=3, help="blocks per fetch cadence")
+    parser.add_argument("--fetch_every", type=int, default=20, help="the loop's cadence (logging.log_every_steps)")
+    parser.add_argument("--devices", type=int, default=4, help="simulated CPU devices")
     args = parser.parse_args()
 
     from isodiff_jax import runtime
     runtime.keep_freed_host_memory()
     import jax
     jax.config.update("jax_num_cpu_devices", args.devices)
-    from isodiff_jax import config as config_lib, data
+    from isodiff_jax import config as config_lib, sharding
     from isodiff_jax.data import pipeline
-    from isodiff_jax.train import loop, sharding
-    from isodiff_jax.train.monitor import host_floats
+    from isodiff_jax.train import loop
 
     config = load_config(args.config)
     mesh = sharding.make_mesh()
     config_lib.validate(config, mesh.size)
-    setup = loop.make_setup(config)
-    steps = loop.compile_steps(config, setup, mesh)
-    state = loop.fresh_state(config, setup, mesh)
-    d, batch = config.data, config.training.global_batch_size
-    source = data.make_source(d.name, resolution=d.resolution, seed=config.seed,
-                              data_dir=d.data_dir or None, split=d.split)
-    for kind, step in steps.items():  # compile and warm up each step kind
-        for _ in range(2):
-            x0 = sharding.global_batch(pipeline.load_batch(source, 0, seed=config.seed, global_batch=batch), mesh)
-            state, metrics = step(state, x0)
-            host_floats(metrics)
-
-    loads = []
-    for s in range(5):
-        t0 = time.perf_counter()
-        pipeline.load_batch(source, s, seed=config.seed, global_batch=batch, random_flip=d.random_flip)
-        loads.append(time.perf_counter() - t0)
-
-    times = {kind: [] for kind in steps}
-    with pipeline.prefetch_batches(source, 0, seed=config.seed, global_batch=batch, random_flip=d.random_flip,
-                                   buffer_size=d.prefetch) as batches:
-        started = time.perf_counter()
-        for s in range(args.steps):
-            t0 = time.perf_counter()
-            kind = loop.regularized_step(config, s)
-            state, metrics = steps[kind](state, sharding.global_batch(next(batches), mesh))
-            host_floats(metrics)
-            times[kind].append(time.perf_counter() - t0)
-        total = time.perf_counter() - started
+    setup = config_lib.train_setup(config)
+    steps, totals = loop.compile_steps(setup, mesh)
+    state = loop.fresh_state(setup, mesh)
+    source, batch = setup.spec.data.source(), setup.settings.global_batch_size
+    seconds = {1: [], args.fetch_every: []}
+    with pipeline.prefetch_batches(source, 0, seed=config.seed, global_batch=batch,
+                                   buffer_size=config.data.prefetch) as batches:
+        state, totals, _ = run_block(steps, setup, state, totals, batches, mesh, 0, 4, 1)  # warm-up
+        step = 4
+        for block in range(args.blocks):
+            for every in seconds:
+                state, totals, took = run_block(steps, setup, state, totals, batches, mesh, step, args.steps, every)
+                step += args.steps
+                seconds[every].append(took)
+                print(f"block {block} fetch_every={every}: {args.steps / took:.3f} steps/s", flush=True)
         wait = batches.wait_seconds
-    all_times = [t for ts in times.values() for t in ts]
-    median = lambda ts: f"{statistics.median(ts):.3f}" if ts else "n/a"
-    print(f"config={args.config} devices={mesh.size} global_batch={batch} steps={args.steps} "
-          f"steps_per_s={args.steps / total:.3f} median_step_s={median(all_times)} "
-          f"input_wait_share={wait / total:.4f} plain_median_s={median(times.get(False, []))} "
-          f"regularized_median_s={median(times.get(True, []))} "
-          f"batch_load_ms={1000 * statistics.median(loads):.1f}", flush=True)
+    rate = {every: args.steps / statistics.median(ts) for every, ts in seconds.items()}
+    total = sum(sum(ts) for ts in seconds.values())
+    print(f"config={args.config} devices={mesh.size} global_batch={batch} steps_per_block={args.steps} "
+          f"blocks={args.blocks} steps_per_s_fetch_every_step={rate[1]:.3f} "
+          f"steps_per_s_fetch_every_{args.fetch_every}={rate[args.fetch_every]:.3f} "
+          f"ratio={rate[args.fetch_every] / rate[1]:.3f} input_wait_share={wait / total:.4f}", flush=True)
 
 
 if __name__ == "__main__":
