@@ -103,8 +103,8 @@ def sample_jacobian_fn(fn: Callable, x, *, chunk_size: int = 64, params_like=Non
     the dtype of x_b, for fn(params, x (B, ...)) -> (B, ...).
 
     x (B, ...) gives the per-sample shape and params_like (arrays or ShapeDtypeStructs) the
-    parameters' shapes; the parameters are an argument, so new ones compile nothing. One jitted chunk of products, compiled at the first
-    call, run by a host loop: XLA:CPU ran the network's products ~10× slower inside a device
+    parameters' shapes; the parameters are an argument, so new ones compile nothing. One jitted
+    chunk of products, compiled at the first call, run by a host loop: XLA:CPU ran the network's products ~10× slower inside a device
     loop (lax.map), measured on the benchmark model (docs/benchmarks.md, "MCN").
     """
     if chunk_size < 1:
@@ -204,8 +204,9 @@ def bidiagonalize_fn(fn: Callable, x, *, num_iters: int, params_like=None) -> Ca
     every sample at once; the upper bidiagonal matrix has diagonal alpha and superdiagonal
     beta[:, :-1]. fn(params, x (B, ...)) -> (B, ...).
 
-    x and params_like give the shapes; the parameters are an argument, so new ones compile nothing. The linearization and one step are jitted (compiled at the first call)
-    and the steps run from a host loop: XLA:CPU ran the network's products ~8× slower inside a
+    x and params_like give the shapes; the parameters are an argument, so new ones compile
+    nothing. The linearization and one step are jitted (compiled at the first call) and the
+    steps run from a host loop: XLA:CPU ran the network's products ~8× slower inside a
     device loop (fori_loop), measured on the benchmark model (docs/benchmarks.md, "MCN").
     """
     m, n = map_dims(lambda x: jax.eval_shape(fn, params_like, x), x)

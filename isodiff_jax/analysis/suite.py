@@ -120,7 +120,8 @@ class _SpectrumAtTimesteps:
             t_vec = jnp.full((x0.shape[0],), t, jnp.int32)
             fn = lambda params, x, t=t: spectrum.average_pool(
                 spec.encode(params, x, jnp.full((x.shape[0],), t, jnp.int32)), options.pool)
-            x_t = diffusion.q_sample(spec.noise_schedule, x0, t_vec, jax.random.normal(jax.random.fold_in(key, t), x0.shape))
+            eps = jax.random.normal(jax.random.fold_in(key, t), x0.shape)
+            x_t = diffusion.q_sample(spec.noise_schedule, x0, t_vec, eps)
             self.parts.append(spectrum.Spectrum(fn, x_t, params_like=spec.abstract_params(),
                                                 method=options.spectrum_method, key=key, prefix=f"t{t}_",
                                                 num_iters=options.spectrum_iters))
@@ -220,4 +221,5 @@ class Interpolation:
         self._sample = jax.jit(sampler(spec, options.sample_steps))
 
     def run(self, params) -> Iterator[tuple[str, dict]]:
-        yield "interpolation_frames", {name: sharding.to_host(self._sample(params, x)) for name, x in self.paths.items()}
+        frames = {name: sharding.to_host(self._sample(params, x)) for name, x in self.paths.items()}
+        yield "interpolation_frames", frames
