@@ -1,6 +1,7 @@
 """The training system end to end: the real train.py, exact resume (also after a kill), device
 counts, two processes, non-finite stops. Uses configs/test.py (a tiny U-Net)."""
 import glob
+import json
 import os
 import signal
 import socket
@@ -16,6 +17,8 @@ from PIL import Image
 from configs import test as test_config
 from isodiff_jax import checkpoint, launch, sharding
 from isodiff_jax import config as config_lib
+from isodiff_jax.analysis import load, suite
+from isodiff_jax.analysis.options import Options
 from isodiff_jax.train import loop
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -136,18 +139,26 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_train_together(reference, tmp_path):
-    """Two processes × 2 CPU devices (gloo collectives) = the single-process run on 4 devices."""
+def test_two_processes_train_and_evaluate_together(reference, tmp_path):
+    """Two processes × 2 CPU devices (gloo collectives) = the single-process run on 4 devices; the
+    in-training evaluator splits its batches over both processes' devices and reports what one
+    process computes from the saved checkpoint."""
     address = f"localhost:{_free_port()}"
     # 3 steps (the constant-rate test config makes them the reference's first 3), to keep the
     # two oversubscribed processes short
-    processes = [train_py(tmp_path, "--config.training.num_steps=3",
+    evaluation = ("--config.evaluation.every_steps=3", "--config.evaluation.metrics=mrtl",
+                  "--config.evaluation.num_pairs=4", "--config.evaluation.timesteps=(50,)")
+    processes = [train_py(tmp_path, "--config.training.num_steps=3", *evaluation,
                           extra=("--coordinator_address", address, "--num_processes", "2", "--process_id", str(i)),
                           devices=2, wait=False) for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     assert all(p.returncode == 0 for p in processes), outputs
     assert "4 devices in 2 processes" in outputs[0], outputs[0]
     assert_close(saved_state(tmp_path)[1], saved_state(reference[0], step=3)[1], atol=2e-5)
+    (line,) = [json.loads(text) for text in open(tmp_path / "evaluation.jsonl")]
+    spec, params, _ = load.load(str(tmp_path), devices=jax.devices()[:1])
+    again = dict(suite.Suite(spec, ["mrtl"], Options(num_pairs=4, timesteps=(50,))).run(params))
+    assert line["step"] == 3 and line["mrtl"] == pytest.approx(again["mrtl"], rel=1e-5)
 
 
 def test_non_finite_loss_stops_naming_the_step(tmp_path):
