@@ -3,18 +3,19 @@
 For a map f: R^n -> R^m applied row by row to a batch (in the paper f(x) = pool(e_θ(x, t))),
 J_b = ∂f(x_b)/∂x_b (m × n) has k = min(m, n) singular values s_b1 ≥ … ≥ s_bk ≥ 0, and
 
-    CN_b = s_max / s_min   over the non-zero singular values;   MCN = mean_b CN_b
-    VoR  = Σ_i Var_b[log s_bi]   (population variance over samples, s sorted per sample)
+    CN_b = s_max / s_min   over all k values (s_min the k-th);   MCN = mean_b CN_b
+    VoR  = Σ_i Var_b[log s_bi]   (sample variance, ddof 1, over samples; s sorted per sample)
 
 `fn` maps x (B, ...) to (B, ...), acts on every row independently (no batch statistics) and
 accepts a batch of any size: the dense path calls it on one sample at a time, the matrix-free
 path on the whole batch, whose Jacobian is then block diagonal, so one JVP gives J_b v_b for
 every b at once (what a vmap over samples would give, without asking fn to be vmappable).
 
-Non-zero means s > rtol · s_max with rtol = max(m, n) · eps(dtype of x) (`nonzero_rtol`), the
-usual numerical-rank threshold: below it a singular value cannot be told from rounding error of
-a Jacobian computed in that dtype. A sample whose s are all zero has CN = nan (undefined). VoR
-uses the leading r = min_b rank_b sorted values, since a zero has no logarithm.
+Every singular value the method computed counts (method.md §6): a numerical-rank cut at
+max(m, n) · eps · s_max would cap CN at about 1 / (max(m, n) · eps), e.g. 43 for a 256² image in
+float32, whatever the true spectrum. The numerical rank (count of s > `nonzero_rtol` · s_max) is
+reported beside it as a diagnostic only. A sample with s_min = 0 has CN = inf; VoR is then nan
+(log 0).
 
 Two ways to get s:
 - Dense (`jacobian_singular_values`): one sample's Jacobian at a time, built from its smaller
@@ -28,8 +29,10 @@ Two ways to get s:
   ~eps · s_max like the dense path rather than ~eps · s_max² / s_min. Only J v (jax.linearize,
   i.e. jvp) and Jᵀ u (its transpose, i.e. vjp) are used. After q = min(m, n) iterations it gives
   the whole spectrum; with q << min(m, n) the extreme Ritz values converge first: the largest
-  fast, the smallest more slowly and from above (so CN is then underestimated). VoR in this mode
-  is over the computed values only (top-k and bottom-k), so compare it only with itself.
+  fast, the smallest more slowly and from above, so CN is then a lower bound: the evaluators say
+  so (mcn_is_lower_bound) and report how much s_min still moved over the last quarter of the
+  iterations (s_min_change). VoR in this mode is over the computed values only (top-k and
+  bottom-k), so compare it only with itself.
 """
 import functools
 import math
@@ -285,55 +288,73 @@ def matrix_free_singular_values(fn: Callable, x, key, *, k: int, which=WHICH,
 
 
 def ranks(s, *, rtol: float) -> np.ndarray:
-    """Numerical rank per sample of s (B, k): the count of s > rtol · s_max. Returns (B,) ints."""
+    """Numerical rank per sample of s (B, k): the count of s > rtol · s_max (a diagnostic; MCN
+    and VoR use every value). Returns (B,) ints."""
     s = np.asarray(s)
     return np.sum(s > rtol * s.max(axis=-1, keepdims=True), axis=-1)
 
 
-def condition_numbers(s, *, rtol: float) -> np.ndarray:
-    """CN per sample of s (B, k): s_max / (smallest s > rtol · s_max); nan where s_max = 0."""
+def condition_numbers(s) -> np.ndarray:
+    """CN per sample of s (B, k): s_max / s_min over every value given (method.md §6: no
+    numerical-rank cut); inf where s_min = 0, nan where s_max = 0."""
     s = np.asarray(s, np.float64)
-    s_max = s.max(axis=-1)
-    nonzero = s > rtol * s_max[:, None]
-    s_min = np.where(nonzero, s, np.inf).min(axis=-1)
-    with np.errstate(invalid="ignore"):
+    s_max, s_min = s.max(axis=-1), s.min(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(s_max > 0, s_max / s_min, np.nan)
 
 
-def mcn(s, *, rtol: float) -> float:
+def mcn(s) -> float:
     """Mean condition number over samples of s (B, k)."""
-    return float(np.mean(condition_numbers(s, rtol=rtol)))
+    return float(np.mean(condition_numbers(s)))
 
 
-def vor(s, *, rtol: float) -> float:
-    """Σ_i Var_b[log s_bi] over the r = min_b rank_b leading sorted values of s (B, k).
-
-    Population variance (ddof 0) over samples; nan if some sample has no non-zero value.
-    """
+def vor(s) -> float:
+    """Σ_i Var_b[log s_bi] over every sorted column i of s (B, k), with the sample variance
+    (ddof 1) as the original code computes it; nan with fewer than 2 samples or a zero value."""
     s = -np.sort(-np.asarray(s, np.float64), axis=-1)
-    r = int(ranks(s, rtol=rtol).min())
-    if r == 0:
+    if s.shape[0] < 2 or np.any(s <= 0):
         return float("nan")
-    return float(np.sum(np.var(np.log(s[:, :r]), axis=0)))
+    return float(np.sum(np.var(np.log(s), axis=0, ddof=1)))
+
+
+def convergence(alpha, beta, *, lag: int | None = None) -> float:
+    """How much the smallest Ritz value moved over the last `lag` Lanczos iterations (default a
+    quarter of them): mean_b |s_min(q − lag) − s_min(q)| / s_min(q). Ritz values approach s_min
+    from above, so a large change means s_min (and CN) have not converged yet."""
+    q = np.asarray(alpha).shape[1]
+    lag = max(1, q // 4) if lag is None else lag
+    if q - lag < 1:
+        return float("nan")
+    now = bidiagonal_singular_values(alpha, beta)[:, -1]
+    before = bidiagonal_singular_values(np.asarray(alpha)[:, :q - lag], np.asarray(beta)[:, :q - lag])[:, -1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return float(np.mean(np.abs(before - now) / now))
 
 
 def spectrum_metrics(fn: Callable, x, *, method: str = "dense", key=None, prefix: str = "",
                      chunk_size: int = 64, k: int = 8, num_iters: int | None = None,
                      rtol: float | None = None) -> Iterator[tuple[str, float]]:
-    """Evaluator: yields (prefix + name, value) for mcn, vor, s_max, s_min (means), rank and
-    singular_values (the (B, c) array itself).
+    """Evaluator: yields (prefix + name, value) for mcn, vor, s_max, s_min (means), rank (a
+    numerical-rank diagnostic) and singular_values (the (B, c) array itself); in matrix-free
+    mode also mcn_is_lower_bound (1 unless all min(m, n) iterations ran) and s_min_change (see
+    `convergence`).
 
     Args: fn, x as `jacobian_singular_values`; method "dense" or "matrix_free" (needs key; k,
-    num_iters as `matrix_free_singular_values`); rtol defaults to `nonzero_rtol`. In
-    matrix-free mode rank is yielded only when the whole spectrum was computed.
+    num_iters as `matrix_free_singular_values`); rtol, for the rank only, defaults to
+    `nonzero_rtol`. In matrix-free mode rank is yielded only when the whole spectrum was computed.
     """
     _check_method(method, key)
     m, n = map_dims(fn, x)
     if method == "dense":
-        s = jacobian_singular_values(fn, x, chunk_size=chunk_size)
-    else:
-        s = matrix_free_singular_values(fn, x, key, k=min(k, m, n), num_iters=num_iters)
+        yield from spectrum_values(jacobian_singular_values(fn, x, chunk_size=chunk_size), m, n, x.dtype,
+                                   rtol=rtol, prefix=prefix)
+        return
+    k, d = min(k, m, n), min(m, n)
+    num_iters = min(d, max(4 * k, 64)) if num_iters is None else num_iters
+    alpha, beta = bidiagonalize_fn(lambda _, x: fn(x), x, num_iters=num_iters)(None, x, key)
+    s = _select(bidiagonal_singular_values(alpha, beta), k, WHICH)
     yield from spectrum_values(s, m, n, x.dtype, rtol=rtol, prefix=prefix)
+    yield from _convergence_values(alpha, beta, d, prefix)
 
 
 def _check_method(method: str, key) -> None:
@@ -345,16 +366,26 @@ def _check_method(method: str, key) -> None:
 
 def spectrum_values(s, m: int, n: int, dtype, *, rtol: float | None = None,
                     prefix: str = "") -> Iterator[tuple[str, float]]:
-    """The metrics of `spectrum_metrics` from singular values s (B, c) of m × n Jacobians in dtype."""
-    rtol = nonzero_rtol(m, n, dtype) if rtol is None else rtol
-    cn = condition_numbers(s, rtol=rtol)
-    yield prefix + "mcn", float(np.mean(cn))
-    yield prefix + "vor", vor(s, rtol=rtol)
+    """The metrics of `spectrum_metrics` from singular values s (B, c) of m × n Jacobians in dtype:
+    mcn, vor, s_max, s_min from every value; rank, the numerical rank with rtol (default
+    `nonzero_rtol`), only as a diagnostic and only when the whole spectrum was computed."""
+    s = np.asarray(s, np.float64)
+    yield prefix + "mcn", mcn(s)
+    yield prefix + "vor", vor(s)
     yield prefix + "s_max", float(np.mean(s.max(axis=-1)))
-    yield prefix + "s_min", float(np.mean(s.max(axis=-1) / cn))
+    yield prefix + "s_min", float(np.mean(s.min(axis=-1)))
     if s.shape[1] == min(m, n):
+        rtol = nonzero_rtol(m, n, dtype) if rtol is None else rtol
         yield prefix + "rank", float(np.mean(ranks(s, rtol=rtol)))
     yield prefix + "singular_values", s
+
+
+def _convergence_values(alpha, beta, d: int, prefix: str) -> Iterator[tuple[str, float]]:
+    """Matrix-free only: whether MCN is exact (all d = min(m, n) iterations) or a lower bound,
+    and the relative change of s_min over the last quarter of the iterations (0 when exact)."""
+    bound = np.asarray(alpha).shape[1] < d
+    yield prefix + "mcn_is_lower_bound", float(bound)
+    yield prefix + "s_min_change", convergence(alpha, beta) if bound else 0.0  # all d iterations: exact
 
 
 class Spectrum:
@@ -374,11 +405,12 @@ class Spectrum:
             num_iters = min(self.m, self.n, max(4 * self.k, 64) if num_iters is None else num_iters)
             self._bidiagonalize = bidiagonalize_fn(fn, x, num_iters=num_iters, params_like=params_like)
 
-    def singular_values(self, params) -> np.ndarray:
-        if self.method == "dense":
-            return dense_singular_values(self._jacobian, params, self.x)
-        alpha, beta = (sharding.to_host(c) for c in self._bidiagonalize(params, self.x, self.key))
-        return _select(bidiagonal_singular_values(alpha, beta), self.k, WHICH)
-
     def run(self, params) -> Iterator[tuple[str, float]]:
-        yield from spectrum_values(self.singular_values(params), self.m, self.n, self.x.dtype, prefix=self.prefix)
+        if self.method == "dense":
+            s = dense_singular_values(self._jacobian, params, self.x)
+            yield from spectrum_values(s, self.m, self.n, self.x.dtype, prefix=self.prefix)
+            return
+        alpha, beta = (sharding.to_host(c) for c in self._bidiagonalize(params, self.x, self.key))
+        s = _select(bidiagonal_singular_values(alpha, beta), self.k, WHICH)
+        yield from spectrum_values(s, self.m, self.n, self.x.dtype, prefix=self.prefix)
+        yield from _convergence_values(alpha, beta, min(self.m, self.n), self.prefix)
