@@ -24,9 +24,11 @@ def pixel_l2(a: jax.Array, b: jax.Array) -> jax.Array:
 
 
 def trimmed_mean(values, low: float = 1.0, high: float = 99.0) -> float:
-    """Mean of the per-sample values inside their [low, high] percentiles."""
+    """Mean of the per-sample values inside their [low, high] percentiles, taken with `lower` and
+    `higher` interpolation (as StyleGAN and the original code do): the bounds are values of the
+    sample, so below 100 samples nothing is dropped."""
     values = np.asarray(values, np.float64).ravel()
-    lo, hi = np.percentile(values, [low, high])
+    lo, hi = np.percentile(values, low, method="lower"), np.percentile(values, high, method="higher")
     return float(values[(values >= lo) & (values <= hi)].mean())
 
 
