@@ -59,6 +59,7 @@ def test_mrtl_evaluator_yields_per_timestep_and_mean_values():
     out = dict(rtl.Mrtl(encode, image_shape=(2, 2, 3), timesteps=(100, 900), num_pairs=6, num_segments=8,
                         batch_size=4, seed=4).run(A))
     assert out["rtl_values"].shape == (2, 6) and np.all(out["rtl_values"] >= 1.0)
+    assert out["mrtl_over_floor"] == pytest.approx(out["mrtl"] / out["mrtl_floor"]) and out["mrtl_floor"] > 1
     np.testing.assert_allclose(out["mrtl"], out["rtl_values"].mean(), rtol=1e-6)
     np.testing.assert_allclose(out["mrtl_t100"], out["rtl_values"][0].mean(), rtol=1e-6)
 
@@ -112,6 +113,28 @@ def test_paths_refuse_end_points_of_different_shapes():
         rtl.slerp_path(x0, x1, 4)
     with pytest.raises(AssertionError, match="different shapes"):
         ppl.pair_values(lambda x: x, ppl.pixel_l2, x0, x1, jnp.zeros(2), 1e-4)
+
+
+def test_ppl_trimming_uses_sample_values_as_bounds_and_drops_nothing_below_100():
+    from isodiff_jax.analysis import ppl
+    values = np.random.default_rng(5).exponential(size=99)
+    assert ppl.trimmed_mean(values) == pytest.approx(values.mean(), rel=1e-12)
+    values = np.arange(1000.0)  # 1st/99th percentiles with lower/higher interpolation: 9 and 990
+    assert ppl.trimmed_mean(values) == pytest.approx(np.arange(9.0, 991.0).mean(), rel=1e-12)
+
+
+def test_mrtl_of_an_exact_isometry_is_its_floor_not_one():
+    """The identity (and any orthogonal map) maps slerp's arc to the same arc: RTL = the inscribed
+    K-gon over the chord, the floor reported beside mRTL; (θ/2)/sin(θ/2) ≈ 1.11 as K grows."""
+    Q, _ = np.linalg.qr(np.random.default_rng(6).normal(size=(48, 48)))
+    encode = lambda q, x, t: 2.0 * x.reshape(x.shape[0], -1) @ q.T
+    out = dict(rtl.Mrtl(encode, image_shape=(4, 4, 3), timesteps=(10,), num_pairs=6, num_segments=12,
+                        batch_size=4).run(jnp.asarray(Q)))
+    assert out["mrtl"] > 1.05 and out["mrtl_over_floor"] == pytest.approx(1.0, rel=1e-5)
+    theta = np.pi / 2  # end points on one circle: the inscribed K-gon, then the arc
+    x0, x1 = jnp.array([[2.0, 0.0]], jnp.float64), jnp.array([[0.0, 2.0]], jnp.float64)
+    np.testing.assert_allclose(rtl.isometry_floor(x0, x1, 7), 7 * np.sin(theta / 14) / np.sin(theta / 2), rtol=1e-12)
+    np.testing.assert_allclose(rtl.isometry_floor(x0, x1, 10**4), (theta / 2) / np.sin(theta / 2), rtol=1e-8)
 
 
 def test_ppl_trims_per_sample_values_not_batch_means():

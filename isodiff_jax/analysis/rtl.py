@@ -35,6 +35,15 @@ def slerp_path(x0: jax.Array, x1: jax.Array, num_segments: int) -> jax.Array:
     return jax.vmap(lambda wk: geometry.slerp(x0, x1, wk))(w)
 
 
+def isometry_floor(x0: jax.Array, x1: jax.Array, num_segments: int) -> jax.Array:
+    """RTL (B,) that a map preserving the distances between the path's points (a scaled isometry)
+    gets on slerp(x0, x1) with K segments: the RTL of the x-space path itself. For end points on
+    one sphere at angle θ it is the inscribed K-gon over the chord, K sin(θ/2K) / sin(θ/2)
+    (→ (θ/2) / sin(θ/2) as K grows; ≈ 1.11 for Gaussian pairs in high dimension). mRTL is
+    compared with it, not with 1 (method.md §6)."""
+    return relative_trajectory_length(slerp_path(x0, x1, num_segments))
+
+
 def path_rtl(encode: Callable, x0: jax.Array, x1: jax.Array, num_segments: int) -> jax.Array:
     """RTL (B,) of encode (B, ...) -> (B, ...) along slerp(x0, x1)."""
     path = slerp_path(x0, x1, num_segments)
@@ -43,8 +52,9 @@ def path_rtl(encode: Callable, x0: jax.Array, x1: jax.Array, num_segments: int) 
 
 class Mrtl:
     """Evaluator: yields ("mrtl_t{t}", mean at t) per timestep, ("mrtl", mean over pairs and
-    timesteps) and ("rtl_values", (len(timesteps), num_pairs) array) for
-    encode(params, x (B, H, W, C), t int32 (B,)) -> h.
+    timesteps), ("mrtl_floor", the mean `isometry_floor` of the same pairs), ("mrtl_over_floor",
+    their ratio: 1 for an exact scaled isometry) and ("rtl_values", (len(timesteps), num_pairs)
+    array) for encode(params, x (B, H, W, C), t int32 (B,)) -> h.
 
     The same pairs x_0, x_1 ~ N(0, I) (from `seed`) are used at every timestep. Built once; its
     kernel takes the parameters, so `run` on new parameters of the same shapes compiles nothing.
@@ -57,22 +67,31 @@ class Mrtl:
         self.timesteps, self.num_pairs, self.batch_size = tuple(timesteps), num_pairs, batch_size
         self.key = jax.random.PRNGKey(seed)
 
-        def batch_rtl(params, key, t, size):
+        def pairs(key, size):
             k0, k1 = jax.random.split(key)
-            x0, x1 = (sharding.constrain_rows(jax.random.normal(k, (size, *image_shape)), mesh) for k in (k0, k1))
+            return tuple(sharding.constrain_rows(jax.random.normal(k, (size, *image_shape)), mesh) for k in (k0, k1))
+
+        def batch_rtl(params, key, t, size):
             t_vec = jnp.full((size,), t, jnp.int32)
-            return path_rtl(lambda x: encode(params, x, t_vec), x0, x1, num_segments)
+            return path_rtl(lambda x: encode(params, x, t_vec), *pairs(key, size), num_segments)
         self._rtl = jax.jit(batch_rtl, static_argnames="size")
+        self._floor = jax.jit(lambda key, size: isometry_floor(*pairs(key, size), num_segments),
+                              static_argnames="size")
+
+    def _batches(self):
+        """(key, size) of each batch of pairs (the same pairs at every timestep)."""
+        for start in range(0, self.num_pairs, self.batch_size):
+            yield np.asarray(jax.random.fold_in(self.key, start)), min(self.batch_size, self.num_pairs - start)
 
     def run(self, params) -> Iterator:
         per_t = []
         for t in self.timesteps:
-            values = []
-            for start in range(0, self.num_pairs, self.batch_size):
-                size = min(self.batch_size, self.num_pairs - start)
-                key = np.asarray(jax.random.fold_in(self.key, start))
-                values.append(sharding.to_host(self._rtl(params, key, t, size=size)))
-            per_t.append(np.concatenate(values))
+            per_t.append(np.concatenate([sharding.to_host(self._rtl(params, key, t, size=size))
+                                         for key, size in self._batches()]))
             yield f"mrtl_t{t}", float(per_t[-1].mean())
+        floor = float(np.concatenate([sharding.to_host(self._floor(key, size=size))
+                                      for key, size in self._batches()]).mean())
         yield "mrtl", float(np.mean(per_t))
+        yield "mrtl_floor", floor
+        yield "mrtl_over_floor", float(np.mean(per_t)) / floor
         yield "rtl_values", np.stack(per_t)
