@@ -156,6 +156,9 @@ def _validate_evaluation(config) -> None:
                            inputs={"oracle": "evaluation.oracle_dir", "inception": "evaluation.inception_file"})
     if found:
         raise ConfigError(f"config.evaluation.metrics={ev.metrics!r}: " + "; ".join(found))
+    for field, allowed in (("h_edit", options_lib.H_EDITS), ("mcn_input", options_lib.MCN_INPUTS),
+                           ("spectrum_method", ("dense", "matrix_free"))):
+        _check_choice(config, f"evaluation.{field}", allowed)
     for field in ("oracle_dir", "inception_file", "lpips_file"):
         _check(not ev[field] or os.path.exists(ev[field]), f"evaluation.{field}", ev[field], "an existing path")
     for field in ("num_pairs", "num_samples", "num_fd_samples", "sample_steps"):

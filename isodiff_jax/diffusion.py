@@ -146,7 +146,8 @@ def ddim_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, num_steps: in
     """DDIM sampling (Song et al. 2021) from x_T down to x_0 in `num_steps` steps, as a `lax.scan`.
 
     Args:
-      eps_fn: (x (B, ...), t int32 (B,)) -> ε̂ (B, ...).
+      eps_fn: (x (B, ...), t int32 (B,)) -> ε̂ (B, ...), or a pair (ε̂ for the predicted x0, ε̂
+        for the direction term): Asyrp's h-space editing moves only the first.
       schedule: the noise schedule the model was trained with.
       x_T: (B, ...) starting noise at the largest timestep of `ddim_timesteps`.
       num_steps: S, static.
@@ -174,14 +175,15 @@ def ddim_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, num_steps: in
     def step(x, inputs):
         i, t, a_t, a_prev = inputs
         eps_hat = eps_fn(x, jnp.full((batch,), t, jnp.int32))
+        eps_hat, eps_dir = eps_hat if isinstance(eps_hat, tuple) else (eps_hat, eps_hat)
         x0_hat = _predict_x0(x, eps_hat, a_t, clip_x0)
         if eta == 0.0:
-            return jnp.sqrt(a_prev) * x0_hat + jnp.sqrt(1 - a_prev) * eps_hat, keep(x)
+            return jnp.sqrt(a_prev) * x0_hat + jnp.sqrt(1 - a_prev) * eps_dir, keep(x)
         sigma = _ddim_sigma(eta, a_t, a_prev)
         z = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
         # max(·, 0): at η = 1 the coefficient can round to a tiny negative number.
         eps_scale = jnp.sqrt(jnp.maximum(1 - a_prev - sigma**2, 0))
-        return jnp.sqrt(a_prev) * x0_hat + eps_scale * eps_hat + sigma * z, keep(x)
+        return jnp.sqrt(a_prev) * x0_hat + eps_scale * eps_dir + sigma * z, keep(x)
 
     steps = (jnp.arange(num_steps), jnp.asarray(ts, jnp.int32), abar_t, abar_prev)
     x_0, path = jax.lax.scan(step, x_T, steps)

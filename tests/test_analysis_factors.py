@@ -117,9 +117,26 @@ def test_editor_without_shift_is_the_plain_sampler_and_h_shifts_move_images(trai
     shifts = editor.h_shifts(np.repeat(hs, 4, axis=1) + np.random.default_rng(0).normal(size=(2, 12, hs.shape[-1])),
                              np.arange(12.0))
     assert np.all(shifts[2:] == 0) and np.all(np.any(shifts[:2] != 0, axis=(1, 2, 3)))
-    assert not np.allclose(editor.decode(params, x_T, 50 * shifts), plain, atol=1e-3)
+    asyrp = editor.decode(params, x_T, 50 * shifts)
+    assert not np.allclose(asyrp, plain, atol=1e-3)
+    both = editing.Editor(spec, sample_steps=4, h_min_t=50, h_edit="both")  # the shifted ε̂ in both DDIM terms
+    np.testing.assert_allclose(both.decode(params, x_T), plain, atol=1e-5)
+    assert not np.allclose(both.decode(params, x_T, 50 * shifts), asyrp, atol=1e-3)
     with pytest.raises(ValueError, match="no DDIM step to edit"):
         editing.Editor(spec, sample_steps=4, h_min_t=99)
+    with pytest.raises(ValueError, match="h_edit"):
+        editing.Editor(spec, sample_steps=4, h_min_t=50, h_edit="direction")
+
+
+def test_x_T_edits_are_put_back_on_each_samples_sphere():
+    rng = np.random.default_rng(8)
+    x_T, shift = rng.normal(size=(3, 4, 4, 3)), 5.0 * rng.normal(size=(4, 4, 3))
+    edited = editing.edit_x_T(x_T, shift)
+    np.testing.assert_allclose(np.linalg.norm(edited.reshape(3, -1), axis=1),
+                               np.linalg.norm(x_T.reshape(3, -1), axis=1), rtol=1e-5)
+    cos = np.sum(edited.reshape(3, -1) * (x_T + shift).reshape(3, -1), axis=1) / (
+        np.linalg.norm(edited.reshape(3, -1), axis=1) * np.linalg.norm((x_T + shift).reshape(3, -1), axis=1))
+    np.testing.assert_allclose(cos, 1.0, rtol=1e-5)  # a radial rescaling of x_T + shift
 
 
 def test_metrics_needing_the_oracle_or_shapes_say_so(trained_workdir):

@@ -147,6 +147,20 @@ def test_ddim_path_starts_at_x_T_and_follows_each_step():
     np.testing.assert_allclose(path[1], jnp.sqrt(a_next) * x0_hat + jnp.sqrt(1 - a_next) * eps_hat, rtol=1e-12)
 
 
+def test_ddim_with_a_pair_of_eps_moves_only_the_predicted_x0():
+    """Asyrp's step: the first ε̂ predicts x0, the second gives the direction term."""
+    schedule = _float64_schedule()
+    x = jax.random.normal(jax.random.key(3), (3, 4), jnp.float64)
+    shifted, plain = (lambda x, t: 0.3 * x + 0.5), (lambda x, t: 0.3 * x)
+    _, path = diffusion.ddim_sample(lambda x, t: (shifted(x, t), plain(x, t)), schedule, x, 5, return_path=True)
+    t, t_next = diffusion.ddim_timesteps(T, 5)[::-1][:2]
+    a, a_next = schedule.alphas_cumprod[t], schedule.alphas_cumprod[t_next]
+    x0_hat = (x - jnp.sqrt(1 - a) * shifted(x, t)) / jnp.sqrt(a)
+    np.testing.assert_allclose(path[1], jnp.sqrt(a_next) * x0_hat + jnp.sqrt(1 - a_next) * plain(x, t), rtol=1e-12)
+    same = diffusion.ddim_sample(lambda x, t: (plain(x, t), plain(x, t)), schedule, x, 5)
+    np.testing.assert_array_equal(same, diffusion.ddim_sample(plain, schedule, x, 5))
+
+
 def test_ddim_stochastic_steps_match_formula():
     """Two steps on T = 10 (t = 5 -> 0 -> ᾱ = 1) against the update written out by hand."""
     schedule = diffusion.make_schedule("linear", 10, beta_end=0.2, dtype=jnp.float64)

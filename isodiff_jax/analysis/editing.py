@@ -6,10 +6,13 @@ factor's edit coordinate (hues: cos 2πh, the red–cyan axis, since a circular 
 increasing direction; scale, x, y: the value), as a unit vector. Held-out samples are then edited
 by α ∈ ALPHAS standard deviations of the latents' projection on it and decoded again:
 
-- x_T: x_T + α σ d, decoded with the deterministic DDIM sampler;
+- x_T: x_T + α σ d, put back on the sphere of radius |x_T| (method.md §5), decoded with the
+  deterministic DDIM sampler;
 - h: the same DDIM run with h_t ← h_t + α σ_t d_t at every step with t ≥ h_min_t, where d_t and
   σ_t come from the labelled samples' h along their own sampling paths (one direction per step,
-  since h changes with t).
+  since h changes with t). As Asyrp does (h_edit "asyrp", the default), the shifted h changes
+  only the predicted x0 of each DDIM step and the direction term keeps the unshifted ε̂; with
+  h_edit "both" the shifted ε̂ enters both terms, which largely cancel (the form used before).
 
 The oracle reads every factor of the edited and original images; with `factors.change` (a common
 [0, 1] scale), target = mean change of f, others = sum of the mean changes of the other five
@@ -21,8 +24,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from isodiff_jax import diffusion
+from isodiff_jax import diffusion, geometry
 from isodiff_jax.analysis import factors
+from isodiff_jax.analysis.options import H_EDITS
 from isodiff_jax.data import shapes
 from isodiff_jax.spec import ModelSpec
 
@@ -55,19 +59,32 @@ def precision(original: dict, edited: list, target: str) -> dict:
             "precision": float(mean_change[target] / total) if total > 0 else float("nan")}
 
 
-def _eps_with_h_shift(spec: ModelSpec, params, x, t, shift):
-    """ε̂ with the middle block's output moved by `shift` (B or 1, h shape)."""
+def _eps_with_h_shift(spec: ModelSpec, params, x, t, shift, h_edit: str = "asyrp"):
+    """ε̂ with the middle block's output moved by `shift` (B or 1, h shape). h_edit "asyrp": the
+    pair (shifted ε̂, unshifted ε̂), so that DDIM moves only its predicted x0 (method.md §5; one
+    encoder pass, two decoder passes); "both": the shifted ε̂ alone, in both terms of the step."""
     def apply(module, x, t):
         h, skips = module.encode_with_skips(x, t)
-        return module.decode(h + shift.astype(h.dtype), skips, t)
+        shifted = module.decode(h + shift.astype(h.dtype), skips, t)
+        return shifted if h_edit == "both" else (shifted, module.decode(h, skips, t))
     return spec.unet.apply(params, x, t, method=apply)
+
+
+def edit_x_T(x_T, shift) -> np.ndarray:
+    """x_T + shift, each sample put back on the sphere of its own radius |x_T| (method.md §5):
+    x_T (B, ...), shift (...) or (B, ...)."""
+    x_T = np.asarray(x_T, np.float32)
+    radius = np.linalg.norm(x_T.reshape(len(x_T), -1), axis=1)
+    return np.asarray(geometry.project_to_sphere(jnp.asarray(x_T + shift), jnp.asarray(radius)))
 
 
 class Editor:
     """Deterministic DDIM decoding of x_T, optionally with h moved at every step; its kernels take
     the parameters and are jitted once."""
 
-    def __init__(self, spec: ModelSpec, sample_steps: int, h_min_t: int):
+    def __init__(self, spec: ModelSpec, sample_steps: int, h_min_t: int, h_edit: str = "asyrp"):
+        if h_edit not in H_EDITS:
+            raise ValueError(f"h_edit={h_edit!r} is not one of {H_EDITS}")
         self.spec, self.sample_steps = spec, sample_steps
         schedule = spec.noise_schedule
         self.timesteps = diffusion.ddim_timesteps(schedule.num_timesteps, sample_steps)[::-1]
@@ -81,7 +98,7 @@ class Editor:
         self.h_shape = spec.h_shape
 
         def decode(params, x_T, shifts):
-            eps_fn = lambda x, t: _eps_with_h_shift(spec, params, x, t, shifts[step_of_t[t[0]]][None])
+            eps_fn = lambda x, t: _eps_with_h_shift(spec, params, x, t, shifts[step_of_t[t[0]]][None], h_edit)
             return diffusion.ddim_sample(eps_fn, schedule, x_T, sample_steps, clip_x0=1.0)
         self._decode = jax.jit(decode)
         self._path = jax.jit(lambda params, x_T: diffusion.ddim_sample(
@@ -117,8 +134,10 @@ class Editing:
     `run(params)` compiles nothing for new parameters."""
 
     def __init__(self, spec: ModelSpec, oracle, *, num_label: int = 256, num_edit: int = 32,
-                 sample_steps: int = 20, h_min_t: int = 500, batch_size: int = 64, seed: int = 0):
-        self.editor, self.oracle, self.image_shape = Editor(spec, sample_steps, h_min_t), oracle, spec.image_shape
+                 sample_steps: int = 20, h_min_t: int = 500, h_edit: str = "asyrp", batch_size: int = 64,
+                 seed: int = 0):
+        self.editor = Editor(spec, sample_steps, h_min_t, h_edit)
+        self.oracle, self.image_shape = oracle, spec.image_shape
         k_label, k_edit = jax.random.split(jax.random.PRNGKey(seed))
         self.x_label = np.asarray(jax.random.normal(k_label, (num_label, *spec.image_shape)))
         self.x_edit = np.asarray(jax.random.normal(k_edit, (num_edit, *spec.image_shape)))
@@ -138,7 +157,7 @@ class Editing:
             d, sigma = direction(x_label, coordinate)
             x_shift = (sigma * d).reshape(self.image_shape).astype(np.float32)
             h_shifts = editor.h_shifts(hs, coordinate)
-            edit = {"xT": lambda a: editor.decode(params, x_edit + a * x_shift),  # used within this iteration only
+            edit = {"xT": lambda a: editor.decode(params, edit_x_T(x_edit, a * x_shift)),  # this iteration only
                     "h": lambda a: editor.decode(params, x_edit, a * h_shifts)}
             for space in SPACES:
                 edited = [edit[space](a) for a in ALPHAS]

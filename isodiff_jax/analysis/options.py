@@ -2,6 +2,9 @@
 `evaluation` section and the defaults of both are made from this dataclass."""
 import dataclasses
 
+H_EDITS = ("asyrp", "both")
+MCN_INPUTS = ("noised_data", "noise")
+
 
 @dataclasses.dataclass(frozen=True)
 class Options:
@@ -18,7 +21,16 @@ class Options:
     num_label: int = 256  # editing: oracle-labelled samples that define the directions
     num_edit: int = 32  # editing: held-out samples edited
     h_min_t: int = 500  # editing in h: steps with t >= h_min_t are edited
+    h_edit: str = "asyrp"  # editing in h: "asyrp" (shift only the predicted x0) or "both" (both DDIM terms)
+    mcn_input: str = "noised_data"  # MCN/VoR at "noised_data" x_t or at pure "noise" x ~ N(0, I) (the original code)
     seed: int = 0  # every evaluator's random numbers (inside training: config.seed)
+
+
+    def __post_init__(self):
+        for name, allowed in (("h_edit", H_EDITS), ("mcn_input", MCN_INPUTS),
+                              ("spectrum_method", ("dense", "matrix_free"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} is not one of {allowed}")
 
 
 def fields() -> tuple[dataclasses.Field, ...]:
