@@ -1,5 +1,6 @@
 """Loading a training workdir for analysis (spec, EMA or raw parameters), evaluators built once,
 and the analysis command."""
+import dataclasses
 import itertools
 
 import jax
@@ -63,6 +64,17 @@ def test_a_second_evaluation_on_new_parameters_compiles_nothing(workdir, count_c
     assert counter.count == 0
     assert second.keys() == first.keys() and second["mrtl"] != first["mrtl"]
     assert second["t50_mcn"] != first["t50_mcn"] and second["probe_r2"] != first["probe_r2"]
+
+
+def test_mcn_at_pure_noise_as_the_original_code_measures(workdir):
+    spec, params, _ = load.load(workdir)
+    options = Options(num_samples=8, timesteps=(50,), pool=2)
+    values = {mode: dict(suite.Suite(spec, ["mcn"], dataclasses.replace(options, mcn_input=mode)).run(params))
+              for mode in ("noised_data", "noise")}
+    assert all(v["t50_mcn"] >= 1 and v["t50_mcn_is_lower_bound"] in (0.0, 1.0) for v in values.values())
+    assert values["noise"]["t50_mcn"] != values["noised_data"]["t50_mcn"]
+    with pytest.raises(ValueError, match="mcn_input"):
+        Options(mcn_input="gaussian")
 
 
 def test_not_a_workdir_is_named(tmp_path):

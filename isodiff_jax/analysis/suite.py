@@ -110,18 +110,20 @@ def real_images(spec: ModelSpec, count: int, seed: int) -> np.ndarray:
 
 
 class _SpectrumAtTimesteps:
-    """MCN / VoR over noised real images at each timestep (one `spectrum.Spectrum` per timestep)."""
+    """MCN / VoR at each timestep (one `spectrum.Spectrum` per timestep), at real images noised
+    to x_t (options.mcn_input "noised_data") or at pure noise x ~ N(0, I) ("noise", what the
+    original code measures whatever t is)."""
 
     def __init__(self, spec: ModelSpec, options: Options):
         key = jax.random.PRNGKey(options.seed)
-        x0 = jnp.asarray(real_images(spec, max(4, options.num_samples // 4), options.seed))
+        count = max(4, options.num_samples // 4)
+        x0 = jnp.asarray(real_images(spec, count, options.seed)) if options.mcn_input == "noised_data" else None
         self.parts = []
         for t in options.timesteps:
-            t_vec = jnp.full((x0.shape[0],), t, jnp.int32)
             fn = lambda params, x, t=t: spectrum.average_pool(
                 spec.encode(params, x, jnp.full((x.shape[0],), t, jnp.int32)), options.pool)
-            eps = jax.random.normal(jax.random.fold_in(key, t), x0.shape)
-            x_t = diffusion.q_sample(spec.noise_schedule, x0, t_vec, eps)
+            eps = jax.random.normal(jax.random.fold_in(key, t), (count, *spec.image_shape))
+            x_t = eps if x0 is None else diffusion.q_sample(spec.noise_schedule, x0, jnp.full((count,), t), eps)
             self.parts.append(spectrum.Spectrum(fn, x_t, params_like=spec.abstract_params(),
                                                 method=options.spectrum_method, key=key, prefix=f"t{t}_",
                                                 num_iters=options.spectrum_iters))
@@ -178,7 +180,8 @@ def _builders(spec: ModelSpec, options: Options, resources: Resources, mesh: Opt
         "factor_rtl": lambda: factors.FactorRtl(sampler(spec, o.sample_steps), resources.oracle,
                                                 image_shape=spec.image_shape, num_pairs=o.num_pairs, seed=o.seed),
         "edit": lambda: editing.Editing(spec, resources.oracle, num_label=o.num_label, num_edit=o.num_edit,
-                                        sample_steps=o.sample_steps, h_min_t=o.h_min_t, seed=o.seed),
+                                        sample_steps=o.sample_steps, h_min_t=o.h_min_t, h_edit=o.h_edit,
+                                        seed=o.seed),
         "probe": lambda: probe.LinearProbe(spec.encode, spec.noise_schedule, resolution=spec.data.resolution,
                                            timesteps=o.timesteps, pool=o.pool, seed=o.seed, mesh=mesh),
     }
