@@ -81,8 +81,9 @@ def test_distance_runs_inside_ppl_under_jit(alex):
     jitted = jax.jit(lambda *args: ppl.pair_values(sample, alex.distance, *args, 1e-2))(x0, x1, w)
     assert jitted.shape == (2,) and np.all(np.asarray(jitted) > 0)
     np.testing.assert_allclose(jitted, eager, rtol=1e-5)
-    results = dict(ppl.ppl(sample, jax.random.PRNGKey(1), image_shape=(32, 32, 3), num_samples=4,
-                           batch_size=4, distance=alex.distance, distance_name=alex.name))
+    evaluator = ppl.Ppl(lambda _, x: sample(x), image_shape=(32, 32, 3), num_samples=4, batch_size=4,
+                        distance=alex.distance, distance_name=alex.name, seed=1)
+    results = dict(evaluator.run(None))
     assert np.isfinite(results["ppl_lpips_alex"]) and results["ppl_values"].shape == (4,)
 
 

@@ -29,7 +29,7 @@ for the backbone (i its index in `features`) and lpips' `lin{k}.model.1.weight` 
 layers; `load` maps them to Flax (OIHW → HWIO) and tells the network from the names. Then
 
     metric = lpips.load("lpips_alex.npz")
-    ppl.ppl(sample, key, image_shape=..., distance=metric.distance, distance_name=metric.name)
+    ppl.Ppl(sample, image_shape=..., distance=metric.distance, distance_name=metric.name).run(params)
 
 or `python -m isodiff_jax.analysis ... --lpips lpips_alex.npz`; PPL is then reported as
 `ppl_lpips_alex` (docs/lpips.md).
