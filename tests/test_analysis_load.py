@@ -55,7 +55,8 @@ def test_training_ran_the_configured_evaluators(workdir):
 def test_a_second_evaluation_on_new_parameters_compiles_nothing(workdir, count_compiles):
     spec, params_2, _ = load.load(workdir, step=2)
     params_4 = load.load(workdir, step=4).params
-    options = Options(num_pairs=4, num_samples=8, sample_steps=4, timesteps=(50,), pool=2)
+    # the options of the CLI test below, whose programs then come from the persistent cache
+    options = Options(num_pairs=4, num_samples=8, sample_steps=4, timesteps=(50, 90), pool=2)
     evaluators = suite.Suite(spec, ["mrtl", "mcn", "ppl", "inversion", "probe"], options)
     pictures = suite.Interpolation(spec, options)
     first = dict(itertools.chain(evaluators.run(params_2), pictures.run(params_2)))

@@ -168,12 +168,19 @@ def test_non_finite_loss_stops_naming_the_step(tmp_path):
     assert checkpoint.manager(str(tmp_path), read_only=True).all_steps() == [1]
 
 
-def test_non_finite_parameters_with_a_finite_loss_stop_before_any_save(tmp_path):
-    """lr = inf: the first step's loss and gradient are finite, its updated parameters are not."""
-    config = small_config(optim__lr=float("inf"), optim__warmup_steps=0, checkpoint__every_steps=1)
-    with pytest.raises(FloatingPointError, match=r"at step 0 .*non-finite parameters.*no checkpoint was saved"):
-        launch.train(config, str(tmp_path))
-    assert checkpoint.manager(str(tmp_path), read_only=True).all_steps() == []
+def test_device_totals_record_the_first_step_with_non_finite_parameters():
+    """The loop's device-side record: finite metrics but a NaN parameter after the update mark
+    the step; later steps do not move the mark; sums and counts go on per metric."""
+    import jax.numpy as jnp
+    totals = loop.empty_totals(["loss", "reg_loss"])
+    finite, broken = {"w": jnp.ones(3)}, {"w": jnp.array([1.0, jnp.nan, 1.0])}
+    totals = loop.add_step(totals, jnp.int32(0), {"loss": jnp.float32(2.0)}, finite)
+    assert int(totals["first_non_finite"]) == -1
+    totals = loop.add_step(totals, jnp.int32(1), {"loss": jnp.float32(1.0), "reg_loss": jnp.float32(3.0)}, broken)
+    totals = loop.add_step(totals, jnp.int32(2), {"loss": jnp.float32(jnp.inf)}, finite)
+    assert int(totals["first_non_finite"]) == 1 and float(totals["bad_metrics"]["loss"]) == 1.0
+    assert float(totals["counts"]["loss"]) == 3 and float(totals["counts"]["reg_loss"]) == 1
+    assert float(totals["sums"]["reg_loss"]) == 3.0
 
 
 def test_the_loop_fetches_metrics_only_at_its_cadences(tmp_path, monkeypatch):
