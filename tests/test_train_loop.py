@@ -192,6 +192,8 @@ def test_the_loop_fetches_metrics_only_at_its_cadences(tmp_path, monkeypatch):
     summary = launch.train(small_config(logging__log_every_steps=3, checkpoint__every_steps=6), str(tmp_path))
     assert fetched == [3, 6]
     assert np.isfinite(summary["metrics"]["loss"]) and summary["metrics"]["steps_per_s"] > 0
+    logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
+    assert [line["step"] for line in logged] == [3, 6] and logged[-1]["loss"] == summary["metrics"]["loss"]
 
 
 def test_bad_input_stops_before_anything_is_written(tmp_path):

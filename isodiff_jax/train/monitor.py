@@ -19,6 +19,7 @@ class Monitor:
         self.log_dir = os.path.join(workdir, "logs")
         self.sample_dir = os.path.join(workdir, "samples")
         self.evaluation_path = os.path.join(workdir, "evaluation.jsonl")
+        self.metrics_path = os.path.join(workdir, "metrics.jsonl")  # the scalars, for scripts
         self.writer = SummaryWriter(self.log_dir) if self.lead else None
         self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                              disable=not (self.lead and progress_bar))
@@ -42,6 +43,8 @@ class Monitor:
             for name, value in means.items():
                 self.writer.add_scalar(name, value, step)
             self.writer.flush()
+            with open(self.metrics_path, "a") as f:
+                f.write(json.dumps({"step": step, **means}) + "\n")
         postfix = {"loss": f"{self.last['loss']:.4f}"} if "loss" in self.last else {}
         if "reg_loss" in self.last:
             postfix["iso"] = f"{self.last['reg_loss']:.3g}"
