@@ -1,0 +1,267 @@
+"""Study 3 of issue 10: λ_iso and p (the paper's Fig. 4), measured side by side.
+
+From the base model (experiments/base_model.py), fine-tune copies with the sphere isometry loss at
+λ_iso ∈ --lambdas (default 0, 1e-4, 1e-3, 1e-2, 1e-1, 1) and gating p = 0.5, then p ∈ --p_values
+at one λ (--p_lambda, default: the best λ found), then train from scratch for the same number of
+steps at λ = 0 and at the best λ. Every run has the same steps, seed and data order. λ = 0 runs
+the regularized step with weight 0, so its rank·L_iso is logged like the others'.
+
+Each run is then measured with every evaluator (one `Suite`, built once: the runs share the model
+spec, so nothing compiles again): mRTL and its floor, MCN and VoR (dense, exact), PPL, fd_oracle
+and the oracle-confident share, inversion PSNR, factor-RTL, editing precision in x_T and h, probe
+R², and the exact rank·L_iso of the encoder at t = 500/700/900 on noised data.
+
+The best λ is the λ > 0 with the lowest mRTL / floor whose oracle-confident share is at most 5
+points below λ = 0's (the isometry gain that does not cost sample quality).
+
+    .venv/bin/python experiments/lambda_study.py            # about 2-3 hours on 2 CPU cores
+    .venv/bin/python experiments/lambda_study.py --steps 500
+
+Resumable: each run trains in runs/experiments/lambda/<name>/ (resumed if interrupted) and its
+measurements are saved in <name>/measured.json; finished runs are skipped. Writes summary.json,
+mrtl_vs_lambda.png, fd_vs_lambda.png and interpolation_best.png, and prints the table.
+"""
+import argparse
+import dataclasses
+import importlib.util
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+METRICS = ("mrtl", "mcn", "vor", "ppl", "inversion", "fd", "factor_rtl", "edit", "probe")
+COLUMNS = ("mrtl", "mrtl_floor", "mrtl_over_floor", "t500_mcn", "t500_vor", "ppl_pixel_l2", "fd_oracle",
+           "oracle_confident_fraction", "inversion_psnr", "factor_rtl", "edit_xT_precision", "edit_h_precision",
+           "probe_r2", "rank_iso_t500", "rank_iso_t700", "rank_iso_t900")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    name: str
+    weight: float
+    p: float
+    from_scratch: bool = False
+
+
+def load_config(path: str):
+    spec = importlib.util.spec_from_file_location("study_config", os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def run_config(run: Run, args):
+    """--config (configs/shapes16.py, the base model's) with this run's regularizer, start and length."""
+    c = load_config(args.config)
+    c.regularizer.kind, c.regularizer.weight, c.regularizer.p = "sphere", run.weight, run.p
+    c.training.num_steps = args.steps
+    c.checkpoint.every_steps = args.steps
+    c.logging.log_every_steps = max(1, args.steps // 20)
+    c.logging.sample_steps = args.grid_steps
+    c.logging.progress_bar = not args.quick
+    if not run.from_scratch:  # fine-tuning: the base model's EMA parameters, a constant small rate
+        c.training.init_from = args.base
+        c.optim.lr, c.optim.decay, c.optim.warmup_steps = args.lr, "constant", 0
+    else:
+        c.optim.warmup_steps = min(c.optim.warmup_steps, args.steps // 10)
+    if args.quick:
+        c.training.global_batch_size, c.logging.num_samples = 8, 4
+    return c
+
+
+def exact_rank_iso(spec, params, timesteps, count: int) -> dict:
+    """rank·L_iso (exact, dense traces) of the encoder at each t on real images noised to x_t."""
+    import jax
+    import jax.numpy as jnp
+    from isodiff_jax import diffusion, isometry
+    from isodiff_jax.analysis import suite
+    x0 = jnp.asarray(suite.real_images(spec, count, seed=11))
+    n = int(np.prod(spec.image_shape))
+    m = int(np.prod(spec.h_shape))
+    out = {}
+    for t in timesteps:
+        t_vec = jnp.full((count,), t, jnp.int32)
+        x_t = diffusion.q_sample(spec.noise_schedule, x0, t_vec, jax.random.normal(jax.random.PRNGKey(t), x0.shape))
+        tr_r, tr_r2 = isometry.exact_isometry_traces(lambda x: spec.encode(params, x, t_vec), x_t)
+        out[f"rank_iso_t{t}"] = float(min(m, n - 1) * jnp.mean(tr_r2) / jnp.mean(tr_r) ** 2)
+    return out
+
+
+def trajectory(workdir: str) -> list:
+    """[(step, rank·L_iso)] logged during training (regularized steps' running means)."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    return [(line["step"], line["rank_loss"]) for line in map(json.loads, open(path)) if "rank_loss" in line]
+
+
+def still_growing(points) -> bool:
+    """Whether rank·L_iso rose over the second half of training (least-squares slope > 0)."""
+    if len(points) < 4:
+        return False
+    steps, values = np.asarray(points[len(points) // 2:], np.float64).T
+    return bool(np.polyfit(steps, values, 1)[0] > 0)
+
+
+class Measurer:
+    """Every evaluator for the shared spec, built once, run on each run's EMA parameters."""
+
+    def __init__(self, spec, args):
+        from isodiff_jax.analysis import suite
+        from isodiff_jax.analysis.options import Options
+        self.spec, self.args = spec, args
+        if args.quick:
+            half = spec.schedule.num_timesteps // 2
+            options = Options(num_pairs=4, timesteps=(half,), num_samples=8, num_fd_samples=16, sample_steps=4,
+                              fd_sample_steps=4, spectrum_method="matrix_free", spectrum_iters=8, num_label=16,
+                              num_edit=4, h_min_t=half)
+        else:
+            options = Options(num_pairs=32, timesteps=(500, 700, 900), num_samples=64, num_fd_samples=512,
+                              sample_steps=20, fd_sample_steps=100, fd_sample_eta=1.0, spectrum_method="dense")
+        self.options = options
+        self.suite = suite.Suite(spec, METRICS, options, suite.load_resources(args.oracle))
+        self.interpolation = suite.Interpolation(spec, options)
+
+    def measure(self, workdir: str) -> dict:
+        from isodiff_jax.analysis import load
+        spec, params, step = load.load(workdir)
+        if spec != self.spec:
+            raise ValueError(f"{workdir} holds another model than the study's: {spec}")
+        values = dict(self.suite.run(params))
+        frames = dict(self.interpolation.run(params))["interpolation_frames"]
+        np.savez_compressed(os.path.join(workdir, "interpolation.npz"), **frames)
+        scalars = {k: v for k, v in values.items() if isinstance(v, float)}
+        timesteps = self.options.timesteps
+        scalars.update(exact_rank_iso(spec, params, timesteps, 4 if self.args.quick else 16))
+        return {"step": step, "metrics": scalars}
+
+
+def measured(run: Run, args, measurer_box: list) -> dict:
+    """Trains (or resumes) and measures one run, unless its measurements are saved."""
+    from isodiff_jax import launch
+    workdir = os.path.join(args.out, run.name)
+    path = os.path.join(workdir, "measured.json")
+    if os.path.exists(path):
+        return json.load(open(path))
+    started = time.perf_counter()
+    launch.train(run_config(run, args), workdir)
+    if not measurer_box:
+        from isodiff_jax import checkpoint
+        measurer_box.append(Measurer(checkpoint.read_spec(workdir)[0], args))
+    result = {**dataclasses.asdict(run), **measurer_box[0].measure(workdir), "trajectory": trajectory(workdir),
+              "seconds": time.perf_counter() - started}
+    result["rank_iso_still_growing"] = still_growing(result["trajectory"])
+    with open(path + ".tmp", "w") as f:
+        json.dump(result, f, indent=2)
+    os.replace(path + ".tmp", path)
+    return result
+
+
+def best_weight(results: list) -> float | None:
+    """The λ > 0 with the lowest mRTL / floor whose confident share is within 5 points of λ = 0's."""
+    zero = [r for r in results if r["weight"] == 0 and not r["from_scratch"]]
+    if not zero:
+        return None
+    floor = zero[0]["metrics"].get("oracle_confident_fraction", 0.0) - 0.05
+    candidates = [r for r in results if r["weight"] > 0 and not r["from_scratch"] and r["p"] == 0.5
+                  and r["metrics"].get("oracle_confident_fraction", 0.0) >= floor]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda r: r["metrics"]["mrtl_over_floor"])["weight"]
+
+
+def table(results: list) -> str:
+    lines = ["| run | λ | p | " + " | ".join(COLUMNS) + " | rank·L_iso still growing |",
+             "| --- | --- | --- |" + " --- |" * (len(COLUMNS) + 1)]
+    for r in results:
+        cells = [f"{r['metrics'].get(c, float('nan')):.4g}" for c in COLUMNS]
+        lines.append(f"| {r['name']} | {r['weight']:g} | {r['p']:g} | " + " | ".join(cells)
+                     + f" | {'yes' if r['rank_iso_still_growing'] else 'no'} |")
+    return "\n".join(lines)
+
+
+def pictures(results: list, best, out: str) -> list:
+    """mRTL (with its floor) and fd_oracle against λ; interpolation frames of λ = 0 and the best λ."""
+    from matplotlib.figure import Figure
+    from isodiff_jax.analysis import pictures as pictures_lib
+    sweep = sorted((r for r in results if r["p"] == 0.5 and not r["from_scratch"]), key=lambda r: r["weight"])
+    if not sweep:
+        return []
+    x = [max(r["weight"], 1e-5) for r in sweep]  # λ = 0 drawn at 1e-5 on the log axis
+    paths = []
+    for name, keys, ylabel in (("mrtl_vs_lambda.png", ("mrtl", "mrtl_floor"), "mRTL"),
+                               ("fd_vs_lambda.png", ("fd_oracle", "fd_oracle_real_vs_real"), "fd_oracle")):
+        fig = Figure(figsize=(5, 3.5))
+        ax = fig.subplots()
+        for key in keys:
+            ax.plot(x, [r["metrics"].get(key, np.nan) for r in sweep], marker="o", label=key)
+        ax.set_xscale("log")
+        ax.set_xlabel("λ_iso (λ = 0 drawn at 1e-5)")
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        fig.tight_layout()
+        paths.append(os.path.join(out, name))
+        fig.savefig(paths[-1], dpi=100)
+    chosen = [r for r in sweep if r["weight"] in (0.0, best)]
+    if best is not None and len(chosen) == 2:
+        rows = {}
+        for r in chosen:
+            frames = np.load(os.path.join(out, r["name"], "interpolation.npz"))
+            rows[f"λ={r['weight']:g} slerp"] = frames["slerp"]
+        paths.append(pictures_lib.interpolation(os.path.join(out, "interpolation_best.png"), rows))
+    return paths
+
+
+def main(argv=None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="runs/experiments/lambda")
+    parser.add_argument("--base", default="runs/experiments/base_model/run", help="the base model's workdir")
+    parser.add_argument("--config", default="configs/shapes16.py", help="the base model's config")
+    parser.add_argument("--oracle", default="runs/oracle16")
+    parser.add_argument("--steps", type=int, default=1000, help="steps of every run")
+    parser.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (constant)")
+    parser.add_argument("--lambdas", default="0,1e-4,1e-3,1e-2,1e-1,1")
+    parser.add_argument("--p_values", default="0.25,0.75", help="p at --p_lambda (p = 0.5 is in the λ sweep)")
+    parser.add_argument("--p_lambda", type=float, default=None, help="λ of the p runs (default: the best λ)")
+    parser.add_argument("--scratch", action=argparse.BooleanOptionalAction, default=True,
+                        help="also train from scratch at λ = 0 and the best λ")
+    parser.add_argument("--grid_steps", type=int, default=100, help="DDIM steps of each run's sample grid")
+    parser.add_argument("--quick", action="store_true", help="tiny measurements (for the test)")
+    args = parser.parse_args(argv)
+    if not os.path.isdir(os.path.join(args.base, "checkpoints")):
+        raise SystemExit(f"{args.base} is not a trained workdir: run experiments/base_model.py first")
+    if not os.path.exists(os.path.join(args.oracle, "oracle.json")):
+        raise SystemExit(f"{args.oracle} holds no oracle: run experiments/base_model.py first")
+    os.makedirs(args.out, exist_ok=True)
+    box, results = [], []
+    floats = lambda text: [float(v) for v in text.split(",") if v.strip()]
+    for weight in floats(args.lambdas):
+        results.append(measured(Run(f"lam{weight:g}_p0.5", weight, 0.5), args, box))
+    best = best_weight(results)
+    p_weight = args.p_lambda if args.p_lambda is not None else best
+    if p_weight is not None:
+        for p in floats(args.p_values):
+            results.append(measured(Run(f"lam{p_weight:g}_p{p:g}", p_weight, p), args, box))
+    if args.scratch:
+        for weight in sorted({0.0} | ({best} if best is not None else set())):
+            results.append(measured(Run(f"scratch_lam{weight:g}", weight, 0.5, from_scratch=True), args, box))
+    growing = [r["weight"] for r in results if r["p"] == 0.5 and not r["from_scratch"] and not r["rank_iso_still_growing"]]
+    summary = {"steps": args.steps, "lr": args.lr, "base": args.base, "best_lambda": best,
+               "smallest_lambda_where_rank_iso_stops_growing": min(growing) if growing else None,
+               "runs": results}
+    summary["pictures"] = [os.path.basename(p) for p in pictures(results, best, args.out)]
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(table(results))
+    print(f"best λ: {best}; smallest λ at which rank·L_iso stops growing: "
+          f"{summary['smallest_lambda_where_rank_iso_stops_growing']}")
+    return summary
+
+
+if __name__ == "__main__":
+    main()
