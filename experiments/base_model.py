@@ -85,7 +85,7 @@ def main(argv=None) -> dict:
                "global_batch_size": config.training.global_batch_size,
                "training_seconds_this_call": training["seconds"], "seconds_this_call": time.perf_counter() - started,
                "scored_samples": {"num": args.num_samples, "ddim_steps": args.sample_steps, "eta": args.eta},
-               "scores": scores, "last_logged": training["metrics"]}
+               "scores": scores, "last_logged": training["metrics"] or previous.get("last_logged", {})}
     os.makedirs(args.out, exist_ok=True)
     if training["samples"]:
         shutil.copyfile(training["samples"], os.path.join(args.out, "samples.png"))

@@ -93,6 +93,9 @@ def test_train_py_writes_checkpoints_samples_logs_and_resumes(tmp_path):
     output = train_py(tmp_path)  # the same workdir: resumes, does not start over
     assert "resumed from the checkpoint at step 4" in output and "trained 2 steps to step 6" in output, output
     assert saved_state(tmp_path)[0] == STEPS
+    assert launch.train(small_config(), str(tmp_path))["steps"] == 0  # finished: nothing to do
+    with pytest.raises(ValueError, match="at step 6, past training.num_steps=4"):
+        launch.train(small_config(training__num_steps=4), str(tmp_path))
 
 
 def test_resume_is_exact(reference, tmp_path):

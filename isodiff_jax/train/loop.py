@@ -253,6 +253,16 @@ def train_and_evaluate(setup: TrainSetup, workdir: str, mesh: Optional[Mesh] = N
     checkpoint.write_config(workdir, setup.config_json)
     state, how = initial_state(setup, mesh, mngr)
     start, total = int(jax.device_get(state.step)), s.num_steps
+    if start > total:
+        raise ValueError(f"the newest checkpoint in {checkpoint.checkpoint_dir(workdir)} is at step {start}, past "
+                         f"training.num_steps={total}: raise num_steps to train on, or use another workdir")
+    if start == total:  # finished: compile nothing, change nothing
+        summary = {"steps": 0, "final_step": total, "seconds": 0.0, "input_wait_share": 0.0, "metrics": {},
+                   "workdir": os.path.abspath(workdir), "checkpoints": checkpoint.checkpoint_dir(workdir),
+                   "logs": os.path.join(workdir, "logs"), "samples": None}
+        if jax.process_index() == 0:
+            print(f"{how}; already at training.num_steps={total}: nothing to train", flush=True)
+        return summary
     monitor = Monitor(workdir, total_steps=total, start_step=start, progress_bar=s.progress_bar)
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     monitor.print(f"{how}; {n_params:,} parameters; {mesh.size} devices in "
