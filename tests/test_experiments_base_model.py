@@ -1,18 +1,13 @@
 """experiments/base_model.py at its smallest setting: trains an oracle and the base model a few
 steps, scores the samples, writes the summary and the sample grid, and resumes without redoing."""
-import importlib.util
 import json
 import math
-import os
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import load_module
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("base_model", os.path.join(ROOT, "experiments", "base_model.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("experiments/base_model.py")
 
 
 def test_base_model_quick_run_writes_scores_and_resumes(tmp_path):

@@ -1,20 +1,15 @@
 """experiments/lambda_study.py at its smallest setting: one fine-tuned run from a trained workdir,
 measured with every evaluator, summarised, and skipped when run again."""
-import importlib.util
 import json
 import math
-import os
+
+from support import load_module
 
 from isodiff_jax.analysis import oracle
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 
 def _script():
-    spec = importlib.util.spec_from_file_location("lambda_study", os.path.join(ROOT, "experiments", "lambda_study.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("experiments/lambda_study.py")
 
 
 def test_lambda_study_quick_run_measures_and_resumes(trained_workdir, oracle16, tmp_path):

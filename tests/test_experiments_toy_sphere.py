@@ -1,6 +1,5 @@
 """experiments/toy_sphere.py: its smallest setting end to end, resuming, and its geometry numbers
 against dense float64 references and closed forms."""
-import importlib.util
 import json
 import math
 import os
@@ -9,18 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import load_module
 
 from isodiff_jax import geometry
 
-SCRIPT = os.path.join(os.path.dirname(__file__), "..", "experiments", "toy_sphere.py")
-
-
 @pytest.fixture(scope="module")
 def toy():
-    spec = importlib.util.spec_from_file_location("toy_sphere", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("experiments/toy_sphere.py")
 
 
 def _numbers(tree):

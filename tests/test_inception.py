@@ -1,12 +1,12 @@
 """The FID Inception-v3 against pytorch-fid's own network (tests/data/inception_reference.npz,
 written by tests/data/make_inception_reference.py with deterministic weights that are
 regenerated here in numpy, without torch)."""
-import importlib.util
 import os
 import sys
 
 import numpy as np
 import pytest
+from support import load_module
 
 from isodiff_jax.analysis import frechet, inception
 
@@ -14,11 +14,7 @@ DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
 def _maker():
-    spec = importlib.util.spec_from_file_location("make_inception_reference",
-                                                  os.path.join(DATA, "make_inception_reference.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("tests/data/make_inception_reference.py")
 
 
 @pytest.fixture(scope="module")

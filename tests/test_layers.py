@@ -1,16 +1,10 @@
 """The package's imports point one way (tools/check_layers.py): core, data, the shared model
 layer, then train and analysis side by side, then the entry points."""
-import importlib.util
-import os
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from support import ROOT, load_module
 
 
 def _tool():
-    spec = importlib.util.spec_from_file_location("check_layers", os.path.join(ROOT, "tools", "check_layers.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("tools/check_layers.py")
 
 
 def test_imports_point_one_way():

@@ -1,6 +1,5 @@
 """LPIPS v0.1 in JAX against the lpips package in PyTorch (tests/data/lpips_reference.npz, written
 by tests/data/make_lpips_reference.py; torch is not needed here)."""
-import importlib.util
 import json
 import os
 import sys
@@ -9,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import load_module
 
 from isodiff_jax.analysis import lpips, ppl
 
@@ -16,11 +16,7 @@ DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
 def _reference_module():
-    spec = importlib.util.spec_from_file_location("make_lpips_reference",
-                                                  os.path.join(DATA, "make_lpips_reference.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_module("tests/data/make_lpips_reference.py")
 
 
 make_reference = _reference_module()

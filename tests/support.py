@@ -1,0 +1,15 @@
+"""Helpers shared by test modules (pytest puts this folder on sys.path)."""
+import importlib.util
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_module(relative_path: str):
+    """The Python file at `relative_path` (from the repository root) as a module: the scripts in
+    experiments/ and tools/ and the fixture makers in tests/data/ are files, not package modules."""
+    name = os.path.splitext(os.path.basename(relative_path))[0]
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, relative_path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
