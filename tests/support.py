@@ -13,3 +13,12 @@ def load_module(relative_path: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def json_numbers(tree) -> list:
+    """Every number in a JSON tree (booleans excluded)."""
+    if isinstance(tree, dict):
+        return [n for v in tree.values() for n in json_numbers(v)]
+    if isinstance(tree, list):
+        return [n for v in tree for n in json_numbers(v)]
+    return [tree] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []

@@ -6,20 +6,12 @@ import math
 import os
 
 import pytest
-from support import load_module
+from support import json_numbers, load_module
 
 
 @pytest.fixture(scope="module")
 def study():
     return load_module("experiments/estimator_accuracy.py")
-
-
-def _numbers(tree):
-    if isinstance(tree, dict):
-        return [n for v in tree.values() for n in _numbers(v)]
-    if isinstance(tree, list):
-        return [n for v in tree for n in _numbers(v)]
-    return [tree] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
 
 
 def test_quick_study_is_accurate_finite_and_resumes(study, tmp_path, capsys):
@@ -28,7 +20,7 @@ def test_quick_study_is_accurate_finite_and_resumes(study, tmp_path, capsys):
     summary = study.main(argv)
     with open(os.path.join(out, "summary.json")) as f:
         saved = json.load(f)
-    numbers = _numbers({k: v for k, v in saved.items() if k != "model"})  # model: step is None
+    numbers = json_numbers({k: v for k, v in saved.items() if k != "model"})  # model: step is None
     assert numbers and all(math.isfinite(n) for n in numbers)
     assert os.path.getsize(os.path.join(out, saved["picture"])) > 1000
     assert "Recommended defaults" in saved["recommendation"]

@@ -8,22 +8,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from support import load_module
+from support import json_numbers, load_module
 
 from isodiff_jax import geometry
 
 @pytest.fixture(scope="module")
 def toy():
     return load_module("experiments/toy_sphere.py")
-
-
-def _numbers(tree):
-    """Every number in a JSON tree."""
-    if isinstance(tree, dict):
-        return [n for v in tree.values() for n in _numbers(v)]
-    if isinstance(tree, list):
-        return [n for v in tree for n in _numbers(v)]
-    return [tree] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
 
 
 def test_quick_run_writes_finite_numbers_and_pictures_then_resumes(toy, tmp_path, capsys):
@@ -34,7 +25,7 @@ def test_quick_run_writes_finite_numbers_and_pictures_then_resumes(toy, tmp_path
     assert saved["aggregate"].keys() == set(toy.VARIANTS)
     for variant in toy.VARIANTS:
         assert set(toy.METRICS) <= saved["aggregate"][variant].keys()
-    numbers = _numbers(saved)
+    numbers = json_numbers(saved)
     assert numbers and all(math.isfinite(n) for n in numbers)
     for name in summary["pictures"]:
         assert os.path.getsize(os.path.join(out, name)) > 1000
