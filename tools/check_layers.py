@@ -1,12 +1,12 @@
 """Checks that the package's imports point one way, bottom to top:
 
-    core       geometry, isometry, unet, diffusion, images, runtime
+    core       geometry, isometry, unet, diffusion, images, runtime, errors
     data       isodiff_jax.data
     model      spec, sharding, checkpoint       (what training and analysis share)
     train | analysis                            (side by side: neither imports the other)
     entry      config, launch                   (config -> typed values; nothing imports them)
 
-Inside core, only isometry may import (geometry). Every `import` counts, also those inside
+Inside core, only isometry may import (geometry); anything may import errors. Every `import` counts, also those inside
 functions. Prints each offending import and exits 1, or prints a summary and exits 0.
 
 Usage: python tools/check_layers.py [ROOT]   (ROOT: the repository, default: this file's parent)
@@ -17,7 +17,7 @@ import sys
 
 PACKAGE = "isodiff_jax"
 LAYERS = {  # layer -> (rank, module prefixes)
-    "core": (0, ("geometry", "isometry", "unet", "diffusion", "images", "runtime")),
+    "core": (0, ("geometry", "isometry", "unet", "diffusion", "images", "runtime", "errors")),
     "data": (1, ("data",)),
     "model": (2, ("spec", "sharding", "checkpoint")),
     "train": (3, ("train",)),
@@ -83,9 +83,9 @@ def violations(root: str) -> tuple[list, int]:
 
 def _why_not(module: str, here: str, target: str, there: str):
     if here == there:
-        if here == "core" and target.split(".")[1] not in CORE_IMPORTS.get(module.split(".")[1], set()) \
-                and target.split(".")[1] != module.split(".")[1]:
-            return "core modules do not import each other (only isometry -> geometry)"
+        source, imported = module.split(".")[1], target.split(".")[1]
+        if here == "core" and imported not in CORE_IMPORTS.get(source, set()) | {source, "errors"}:
+            return "core modules do not import each other (only isometry -> geometry, and anything -> errors)"
         return None
     (rank_here, _), (rank_there, _) = LAYERS[here], LAYERS[there]
     if rank_there > rank_here:
