@@ -7,6 +7,7 @@ past this module sees a ConfigDict. It sits at the top of the layers (it imports
 analysis; nothing below imports it).
 """
 import json
+import math
 import os
 from typing import Optional
 
@@ -16,6 +17,7 @@ import numpy as np
 import optax
 
 from isodiff_jax import checkpoint, data, diffusion, isometry
+from isodiff_jax.errors import UserError
 from isodiff_jax.analysis import options as options_lib
 from isodiff_jax.analysis import suite
 from isodiff_jax.isometry import REGULARIZERS, Regularizer
@@ -28,7 +30,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DECAYS = ("cosine", "constant")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A config value that is out of range; the message names the field."""
 
 
@@ -45,7 +47,14 @@ def _check_choice(config, field, choices):
 
 
 def _check_positive_int(value, field, minimum=1):
-    _check(isinstance(value, int) and value >= minimum, field, value, f"an integer >= {minimum}")
+    _check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum, field, value,
+           f"an integer >= {minimum}")
+
+
+def _check_finite(value, field, low=-math.inf, allowed="a finite number"):
+    """A finite real number >= low (inf and nan pass most comparisons, so they are named here)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= low
+    _check(ok, field, value, allowed)
 
 
 def _known_dataset(name) -> bool:
@@ -75,6 +84,8 @@ def _validate_data_and_model(config) -> None:
            f"a directory (required for data.name={d.name!r})")
     _check_positive_int(d.resolution, "data.resolution", 4)
     _check_positive_int(d.prefetch, "data.prefetch")
+    _check(isinstance(config.seed, int) and 0 <= config.seed < 2**31, "seed", config.seed,
+           "an integer in [0, 2**31)")
     levels = len(m.block_out_channels)
     _check(levels >= 1 and all(isinstance(c, int) and c > 0 for c in m.block_out_channels),
            "model.block_out_channels", m.block_out_channels, "a non-empty tuple of positive integers")
@@ -82,6 +93,8 @@ def _validate_data_and_model(config) -> None:
            f"one bool per level ({levels})")
     _check(d.resolution % 2 ** (levels - 1) == 0, "data.resolution", d.resolution,
            f"a multiple of 2**(levels-1) = {2 ** (levels - 1)}")
+    _check_positive_int(m.norm_num_groups, "model.norm_num_groups")
+    _check_positive_int(m.attention_head_dim, "model.attention_head_dim")
     _check(all(c % m.norm_num_groups == 0 for c in m.block_out_channels), "model.norm_num_groups",
            m.norm_num_groups, f"a divisor of every entry of block_out_channels {m.block_out_channels}")
     attention_channels = [c for c, a in zip(m.block_out_channels, m.attention_levels) if a]
@@ -95,23 +108,30 @@ def _validate_data_and_model(config) -> None:
 def _validate_objective(config) -> None:
     r, o = config.regularizer, config.optim
     _check_choice(config, "diffusion.schedule", diffusion.SCHEDULE_KINDS)
-    _check_positive_int(config.diffusion.num_timesteps, "diffusion.num_timesteps", 2)
+    df = config.diffusion
+    _check_positive_int(df.num_timesteps, "diffusion.num_timesteps", 2)
+    if df.schedule == "linear":
+        ok = all(isinstance(b, (int, float)) for b in (df.beta_start, df.beta_end))
+        _check(ok and 0 < df.beta_start < df.beta_end < 1, "diffusion.beta_start/beta_end",
+               (df.beta_start, df.beta_end), "0 < beta_start < beta_end < 1")
     _check_choice(config, "regularizer.kind", ("none",) + REGULARIZERS)
-    _check(r.weight >= 0, "regularizer.weight", r.weight, "λ >= 0")
+    _check_finite(r.weight, "regularizer.weight", 0, "a finite λ >= 0")
     _check(0 <= r.p < 1, "regularizer.p", r.p, "a gating ratio in [0, 1)")
     _check_choice(config, "regularizer.form", isometry.FORMS)
     _check_choice(config, "regularizer.estimator", isometry.ESTIMATORS)
     _check_choice(config, "regularizer.radius", isometry.RADII)
     _check_positive_int(r.num_probes, "regularizer.num_probes")
     _check(0 <= r.pl_decay < 1, "regularizer.pl_decay", r.pl_decay, "a decay in [0, 1)")
-    _check(o.lr > 0, "optim.lr", o.lr, "a learning rate > 0")
+    _check_finite(o.lr, "optim.lr", 0, "a finite learning rate > 0")
+    _check(o.lr > 0, "optim.lr", o.lr, "a finite learning rate > 0")
     _check(isinstance(o.warmup_steps, int) and o.warmup_steps >= 0, "optim.warmup_steps",
            o.warmup_steps, "an integer >= 0")
     _check_choice(config, "optim.decay", DECAYS)
     _check(0 <= o.end_lr_fraction <= 1, "optim.end_lr_fraction", o.end_lr_fraction, "a fraction in [0, 1]")
     _check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, "optim.b1/b2", (o.b1, o.b2), "betas in [0, 1)")
-    _check(o.weight_decay >= 0, "optim.weight_decay", o.weight_decay, ">= 0")
-    _check(o.clip_norm > 0, "optim.clip_norm", o.clip_norm, "a norm > 0")
+    _check_finite(o.weight_decay, "optim.weight_decay", 0, "a finite number >= 0")
+    _check_finite(o.clip_norm, "optim.clip_norm", 0, "a finite norm > 0")
+    _check(o.clip_norm > 0, "optim.clip_norm", o.clip_norm, "a finite norm > 0")
     _check(0 <= o.ema_max_decay < 1, "optim.ema_max_decay", o.ema_max_decay, "a decay in [0, 1)")
     _check_positive_int(o.grad_accum_steps, "optim.grad_accum_steps")
 
@@ -134,7 +154,7 @@ def _validate_run(config, num_devices) -> None:
            "logging.sample_every_steps", lg.sample_every_steps, "an integer >= 0 (0: only at the end)")
     _check_positive_int(lg.num_samples, "logging.num_samples")
     _check_positive_int(lg.sample_steps, "logging.sample_steps")
-    _check(lg.sample_eta >= 0, "logging.sample_eta", lg.sample_eta, "a DDIM η >= 0")
+    _check_finite(lg.sample_eta, "logging.sample_eta", 0, "a finite DDIM η >= 0")
 
 
 def evaluation_metrics(config) -> list:

@@ -44,6 +44,13 @@ def test_celebahq256_is_the_papers_setting():
     ("regularizer.kind", "riemann", "'sphere'"),
     ("data.name", "imagenet_nonexistent_name", "'shapes'"),
     ("optim.lr", 0.0, "> 0"),
+    ("optim.lr", float("inf"), "finite learning rate"),
+    ("optim.lr", float("nan"), "finite learning rate"),
+    ("regularizer.weight", float("inf"), "finite λ"),
+    ("optim.clip_norm", float("inf"), "finite norm"),
+    ("logging.sample_eta", float("nan"), "finite DDIM η"),
+    ("model.norm_num_groups", 0, "integer >= 1"),
+    ("model.attention_head_dim", 0, "integer >= 1"),
     ("optim.decay", "linear", "'cosine'"),
     ("model.dtype", "float16", "'bfloat16'"),
     ("model.attention_levels", (False,), "one bool per level"),
@@ -61,6 +68,27 @@ def test_invalid_values_name_the_field(field, value, message):
     with pytest.raises(config_lib.ConfigError) as error:
         config_lib.validate(config, num_devices=4)
     assert f"config.{field}=" in str(error.value) and message in str(error.value), str(error.value)
+
+
+@pytest.mark.parametrize("seed", [-1, 2**31])
+def test_seed_must_be_a_non_negative_int32(seed):
+    config = load("default")
+    config.seed = seed
+    with pytest.raises(config_lib.ConfigError, match=r"config.seed=.*\[0, 2\*\*31\)"):
+        config_lib.validate(config)
+
+
+@pytest.mark.parametrize("betas", [(0.0, 0.02), (1e-4, 1.0), (0.02, 1e-4), (-1e-4, 0.02), (0.02, 0.02)])
+def test_linear_betas_must_be_ordered_in_the_unit_interval(betas):
+    config = load("default")
+    config.diffusion.beta_start, config.diffusion.beta_end = betas
+    with pytest.raises(config_lib.ConfigError, match="0 < beta_start < beta_end < 1"):
+        config_lib.validate(config)
+
+
+def test_config_errors_are_user_errors():
+    from isodiff_jax.errors import UserError
+    assert issubclass(config_lib.ConfigError, UserError)
 
 
 @pytest.mark.parametrize("values, message", [
