@@ -10,6 +10,7 @@ from PIL import Image
 
 from isodiff_jax import data
 from isodiff_jax.data import folder, pipeline, shapes, tfds_source
+from isodiff_jax.errors import UserError
 
 # ---------------------------------------------------------------- shapes
 
@@ -272,29 +273,138 @@ def test_fit_to_resolution_takes_the_centre_square():
     assert grey.shape == (6, 6, 3) and (grey == 77).all()
 
 
-def test_corrupt_image_is_named_in_the_error(image_folder):
-    (image_folder / "nested" / "zz_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
-    source = folder.FolderSource(image_folder, resolution=8)
-    assert len(source) == 4
-    with pytest.raises(folder.UnreadableImageError, match="zz_corrupt.png") as error:
-        source.get(np.array([0, 3]))
-    assert error.value.path == image_folder / "nested" / "zz_corrupt.png"
-    with (pipeline.prefetch_batches(source, 0, seed=0, global_batch=4) as batches,
-          pytest.raises(folder.UnreadableImageError, match="zz_corrupt.png")):
+def _palette_image(index):
+    image = Image.new("P", (4, 4), index)
+    image.putpalette([0, 0, 0, 10, 120, 230])
+    return image
+
+
+def _over_white(colour, alpha):
+    """The hand computation the folder promises: round((c·a + 255·(255 − a)) / 255)."""
+    return tuple(int(np.floor((c * alpha + 255 * (255 - alpha)) / 255 + 0.5)) for c in colour)
+
+
+# mode: (the 4 × 4 image, file suffix, save options, its pixel as loaded, worked out by hand).
+# A folder lists PNG and JPEG files only; I;16B, I and F come from TIFF through `load_image`,
+# which decodes anything Pillow reads.
+_MODE_CASES = {
+    "1": (Image.new("1", (4, 4), 1), ".png", {}, (255, 255, 255)),
+    "L": (Image.new("L", (4, 4), 77), ".png", {}, (77, 77, 77)),
+    "L transparency": (Image.new("L", (4, 4), 77), ".png", {"transparency": 77}, (255, 255, 255)),
+    "LA": (Image.new("LA", (4, 4), (200, 64)), ".png", {}, _over_white((200,) * 3, 64)),
+    "P": (_palette_image(1), ".png", {}, (10, 120, 230)),
+    "P transparency": (_palette_image(1), ".png", {"transparency": 1}, (255, 255, 255)),
+    "P alpha": (_palette_image(1), ".png", {"transparency": b"\xff\x80"},
+                _over_white((10, 120, 230), 128)),
+    "RGB": (Image.new("RGB", (4, 4), (200, 10, 10)), ".png", {}, (200, 10, 10)),
+    "RGB transparency": (Image.new("RGB", (4, 4), (200, 10, 10)), ".png",
+                         {"transparency": (200, 10, 10)}, (255, 255, 255)),
+    "RGBA": (Image.new("RGBA", (4, 4), (200, 10, 10, 64)), ".png", {},
+             _over_white((200, 10, 10), 64)),
+    "RGBA transparent": (Image.new("RGBA", (4, 4), (200, 10, 10, 0)), ".png", {}, (255, 255, 255)),
+    # JPEG stores CMYK inverted (Adobe); R = round((255 − C)(255 − K) / 255).
+    "CMYK": (Image.new("CMYK", (4, 4), (20, 100, 200, 40)), ".jpg", {"quality": 100},
+             tuple(round((255 - c) * (255 - 40) / 255) for c in (20, 100, 200))),
+    # Written unconverted, decoded to RGB by JFIF: R = Y + 1.402 (Cr − 128),
+    # G = Y − 0.344136 (Cb − 128) − 0.714136 (Cr − 128), B = Y + 1.772 (Cb − 128).
+    "YCbCr": (Image.new("YCbCr", (4, 4), (120, 90, 170)), ".jpg", {"quality": 100},
+              (round(120 + 1.402 * 42), round(120 + 0.344136 * 38 - 0.714136 * 42),
+               round(120 - 1.772 * 38))),
+    # 16 bits: round(v · 255 / 65535) = round(v / 257); 1000 -> 3.89 -> 4 (not 255), 40000 -> 156.
+    "I;16": (Image.fromarray(np.full((4, 4), 1000, np.uint16)), ".png", {}, (4, 4, 4)),
+    "I;16 transparency": (Image.fromarray(np.full((4, 4), 1000, np.uint16)), ".png",
+                          {"transparency": 1000}, (255, 255, 255)),
+    "I;16B": (Image.fromarray(np.full((4, 4), 40000, ">u2")), ".tif", {}, (156, 156, 156)),
+    "I": (Image.fromarray(np.full((4, 4), 40000, np.int32)), ".tif", {}, (156, 156, 156)),
+    "F": (Image.fromarray(np.full((4, 4), 0.25, np.float32)), ".tif", {}, (64, 64, 64)),  # 63.75
+}
+
+
+@pytest.mark.parametrize("case", _MODE_CASES)
+def test_every_mode_loads_as_it_looks(tmp_path, case):
+    image, suffix, options, expected = _MODE_CASES[case]
+    path = tmp_path / f"image{suffix}"
+    image.save(path, **options)
+    with Image.open(path) as written:  # the file holds the mode under test
+        assert written.mode == case.split()[0] or (case, written.mode) == ("YCbCr", "RGB")
+    np.testing.assert_array_equal(folder.load_image(path, 4),
+                                  np.full((4, 4, 3), expected, np.uint8))
+
+
+@pytest.mark.parametrize("value", [-1, 65536])
+def test_wide_integers_outside_16_bits_are_refused(tmp_path, value):
+    Image.fromarray(np.full((4, 4), value, np.int32)).save(tmp_path / "wide.tif")
+    with pytest.raises(folder.UnreadableImageError, match=r"wide.tif.*0\.\.65535"):
+        folder.load_image(tmp_path / "wide.tif", 4)
+
+
+@pytest.mark.parametrize("value", [-0.1, 1.5, np.nan])
+def test_floats_outside_0_1_are_refused(tmp_path, value):
+    Image.fromarray(np.full((4, 4), value, np.float32)).save(tmp_path / "float.tif")
+    with pytest.raises(folder.UnreadableImageError, match=r"float.tif.*\[0, 1\]"):
+        folder.load_image(tmp_path / "float.tif", 4)
+
+
+def test_arrays_are_scaled_not_clipped():
+    def pixel(array):
+        return tuple(folder.fit_to_resolution(array, 2)[0, 0])
+
+    assert pixel(np.full((2, 2), 1000, np.uint16)) == (4, 4, 4)
+    assert pixel(np.full((2, 2, 3), [65535, 40000, 0], np.uint16)) == (255, 156, 0)
+    assert pixel(np.full((2, 2, 1), 0.25, np.float32)) == (64, 64, 64)
+    assert pixel(np.full((2, 2, 3), [1.0, 0.5, 0.0], np.float64)) == (255, 128, 0)
+    assert pixel(np.ones((2, 2), bool)) == (255, 255, 255)
+    assert pixel(np.full((2, 2, 4), [200, 10, 10, 64], np.uint8)) == _over_white((200, 10, 10), 64)
+    assert pixel(np.full((2, 2, 2), [200, 64], np.uint8)) == _over_white((200,) * 3, 64)
+    pa = Image.new("PA", (2, 2), (1, 128))
+    pa.putpalette([0, 0, 0, 10, 120, 230])
+    assert pixel(pa) == _over_white((10, 120, 230), 128)
+    for array, match in [(np.full((2, 2), 2.0, np.float32), r"\[0, 1\]"),
+                         (np.full((2, 2), 7, np.int64), "int64"),
+                         (np.zeros((2, 2, 5), np.uint8), "channels")]:
+        with pytest.raises(folder.UnsupportedImageError, match=match) as error:
+            folder.fit_to_resolution(array, 2)
+        assert isinstance(error.value, UserError) and isinstance(error.value, ValueError)
+
+
+def test_unreadable_files_are_refused_before_training(image_folder):
+    (image_folder / "nested" / "zz_garbage.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    whole = image_folder / "b.png"
+    (image_folder / "b_truncated.png").write_bytes(whole.read_bytes()[:-20])  # IEND cut off
+    with pytest.raises(folder.UnreadableImageError, match="b_truncated.png") as error:
+        data.make_source("folder", resolution=8, seed=0, data_dir=image_folder)
+    assert isinstance(error.value, UserError) and isinstance(error.value, OSError)
+    assert error.value.path == image_folder / "b_truncated.png"
+    assert "2 of 5 files" in str(error.value)
+
+
+def test_truncated_jpeg_is_named_when_decoded(tmp_path):
+    # A JPEG's header is sound and its end is not checked (motion photos append data after
+    # the end marker), so the cut is found when the image is decoded.
+    _write(tmp_path / "a.png", _solid(8, 8, (1, 2, 3)))
+    _write(tmp_path / "photo.jpg", np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
+    whole = (tmp_path / "photo.jpg").read_bytes()
+    (tmp_path / "photo.jpg").write_bytes(whole[:len(whole) // 2])  # cut inside the scan data
+    source = folder.FolderSource(tmp_path, resolution=8)
+    with pytest.raises(folder.UnreadableImageError, match="photo.jpg") as error:
+        source.get(np.array([0, 1]))
+    assert error.value.path == tmp_path / "photo.jpg"
+    with (pipeline.prefetch_batches(source, 0, seed=0, global_batch=2) as batches,
+          pytest.raises(folder.UnreadableImageError, match="photo.jpg")):
         next(batches)
 
 
-def test_truncated_jpeg_is_an_error(tmp_path):
-    _write(tmp_path / "photo.jpg", np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8))
-    (tmp_path / "photo.jpg").write_bytes((tmp_path / "photo.jpg").read_bytes()[:600])
-    with pytest.raises(folder.UnreadableImageError, match="photo.jpg"):
-        folder.FolderSource(tmp_path, resolution=8).get(np.array([0]))
+def test_large_folder_check_shows_progress(image_folder, monkeypatch, capsys):
+    monkeypatch.setattr(folder, "PROGRESS_MIN_FILES", 2)
+    folder.FolderSource(image_folder, resolution=8)
+    assert "checking 3 images" in capsys.readouterr().err
 
 
 def test_empty_or_missing_folder_is_named(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(FileNotFoundError, match="empty"):
+    with pytest.raises(FileNotFoundError, match="empty") as error:
         folder.FolderSource(tmp_path / "empty", resolution=8)
+    assert isinstance(error.value, UserError)
     with pytest.raises(FileNotFoundError, match="missing"):
         folder.FolderSource(tmp_path / "missing", resolution=8)
 
