@@ -8,20 +8,40 @@ only complete checkpoints plus a temporary directory that the next run deletes. 
 places the arrays with the shardings of the target, so a checkpoint written on N devices
 restores on any other number. `load_params` restores only the parameters asked for (EMA or
 raw), without the optimizer state.
+
+Orbax has no checksums, so each save also records a fingerprint of every array (the sums of
+|x| and x², computed on the device) as a fourth item. A restore checks the structure, that every
+value is finite and that the fingerprints match; a checkpoint that fails (missing or garbled
+files, NaN, a stray empty step directory) is skipped with a warning naming what was wrong, and
+the next older one is tried.
 """
 import json
+import logging
 import os
-from typing import Any, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from isodiff_jax import sharding
+from isodiff_jax.errors import UserError
 from isodiff_jax.spec import ModelSpec, Params
 
 CONFIG_FILE = "config.json"
-ITEMS = ("state", "spec", "config")
+ITEMS = ("state", "spec", "config", "integrity")
+FINGERPRINT_RTOL = 1e-4  # float32 sums; another device may add in another order
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(UserError):
+    """No intact checkpoint could be restored; the message names each step tried and its problem."""
+
+
+class DamagedCheckpoint(Exception):
+    """One step's checkpoint failed a check (internal: restore moves on to the previous step)."""
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -34,10 +54,49 @@ def manager(workdir: str, *, keep: Optional[int] = None, read_only: bool = False
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
 
 
+def _path_name(path) -> str:
+    """A tree path as 'ema_params/down_0/conv/kernel', the same for a dataclass field and a dict key."""
+    return "/".join(str(getattr(k, "name", getattr(k, "key", getattr(k, "idx", k)))) for k in path)
+
+
+@jax.jit
+def _sums(tree):
+    return [jnp.stack([jnp.sum(jnp.abs(x).astype(jnp.float32)), jnp.sum(jnp.square(x.astype(jnp.float32)))])
+            for x in jax.tree.leaves(tree)]
+
+
+def fingerprint(tree: Any) -> dict:
+    """{path name: [sum |x|, sum x²]} of every array leaf (computed on the device, float32)."""
+    names = [_path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    return {name: [float(v) for v in sums] for name, sums in zip(names, jax.device_get(_sums(tree)))}
+
+
+def check_intact(tree: Any, recorded: Optional[dict], prefix: str = "") -> None:
+    """Raises DamagedCheckpoint if a leaf of a restored `tree` is not finite or (with `recorded`,
+    the fingerprint saved with it) does not match its fingerprint; `prefix` is the path of
+    `tree` inside the saved state."""
+    computed = fingerprint(tree)
+    for name, (abs_sum, square_sum) in computed.items():
+        if not (np.isfinite(abs_sum) and np.isfinite(square_sum)):
+            raise DamagedCheckpoint(f"non-finite values in {prefix}{name}")
+        if recorded is None:
+            continue
+        if prefix + name not in recorded:
+            raise DamagedCheckpoint(f"{prefix}{name} has no recorded fingerprint")
+        if not np.allclose([abs_sum, square_sum], recorded[prefix + name], rtol=FINGERPRINT_RTOL, atol=0):
+            raise DamagedCheckpoint(f"{prefix}{name} does not match its fingerprint (garbled data)")
+
+
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, spec: ModelSpec, config_json: str) -> None:
-    """Starts an (asynchronous) save of `state` at `step`; `mngr.wait_until_finished()` joins it."""
+    """Starts an (asynchronous) save of `state` at `step`; `mngr.wait_until_finished()` joins it.
+    Refuses a state with a non-finite leaf (nothing is written)."""
+    prints = fingerprint(state)
+    bad = [name for name, sums in prints.items() if not np.all(np.isfinite(sums))]
+    if bad:
+        raise FloatingPointError(f"refusing to save step {step}: non-finite values in {', '.join(bad[:5])}")
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), spec=ocp.args.JsonSave(spec.to_dict()),
-                              config=ocp.args.JsonSave(json.loads(config_json)))
+                              config=ocp.args.JsonSave(json.loads(config_json)),
+                              integrity=ocp.args.JsonSave(prints))
     mngr.save(step, args=args, force=True)
 
 
@@ -46,22 +105,58 @@ def abstract(tree: Any, target_sharding) -> Any:
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=target_sharding), tree)
 
 
-def _check_step(mngr: ocp.CheckpointManager, step: Optional[int]) -> Optional[int]:
-    step = mngr.latest_step() if step is None else step
-    if step is not None and step not in mngr.all_steps():
+def _check_step(mngr: ocp.CheckpointManager, step: int) -> int:
+    if step not in mngr.all_steps():
         raise FileNotFoundError(f"no checkpoint for step {step} in {mngr.directory} "
                                 f"(available: {sorted(mngr.all_steps())})")
     return step
 
 
+def _short(error: BaseException) -> str:
+    """The first line of an error, at most 200 characters (Orbax's run to hundreds of lines)."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    return f"{type(error).__name__}: {text[:200]}{'…' if len(text) > 200 else ''}"
+
+
+def _recorded_fingerprint(mngr: ocp.CheckpointManager, step: int) -> Optional[dict]:
+    """The fingerprint saved with `step`, or None for checkpoints written before it existed."""
+    if not os.path.isdir(os.path.join(str(mngr.directory), str(step), "integrity")):
+        return None
+    return mngr.restore(step, args=ocp.args.Composite(integrity=ocp.args.JsonRestore())).integrity
+
+
+def first_intact(mngr: ocp.CheckpointManager, read: Callable[[int], Any], step: Optional[int] = None):
+    """-> (step, read(step)) for `step`, or by default the newest step whose `read` passes its
+    checks, warning about each newer step that failed and why; (None, None) when there are no
+    steps. `read` raises on a damaged checkpoint (anything Orbax, TensorStore or the checks
+    raise). CheckpointError when no step (or the given one) is intact."""
+    if step is not None:
+        steps = [_check_step(mngr, step)]
+    else:
+        steps = sorted(mngr.all_steps(), reverse=True)
+    problems = []
+    for s in steps:
+        try:
+            return s, read(s)
+        except Exception as error:  # noqa: BLE001 - the damage can surface as any error; re-raised below
+            problems.append(f"step {s}: {_short(error)}")
+            if step is None and s != steps[-1]:
+                log.warning("checkpoint step %d in %s is damaged (%s); trying the previous one",
+                            s, mngr.directory, _short(error))
+    if problems:
+        raise CheckpointError(f"no intact checkpoint in {mngr.directory}: " + "; ".join(problems))
+    return None, None
+
+
 def restore(mngr: ocp.CheckpointManager, target: Any, step: Optional[int] = None) -> tuple:
     """-> (step, state) with the structure, dtypes and shardings of `target` (see `abstract`);
-    the newest complete step by default; (None, None) when there is none."""
-    step = _check_step(mngr, step)
-    if step is None:
-        return None, None
-    restored = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))
-    return step, restored.state
+    the newest intact step by default (see `first_intact`); (None, None) when there is none."""
+    def read(s):
+        state = mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+        check_intact(state, _recorded_fingerprint(mngr, s))
+        return state
+    return first_intact(mngr, read, step)
 
 
 class Loaded(NamedTuple):
@@ -77,28 +172,67 @@ def _read_only_manager(workdir: str) -> ocp.CheckpointManager:
     return manager(workdir, read_only=True)
 
 
+def _read_json(mngr: ocp.CheckpointManager, step: int, item: str):
+    return mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
+
+
+def _no_checkpoint(workdir: str):
+    return FileNotFoundError(f"{checkpoint_dir(workdir)} holds no complete checkpoint")
+
+
 def read_spec(workdir: str, step: Optional[int] = None) -> tuple[ModelSpec, int]:
-    """The model spec saved with the checkpoint at `step` (newest by default) -> (spec, step)."""
+    """The model spec saved with the checkpoint at `step` (newest readable by default) -> (spec, step)."""
     mngr = _read_only_manager(workdir)
-    step = _check_step(mngr, step)
-    if step is None:
-        raise FileNotFoundError(f"{checkpoint_dir(workdir)} holds no complete checkpoint")
-    return ModelSpec.from_dict(mngr.restore(step, args=ocp.args.Composite(spec=ocp.args.JsonRestore())).spec), step
+    found, spec = first_intact(mngr, lambda s: ModelSpec.from_dict(_read_json(mngr, s, "spec")), step)
+    if found is None:
+        raise _no_checkpoint(workdir)
+    return spec, found
+
+
+def all_steps(workdir: str) -> list:
+    """The steps of a workdir's complete checkpoints (none if it has no checkpoint directory)."""
+    if not os.path.isdir(checkpoint_dir(workdir)):
+        return []
+    return sorted(manager(workdir, read_only=True).all_steps())
+
+
+def read_configs(workdir: str) -> dict:
+    """{step: config JSON text} of every checkpoint whose config record can be read."""
+    if not os.path.isdir(checkpoint_dir(workdir)):
+        return {}
+    mngr = manager(workdir, read_only=True)
+    configs = {}
+    for step in mngr.all_steps():
+        try:
+            configs[step] = json.dumps(_read_json(mngr, step, "config"))
+        except Exception as error:  # noqa: BLE001 - a damaged record is skipped here, restore reports it
+            log.warning("cannot read the config saved with checkpoint step %d of %s (%s)", step, workdir,
+                        _short(error))
+    return configs
 
 
 def load_params(workdir: str, *, step: Optional[int] = None, ema: bool = True,
                 mesh: Optional[Mesh] = None) -> Loaded:
-    """The EMA (or raw) parameters of the checkpoint at `step` (newest by default) of a training
-    workdir, replicated over `mesh` (all devices by default). Reads nothing else: no optimizer
-    state, no data."""
-    spec, step = read_spec(workdir, step)
+    """The EMA (or raw) parameters of the checkpoint at `step` (by default the newest intact one,
+    see `first_intact`) of a training workdir, replicated over `mesh` (all devices by default).
+    Reads nothing else: no optimizer state, no data."""
+    mngr = _read_only_manager(workdir)
     mesh = sharding.make_mesh() if mesh is None else mesh
     name = "ema_params" if ema else "params"
-    target = {name: abstract(spec.abstract_params(), sharding.replicated(mesh))}
-    args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
-                                  partial_restore=True)
-    restored = _read_only_manager(workdir).restore(step, args=ocp.args.Composite(state=args))
-    return Loaded(spec=spec, params=restored.state[name], step=step)
+
+    def read(s):
+        spec = ModelSpec.from_dict(_read_json(mngr, s, "spec"))
+        target = {name: abstract(spec.abstract_params(), sharding.replicated(mesh))}
+        args = ocp.args.PyTreeRestore(item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
+                                      partial_restore=True)
+        params = mngr.restore(s, args=ocp.args.Composite(state=args)).state[name]
+        check_intact(params, _recorded_fingerprint(mngr, s), prefix=name + "/")
+        return spec, params
+
+    found, loaded = first_intact(mngr, read, step)
+    if found is None:
+        raise _no_checkpoint(workdir)
+    return Loaded(spec=loaded[0], params=loaded[1], step=found)
 
 
 def saved_config_json(workdir: str) -> str:

@@ -1,0 +1,131 @@
+"""Checkpoints: a damaged newest checkpoint falls back to the previous intact one with a warning
+naming what was wrong; nothing non-finite is saved; fingerprints catch garbled values."""
+import glob
+import json
+import logging
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from isodiff_jax import checkpoint, sharding
+from isodiff_jax import config as config_lib
+from isodiff_jax.train import loop
+
+
+def state_dir(workdir, step):
+    return os.path.join(workdir, "checkpoints", str(step), "state")
+
+
+def delete_chunks(workdir, step):
+    for path in glob.glob(os.path.join(state_dir(workdir, step), "ocdbt.process_*", "d", "*")):
+        os.remove(path)
+
+
+def garble_manifest(workdir, step):
+    path = os.path.join(state_dir(workdir, step), "manifest.ocdbt")
+    with open(path, "wb") as f:
+        f.write(b"\x00garbage" * 16)
+
+
+def delete_metadata(workdir, step):
+    os.remove(os.path.join(state_dir(workdir, step), "_METADATA"))
+
+
+def empty_newer_step(workdir, step):
+    os.makedirs(os.path.join(workdir, "checkpoints", str(step + 100)))
+
+
+def garble_chunks(workdir, step):
+    """Overwrites the middle of every data file with other bytes of the same length."""
+    for path in glob.glob(os.path.join(state_dir(workdir, step), "ocdbt.process_*", "d", "*")):
+        data = bytearray(open(path, "rb").read())
+        middle = len(data) // 2
+        data[middle:middle + 64] = bytes((b + 97) % 256 for b in data[middle:middle + 64])
+        open(path, "wb").write(bytes(data))
+
+
+def wrong_fingerprint(workdir, step):
+    """A finite, well-formed checkpoint whose values no longer match what was saved (as garbled
+    chunks that still decode would give)."""
+    path = os.path.join(workdir, "checkpoints", str(step), "integrity", "metadata")
+    prints = json.load(open(path))
+    name = sorted(k for k in prints if k.startswith("ema_params/"))[0]
+    prints[name] = [v * 1.5 for v in prints[name]]
+    json.dump(prints, open(path, "w"))
+
+
+# damage -> (step load_params gives, step a full restore gives): parameters alone still load
+# (and match their fingerprints) without the state's _METADATA; the stray directory is step 104
+DAMAGES = {delete_chunks: (2, 2), garble_manifest: (2, 2), delete_metadata: (4, 2), empty_newer_step: (4, 4),
+           garble_chunks: (2, 2), wrong_fingerprint: (2, 2)}
+
+
+@pytest.fixture
+def workdir(trained_workdir, tmp_path):
+    """A copy of the shared test run (checkpoints at steps 2 and 4)."""
+    copy = str(tmp_path / "run")
+    shutil.copytree(trained_workdir, copy)
+    assert checkpoint.all_steps(copy) == [2, 4]
+    return copy
+
+
+def abstract_state(workdir):
+    config = config_lib.from_json(checkpoint.saved_config_json(workdir))
+    return loop.abstract_state(config_lib.train_setup(config), sharding.make_mesh())
+
+
+@pytest.mark.parametrize("damage", DAMAGES, ids=lambda f: f.__name__)
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(workdir, damage, caplog):
+    damage(workdir, 4)  # before any read: TensorStore caches what it has read in this process
+    caplog.set_level(logging.WARNING)
+    params_step, state_step = DAMAGES[damage]
+    loaded = checkpoint.load_params(workdir)
+    mngr = checkpoint.manager(workdir, read_only=True)
+    step, state = checkpoint.restore(mngr, abstract_state(workdir))
+    assert (loaded.step, step, int(state.step)) == (params_step, state_step, state_step)
+    assert any("is damaged" in r.getMessage() and "trying the previous one" in r.getMessage()
+               for r in caplog.records), caplog.text
+    if params_step == state_step:
+        for a, b in zip(jax.tree.leaves(state.ema_params), jax.tree.leaves(loaded.params)):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_every_checkpoint_damaged_is_one_error_naming_each(workdir):
+    delete_chunks(workdir, 4)
+    wrong_fingerprint(workdir, 2)
+    with pytest.raises(checkpoint.CheckpointError) as error:
+        checkpoint.load_params(workdir)
+    message = str(error.value)
+    assert "step 4:" in message and "step 2:" in message and "fingerprint" in message, message
+    assert len(message) < 1000 and "\n" not in message
+
+
+def test_an_asked_for_step_that_is_damaged_is_not_replaced(workdir):
+    garble_manifest(workdir, 2)
+    with pytest.raises(checkpoint.CheckpointError, match="step 2"):
+        checkpoint.load_params(workdir, step=2)
+    assert checkpoint.load_params(workdir, step=4).step == 4
+
+
+def test_fingerprint_is_per_leaf_and_sees_small_changes():
+    tree = {"a": jnp.arange(6.0).reshape(2, 3), "b": {"c": jnp.array([-1.0, 2.0])}}
+    prints = checkpoint.fingerprint(tree)
+    assert prints == {"a": [15.0, 55.0], "b/c": [3.0, 5.0]}
+    checkpoint.check_intact(tree, prints)
+    with pytest.raises(checkpoint.DamagedCheckpoint, match="b/c does not match"):
+        checkpoint.check_intact({"a": tree["a"], "b": {"c": jnp.array([-1.0, 2.001])}}, prints)
+    with pytest.raises(checkpoint.DamagedCheckpoint, match="non-finite values in a"):
+        checkpoint.check_intact({"a": tree["a"].at[0, 0].set(jnp.nan), "b": tree["b"]}, None)
+
+
+def test_a_non_finite_state_is_never_saved(tmp_path, trained_workdir):
+    spec, _ = checkpoint.read_spec(trained_workdir)
+    mngr = checkpoint.manager(str(tmp_path))
+    with pytest.raises(FloatingPointError, match="refusing to save step 7: non-finite values in w"):
+        checkpoint.save(mngr, 7, {"w": jnp.array([1.0, jnp.inf])}, spec=spec, config_json="{}")
+    mngr.wait_until_finished()
+    assert mngr.all_steps() == []
