@@ -288,16 +288,49 @@ def from_json(text: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(values)
 
 
+# What a resumed run may change: how long it trains, how often it logs, saves and evaluates, and
+# where it finds its data. Every other field changes what is computed.
+RESUMABLE_CHANGES = ("training.num_steps", "training.init_from", "logging.", "checkpoint.", "evaluation.",
+                     "data.prefetch", "data.data_dir")
+
+
+def _flatten(values: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def resume_differences(saved_json: str, config) -> list[str]:
+    """The fields that `config` changes from the run recorded in `saved_json` and that a resume
+    may not change (see RESUMABLE_CHANGES), as 'config.field=new (was old)'."""
+    old, new = _flatten(json.loads(saved_json)), _flatten(json.loads(to_json(config)))
+    allowed = lambda field: any(field == a or (a.endswith(".") and field.startswith(a)) for a in RESUMABLE_CHANGES)
+    absent = "(absent)"
+    return [f"config.{field}={new.get(field, absent)!r} (was {old.get(field, absent)!r})"
+            for field in sorted(set(old) | set(new)) if not allowed(field) and old.get(field) != new.get(field)]
+
+
 def check_resumable(workdir: str, config) -> None:
-    """A workdir's checkpoints only fit the same model and images: refuse a changed config early."""
-    try:
-        saved = from_json(checkpoint.saved_config_json(workdir))
-    except FileNotFoundError:
-        return
-    for section, keys in (("model", None), ("data", ("resolution",))):
-        old, new = saved[section], config[section]
-        for key in keys or new.keys():
-            if key in old and tuple(np.atleast_1d(old[key])) != tuple(np.atleast_1d(new[key])):
-                raise ConfigError(
-                    f"config.{section}.{key}={new[key]!r} differs from {old[key]!r} in the checkpoints "
-                    f"of {workdir}: use a new workdir (or training.init_from to fine-tune from it)")
+    """Refuses, naming every differing field, to resume `workdir` with a config that computes
+    something else than the one its checkpoints were trained with (each checkpoint carries its
+    own; workdir/config.json stands in only for checkpoints written before that), and refuses a
+    training.num_steps below the newest checkpoint. A workdir without checkpoints (also one left
+    by a run that died before its first save) accepts any config."""
+    saved = checkpoint.read_configs(workdir)
+    steps = checkpoint.all_steps(workdir)
+    if steps and not saved and os.path.exists(os.path.join(workdir, checkpoint.CONFIG_FILE)):
+        saved = {max(steps): checkpoint.saved_config_json(workdir)}
+    for step, text in sorted(saved.items(), reverse=True):
+        if differences := resume_differences(text, config):
+            raise ConfigError(
+                f"{workdir} holds checkpoints (step {step}) of a run with another config; a resume may change only "
+                f"{', '.join(RESUMABLE_CHANGES)}. Differing: {'; '.join(differences)}. Use a new workdir "
+                f"(or training.init_from={workdir!r} to fine-tune from it)")
+    if steps and max(steps) > config.training.num_steps:
+        raise ConfigError(f"the newest checkpoint in {checkpoint.checkpoint_dir(workdir)} is at step {max(steps)}, "
+                          f"past training.num_steps={config.training.num_steps}: raise num_steps to train on, "
+                          f"or use another workdir")

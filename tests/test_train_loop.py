@@ -94,8 +94,6 @@ def test_train_py_writes_checkpoints_samples_logs_and_resumes(tmp_path):
     assert "resumed from the checkpoint at step 4" in output and "trained 2 steps to step 6" in output, output
     assert saved_state(tmp_path)[0] == STEPS
     assert launch.train(small_config(), str(tmp_path))["steps"] == 0  # finished: nothing to do
-    with pytest.raises(ValueError, match="at step 6, past training.num_steps=4"):
-        launch.train(small_config(training__num_steps=4), str(tmp_path))
 
 
 def test_resume_is_exact(reference, tmp_path):
@@ -210,6 +208,60 @@ def test_changed_model_refuses_to_resume(reference):
     config = small_config(model__block_out_channels=(16, 16))
     with pytest.raises(config_lib.ConfigError, match="config.model.block_out_channels"):
         launch.train(config, str(reference[0]))
+
+
+@pytest.mark.parametrize("field, value", [("seed", 1), ("diffusion.schedule", "cosine"), ("diffusion.beta_end", 0.03),
+                                          ("regularizer.kind", "none"), ("optim.lr", 2e-3), ("data.random_flip", True),
+                                          ("training.global_batch_size", 16)])
+def test_a_resume_that_would_compute_something_else_is_refused(reference, field, value):
+    """Every field outside the documented set is compared, named when it differs, and the
+    record of the earlier run (config.json) is left as it was."""
+    config = small_config()
+    section, _, key = field.rpartition(".")
+    (config[section] if section else config)[key] = value
+    record = open(reference[0] / "config.json").read()
+    with pytest.raises(config_lib.ConfigError, match=rf"Differing: config\.{field}={value!r} \(was "):
+        launch.train(config, str(reference[0]))
+    assert open(reference[0] / "config.json").read() == record
+
+
+def test_a_resume_may_change_length_and_cadences(reference):
+    config = small_config(training__num_steps=60, logging__log_every_steps=7, checkpoint__every_steps=9,
+                          checkpoint__keep=5, evaluation__every_steps=11, data__prefetch=1, logging__progress_bar=True)
+    saved = checkpoint.read_configs(str(reference[0]))
+    assert sorted(saved) == [3, 6]
+    assert [config_lib.resume_differences(text, config) for text in saved.values()] == [[], []]
+    config_lib.check_resumable(str(reference[0]), config)
+
+
+def test_a_config_json_without_checkpoints_does_not_block_a_new_run(tmp_path):
+    """A run that died before its first save left only config.json: another config may start."""
+    other = small_config(model__block_out_channels=(16, 16))
+    (tmp_path / "config.json").write_text(config_lib.to_json(other))
+    config_lib.check_resumable(str(tmp_path), small_config())
+
+
+def test_without_config_json_the_checkpoints_own_config_decides(reference, tmp_path):
+    import shutil
+    copy = tmp_path / "run"
+    shutil.copytree(reference[0], copy)
+    os.remove(copy / "config.json")
+    with pytest.raises(config_lib.ConfigError, match=r"config\.seed=3"):
+        config_lib.check_resumable(str(copy), _with_seed(3))
+    config_lib.check_resumable(str(copy), small_config())
+
+
+def _with_seed(seed):
+    config = small_config()
+    config.seed = seed
+    return config
+
+
+def test_num_steps_below_the_newest_checkpoint_stops_before_anything_changes(reference):
+    record = open(reference[0] / "config.json").read()
+    with pytest.raises(config_lib.ConfigError, match="at step 6, past training.num_steps=4"):
+        launch.train(small_config(training__num_steps=4), str(reference[0]))
+    assert open(reference[0] / "config.json").read() == record
 
 
 def test_fine_tuning_starts_from_another_workdirs_ema_parameters(reference, tmp_path):

@@ -250,12 +250,12 @@ def train_and_evaluate(setup: TrainSetup, workdir: str, mesh: Optional[Mesh] = N
                          f"{s.grad_accum_steps} gradient-accumulation steps")
     source = setup.spec.data.source()  # a missing data set stops here, before anything is written
     mngr = checkpoint.manager(workdir, keep=s.checkpoint_keep)
-    checkpoint.write_config(workdir, setup.config_json)
     state, how = initial_state(setup, mesh, mngr)
     start, total = int(jax.device_get(state.step)), s.num_steps
     if start > total:
         raise ValueError(f"the newest checkpoint in {checkpoint.checkpoint_dir(workdir)} is at step {start}, past "
                          f"training.num_steps={total}: raise num_steps to train on, or use another workdir")
+    checkpoint.write_config(workdir, setup.config_json)  # once the run is known to go ahead
     if start == total:  # finished: compile nothing, change nothing
         summary = {"steps": 0, "final_step": total, "seconds": 0.0, "input_wait_share": 0.0, "metrics": {},
                    "workdir": os.path.abspath(workdir), "checkpoints": checkpoint.checkpoint_dir(workdir),
