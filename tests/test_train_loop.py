@@ -264,6 +264,36 @@ def test_num_steps_below_the_newest_checkpoint_stops_before_anything_changes(ref
     assert open(reference[0] / "config.json").read() == record
 
 
+def test_a_second_run_on_a_locked_workdir_stops_at_once(reference, tmp_path):
+    from isodiff_jax.train import lock
+    path = lock.acquire(str(tmp_path))  # this (live) process holds it
+    try:
+        with pytest.raises(lock.WorkdirLocked, match=rf"in use by another training run \(pid {os.getpid()} on host"):
+            launch.train(small_config(), str(tmp_path))
+    finally:
+        lock.release(path)
+    assert os.listdir(tmp_path) == []  # nothing was written
+    launch.train(small_config(), str(reference[0]))  # a finished run: takes and releases its lock
+    assert not os.path.exists(reference[0] / lock.LOCK_FILE)
+
+
+def test_a_stale_lock_is_taken_over_and_a_foreign_one_is_not(tmp_path, caplog):
+    import logging
+    import socket
+    from isodiff_jax.train import lock
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    lock_file = tmp_path / lock.LOCK_FILE
+    lock_file.write_text(json.dumps({"host": socket.gethostname(), "pid": gone.pid, "started": 0}))
+    caplog.set_level(logging.WARNING)
+    path = lock.acquire(str(tmp_path))
+    assert json.loads(lock_file.read_text())["pid"] == os.getpid() and "stale lock" in caplog.text
+    lock.release(path)
+    lock_file.write_text(json.dumps({"host": "elsewhere", "pid": gone.pid, "started": 0}))
+    with pytest.raises(lock.WorkdirLocked, match=rf"host 'elsewhere'.*delete {lock_file}"):
+        lock.acquire(str(tmp_path))
+
+
 def test_fine_tuning_starts_from_another_workdirs_ema_parameters(reference, tmp_path):
     config = small_config(training__init_from=str(reference[0]), training__num_steps=1,
                           checkpoint__every_steps=1, optim__warmup_steps=0)

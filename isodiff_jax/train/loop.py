@@ -30,6 +30,7 @@ from isodiff_jax import checkpoint, diffusion, sharding
 from isodiff_jax.data import pipeline
 from isodiff_jax.isometry import Regularizer
 from isodiff_jax.spec import ModelSpec, Params
+from isodiff_jax.train import lock
 from isodiff_jax.train import step as step_lib
 from isodiff_jax.train.monitor import Monitor
 
@@ -249,6 +250,12 @@ def train_and_evaluate(setup: TrainSetup, workdir: str, mesh: Optional[Mesh] = N
         raise ValueError(f"global batch {s.global_batch_size} does not divide over {mesh.size} devices × "
                          f"{s.grad_accum_steps} gradient-accumulation steps")
     source = setup.spec.data.source()  # a missing data set stops here, before anything is written
+    with lock.held(workdir):
+        return _train_locked(setup, workdir, mesh, evaluators, source)
+
+
+def _train_locked(setup: TrainSetup, workdir: str, mesh: Mesh, evaluators, source) -> dict:
+    s = setup.settings
     mngr = checkpoint.manager(workdir, keep=s.checkpoint_keep)
     state, how = initial_state(setup, mesh, mngr)
     start, total = int(jax.device_get(state.step)), s.num_steps
