@@ -15,7 +15,6 @@ def train(config: ml_collections.ConfigDict, workdir: str, devices: Optional[lis
     mesh = sharding.make_mesh(devices)
     config_lib.validate(config, mesh.size)
     setup = config_lib.train_setup(config)
-    setup.spec.data.source()  # a missing data set stops here, before any other work
     config_lib.check_resumable(workdir, config)
     evaluators = config_lib.evaluators(config, setup.spec, mesh)
     return loop.train_and_evaluate(setup, workdir, mesh, evaluators)
