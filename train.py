@@ -4,7 +4,13 @@ Override any config field with `--config.section.field=value`. Running again wit
 workdir resumes from its newest complete checkpoint. Several processes (multi-host): pass
 --coordinator_address, --num_processes and --process_id, or leave them unset on platforms where
 `jax.distributed.initialize()` finds them itself (Cloud TPU, SLURM).
+
+A bad flag or config value prints one line `error: ...` and exits with status 2 (ISODIFF_TRACEBACK=1
+shows the traceback); any other failure keeps its traceback.
 """
+import os
+
+import ml_collections
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -14,7 +20,7 @@ runtime.keep_freed_host_memory()  # before JAX allocates anything
 
 import jax  # noqa: E402
 
-from isodiff_jax import launch  # noqa: E402
+from isodiff_jax import errors, launch  # noqa: E402
 
 config_flags.DEFINE_config_file("config", "configs/shapes32.py", "experiment config file")
 flags.DEFINE_string("workdir", "runs/shapes32", "where checkpoints, logs and samples go")
@@ -25,16 +31,69 @@ flags.DEFINE_bool("distributed", False, "call jax.distributed.initialize() with 
 FLAGS = flags.FLAGS
 
 
+def parse_flags(argv):
+    """absl's flag parsing, with every input error (an unknown flag or config field, a value of
+    the wrong type, a missing config file, a stray argument) as a UserError."""
+    try:
+        rest = FLAGS(argv)
+    except flags.Error as error:
+        raise errors.UserError(str(error)) from error
+    except (KeyError, AttributeError) as error:  # only ml_collections' --config.<unknown field> raise these here
+        raise errors.UserError(_unknown_field(error, argv)) from error
+    except OSError as error:  # ml_collections: an override of a config file that did not load
+        raise errors.UserError(_config_not_loaded(argv)) from error
+    if not isinstance(FLAGS.config, ml_collections.ConfigDict):  # ml_collections defers load errors
+        raise errors.UserError(_config_not_loaded(argv))
+    if len(rest) > 1:
+        raise errors.UserError(f"unexpected arguments {rest[1:]}: train.py takes only flags (see --help)")
+    return rest
+
+
+def _unknown_field(error: Exception, argv) -> str:
+    """ml_collections' KeyError("'name'\nDid you mean ...?"), maybe wrapped in an AttributeError,
+    as one line naming the flag."""
+    while error.args and isinstance(error.args[0], BaseException):
+        error = error.args[0]
+    name, _, hint = str(error.args[0] if error.args else error).partition("\n")
+    name = name.strip("'\"")
+    flag = next((a for a in argv[1:] if a.startswith("--config.") and name in a.split("=")[0].split(".")), None)
+    where = f" in {flag}" if flag else ""
+    return f"the config has no field {name!r}{where}" + (f": {hint[0].lower()}{hint[1:]}" if hint else "")
+
+
+def _config_not_loaded(argv) -> str:
+    """Why the last --config in argv did not load (ml_collections keeps only a deferred error)."""
+    path = ""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            path = arg[len("--config="):]
+        elif arg == "--config" and i + 1 < len(argv):
+            path = argv[i + 1]
+    file = path.split(":")[0]  # config_file:argument passes the argument to get_config
+    reason = "no such file" if not os.path.exists(file) else "not a file" if not os.path.isfile(file) else \
+        "it did not load"
+    return f"--config {path}: {reason} (a Python file whose get_config() returns a ConfigDict)"
+
+
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 shows it
     if FLAGS.distributed or FLAGS.coordinator_address or (FLAGS.num_processes or 1) > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; others ignore it
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
-    launch.train(FLAGS.config, FLAGS.workdir)
+    with errors.exit_on_user_error():
+        launch.train(FLAGS.config, FLAGS.workdir)
+
+
+def _parse_flags_or_exit(argv):
+    with errors.exit_on_user_error():
+        return parse_flags(argv)
+
+
+def run(argv=None):
+    """The command (argv: sys.argv by default)."""
+    app.run(main, argv=argv, flags_parser=_parse_flags_or_exit)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    run()

@@ -1,0 +1,106 @@
+"""Input errors at the entry points: one line `error: ...` on stderr and exit status 2, no
+traceback (unless asked for); other exceptions keep theirs. train.py is run in-process (its flag
+parsing and main) and once for real, in a subprocess."""
+import os
+import subprocess
+import sys
+
+import pytest
+from support import ROOT, load_module
+
+from isodiff_jax import errors
+from isodiff_jax.config import ConfigError
+
+
+def one_error_line(capsys) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_a_user_error_is_one_line_and_status_2_unless_a_traceback_is_asked_for(capsys, monkeypatch):
+    monkeypatch.delenv(errors.TRACEBACK_ENV, raising=False)
+    with pytest.raises(SystemExit) as exit, errors.exit_on_user_error():
+        raise ConfigError("config.seed=-1 is invalid: allowed an integer in [0, 2**31)")
+    assert exit.value.code == 2 and exit.value.__suppress_context__
+    assert one_error_line(capsys) == "error: config.seed=-1 is invalid: allowed an integer in [0, 2**31)"
+    with pytest.raises(KeyError), errors.exit_on_user_error():  # a bug keeps its traceback
+        raise KeyError("x")
+    with pytest.raises(errors.MissingPath), errors.exit_on_user_error(traceback=True):
+        raise errors.MissingPath("runs/x does not exist")
+    monkeypatch.setenv(errors.TRACEBACK_ENV, "1")
+    with pytest.raises(errors.InvalidValue), errors.exit_on_user_error():
+        raise errors.InvalidValue("pool=0")
+    assert capsys.readouterr().err == ""
+
+
+@pytest.fixture(scope="module")
+def train_py():
+    """train.py as a module (its absl flags are defined once per process)."""
+    module = load_module("train.py")
+    yield module
+    module.FLAGS.unparse_flags()
+
+
+def _argv(workdir, *flags):
+    return ["train.py", "--config", os.path.join(ROOT, "configs", "test.py"), "--workdir", str(workdir), *flags]
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--config.trainig.num_steps=1", "error: the config has no field 'trainig' in --config.trainig.num_steps=1: "
+                                     'did you mean "training" instead of "trainig"?'),
+    ("--config.training.num_step=1", "error: the config has no field 'num_step' in --config.training.num_step=1: "
+                                     'did you mean "num_steps" instead of "num_step"?'),
+    ("--config.training.num_steps=abc", "error: flag --config.training.num_steps=abc: invalid literal for int() "
+                                        "with base 10: 'abc'"),
+    ("--config=no_such_config.py", "error: --config no_such_config.py: no such file (a Python file whose "
+                                   "get_config() returns a ConfigDict)"),
+    ("stray_argument", "error: unexpected arguments ['stray_argument']: train.py takes only flags (see --help)"),
+])
+def test_train_py_flag_errors_are_one_clean_line(train_py, tmp_path, capsys, monkeypatch, flag, message):
+    argv = _argv(tmp_path, flag)
+    monkeypatch.setattr(sys, "argv", argv)  # ml_collections reads the --config.* overrides from sys.argv
+    with pytest.raises(SystemExit) as exit:
+        train_py._parse_flags_or_exit(argv)
+    assert exit.value.code == 2
+    assert one_error_line(capsys) == message  # not ml_collections' KeyError('\'trainig\'\nDid you mean ...')
+
+
+def test_train_py_main_turns_a_user_error_of_training_into_one_line(train_py, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv(errors.TRACEBACK_ENV, raising=False)
+    train_py.parse_flags(_argv(tmp_path))
+
+    def fails(config, workdir):
+        raise ConfigError("config.optim.lr=inf is invalid: allowed a finite learning rate > 0")
+    monkeypatch.setattr(train_py.launch, "train", fails)
+    with pytest.raises(SystemExit) as exit:
+        train_py.main(["train.py"])
+    assert exit.value.code == 2
+    assert one_error_line(capsys) == "error: config.optim.lr=inf is invalid: allowed a finite learning rate > 0"
+
+
+def test_an_error_after_tensorboard_starts_prints_no_second_traceback_at_exit(tmp_path):
+    """The real command, in a fresh interpreter: a config error raised once the Monitor (and
+    tensorboardX's SummaryWriter, with its atexit hook) exists is one line and status 2; nothing
+    is printed at exit."""
+    script = (
+        "import sys\n"
+        f"sys.path.insert(0, {ROOT!r})\n"
+        "from support import load_module\n"
+        "train = load_module('train.py')\n"
+        "from isodiff_jax.config import ConfigError\n"
+        "from isodiff_jax.train.monitor import Monitor\n"
+        "def fails(config, workdir):\n"
+        "    monitor = Monitor(workdir, total_steps=2, start_step=0, progress_bar=False)\n"
+        "    monitor.flush(1, {'loss': 1.0})\n"
+        "    raise ConfigError('config.x=1 is invalid: allowed 0')\n"
+        "train.launch.train = fails\n"
+        f"train.run({_argv(tmp_path / 'run')!r})\n"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": os.path.join(ROOT, "tests")}
+    env.pop(errors.TRACEBACK_ENV, None)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == ["error: config.x=1 is invalid: allowed 0"], result.stderr
+    assert os.listdir(tmp_path / "run" / "logs")  # the event file was written
