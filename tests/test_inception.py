@@ -2,12 +2,14 @@
 written by tests/data/make_inception_reference.py with deterministic weights that are
 regenerated here in numpy, without torch)."""
 import os
+import pickle
 import sys
 
 import numpy as np
 import pytest
 from support import load_module
 
+from isodiff_jax import errors
 from isodiff_jax.analysis import frechet, inception
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -115,6 +117,29 @@ def test_missing_extra_and_misshaped_keys_are_named(state_dict, tmp_path):
     for part in (path, "missing keys: Mixed_6c.branch7x7_2.bn.running_var", "unexpected keys: Mixed_9z.conv.weight",
                  "Conv2d_1a_3x3.conv.weight has shape (32, 3, 3, 4), expected (32, 3, 3, 3)"):
         assert part in message
+
+
+@pytest.mark.parametrize("kind", ["text", "pickle", "npy", "wrong keys"])
+def test_a_file_that_is_not_the_weights_names_itself_and_the_expected_keys(tmp_path, kind):
+    path = tmp_path / "inception_fid.npz"
+    if kind == "text":
+        path.write_text("not weights\n")
+    elif kind == "pickle":
+        path.write_bytes(pickle.dumps({"Conv2d_1a_3x3.conv.weight": [0.0]}))
+    elif kind == "npy":
+        with open(path, "wb") as f:
+            np.save(f, np.zeros(3))
+    else:
+        np.savez(path, weight=np.zeros(3))
+    with pytest.raises(errors.InvalidValue) as error:
+        inception.load(str(path))
+    message = str(error.value)
+    assert message.startswith(f"{path} is not ") and "allow_pickle" not in message, message
+    assert "Conv2d_1a_3x3.bn.bias" in message and "(470 in all)" in message and len(message) < 800, message
+    if kind == "wrong keys":
+        assert "unexpected keys: weight" in message
+    else:
+        assert "not an .npz (zip) archive" in message and "analysis.inception convert" in message
 
 
 def test_expected_keys_are_pytorch_fids(reference):

@@ -2,6 +2,7 @@
 by tests/data/make_lpips_reference.py; torch is not needed here)."""
 import json
 import os
+import pickle
 import sys
 
 import jax
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from support import load_module
 
+from isodiff_jax import errors
 from isodiff_jax.analysis import lpips, ppl
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -113,6 +115,27 @@ def test_load_names_missing_extra_and_misshaped_keys(reference, tmp_path):
     np.savez(tmp_path / "other.npz", weight=np.zeros(3))
     with pytest.raises(ValueError, match=r"other\.npz holds none of the LPIPS tensors"):
         lpips.load(str(tmp_path / "other.npz"))
+
+
+@pytest.mark.parametrize("kind", ["text", "pickle", "wrong keys"])
+def test_a_file_that_is_not_the_weights_names_itself_and_the_expected_keys(tmp_path, kind):
+    path = tmp_path / "lpips_alex.npz"
+    if kind == "text":
+        path.write_text("not weights\n")
+    elif kind == "pickle":
+        path.write_bytes(pickle.dumps({"features.0.weight": [0.0]}))
+    else:
+        np.savez(path, **{"features.0.weight": np.zeros((64, 3, 11, 11), np.float32)})
+    with pytest.raises(errors.InvalidValue) as error:
+        lpips.load(str(path), net="alex")
+    message = str(error.value)
+    assert message.startswith(f"{path} is not ") and "allow_pickle" not in message, message
+    assert "LPIPS-alex" in message and "features.0.bias" in message, message
+    if kind == "wrong keys":
+        assert "missing keys: features.0.bias" in message and "(14 in all)" in message
+    else:
+        assert "not an .npz (zip) archive" in message and "(15 in all)" in message
+        assert "analysis.lpips convert" in message
 
 
 def test_load_of_a_missing_file_says_how_to_get_the_weights(tmp_path):

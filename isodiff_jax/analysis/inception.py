@@ -42,6 +42,7 @@ import numpy as np
 from flax import traverse_util
 
 from isodiff_jax.analysis import torch_weights
+from isodiff_jax.errors import MissingPath
 
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
                "pt_inception-2015-12-05-6726825d.pth")
@@ -259,12 +260,12 @@ class InceptionFeatures:
 def load(path: str) -> InceptionFeatures:
     """Reads an .npz written by `convert` (torch state-dict names and layouts)."""
     if not os.path.exists(path):
-        raise FileNotFoundError(
+        raise MissingPath(
             f"{path} does not exist. FID needs pytorch-fid's Inception weights: download {WEIGHTS_URL} "
             f"and convert them where torch is installed with `python -m isodiff_jax.analysis.inception "
             f"convert --torch pt_inception-2015-12-05-6726825d.pth --out {path}` (see docs/fid.md)")
-    with np.load(path) as data:
-        state_dict = {k: data[k] for k in data.files}
+    state_dict = torch_weights.read_npz(path, what="FID Inception-v3 weights", expected=expected_shapes(),
+                                        how="`python -m isodiff_jax.analysis.inception convert` (docs/fid.md)")
     variables = variables_from_state_dict(state_dict, os.path.abspath(path))
     return InceptionFeatures(variables=jax.device_put(variables), source=os.path.abspath(path))
 

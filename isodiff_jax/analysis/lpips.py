@@ -48,6 +48,7 @@ import numpy as np
 from flax import traverse_util
 
 from isodiff_jax.analysis import torch_weights
+from isodiff_jax.errors import InvalidValue, MissingPath
 
 BACKBONE_URLS = {"alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
                  "vgg": "https://download.pytorch.org/models/vgg16-397923af.pth"}
@@ -165,8 +166,8 @@ def infer_net(names, source: str) -> str:
     names = set(names)
     overlap = {net: len(names & set(expected_shapes(net))) for net in NETS}
     if not any(overlap.values()):
-        raise ValueError(f"{source} holds none of the LPIPS tensors (features.0.weight, lin0.model.1.weight, "
-                         f"...): was it written by `python -m isodiff_jax.analysis.lpips convert`?")
+        raise InvalidValue(f"{source} holds none of the LPIPS tensors (features.0.weight, lin0.model.1.weight, "
+                           f"...): was it written by `python -m isodiff_jax.analysis.lpips convert`?")
     return max(overlap, key=overlap.get)
 
 
@@ -208,13 +209,14 @@ def _how_to_obtain(path: str) -> str:
 
 def load(path: str, net: str | None = None) -> Lpips:
     """Reads an .npz written by `convert`; `net` ("alex" / "vgg") is told from the names unless given."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist. {_how_to_obtain(path)}")
-    source = os.path.abspath(path)
-    with np.load(path) as data:
-        state_dict = {k: data[k] for k in data.files}
     if net is not None and net not in NETS:
-        raise ValueError(f"net must be one of {sorted(NETS)}, got {net!r}")
+        raise InvalidValue(f"net must be one of {sorted(NETS)}, got {net!r}")
+    if not os.path.exists(path):
+        raise MissingPath(f"{path} does not exist. {_how_to_obtain(path)}")
+    source = os.path.abspath(path)
+    state_dict = torch_weights.read_npz(path, what=f"LPIPS-{net or 'alex/vgg'} v0.1 weights",
+                                        expected=expected_shapes(net or "alex"),
+                                        how="`python -m isodiff_jax.analysis.lpips convert` (docs/lpips.md)")
     net = net or infer_net(state_dict, source)
     params = params_from_state_dict(state_dict, net, source)
     return Lpips(net=net, params=jax.device_put(params), source=source)

@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 import tqdm
 
 from isodiff_jax.data import shapes
+from isodiff_jax.errors import MissingPath
 
 CIRCULAR = ("object_hue", "background_hue")
 LINEAR = ("scale", "x", "y")
@@ -191,8 +192,8 @@ def load(directory: str) -> Oracle:
     directory = os.path.abspath(directory)
     meta_path = os.path.join(directory, "oracle.json")
     if not os.path.exists(meta_path):
-        raise FileNotFoundError(f"{meta_path} does not exist: train an oracle with "
-                                f"`python -m isodiff_jax.analysis.oracle --out {directory}`")
+        raise MissingPath(f"{meta_path} does not exist: train an oracle with "
+                          f"`python -m isodiff_jax.analysis.oracle --out {directory}`")
     with open(meta_path) as f:
         meta = json.load(f)
     net = OracleNet(channels=tuple(meta["channels"]), features=meta["features"])
