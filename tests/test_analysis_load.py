@@ -101,5 +101,53 @@ def test_cli_writes_metrics_and_pictures_and_compares(workdir, tmp_path):
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| metric |" in table and "mrtl_t90" in table and "other_run" in table
     assert (tmp_path / "cmp" / "interpolation_side_by_side.png").exists()
-    with pytest.raises(ValueError, match="unknown metrics"):
-        cli.main(["--workdir", workdir, "--out", str(tmp_path / "bad"), "--metrics", "fid"])
+
+
+def input_error(capsys, argv) -> str:
+    """Runs the analysis command, which must stop with status 2 and one line `error: ...`."""
+    from isodiff_jax.analysis import cli
+    with pytest.raises(SystemExit) as exit:
+        cli.main(argv)
+    lines = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("WARNING:absl:")]
+    assert exit.value.code == 2 and len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_cli_refuses_an_out_that_is_a_file_at_once(tmp_path, capsys):
+    results = tmp_path / "results.json"
+    results.write_text("earlier results")
+    line = input_error(capsys, ["--workdir", str(tmp_path / "not_read_yet"), "--out", str(results)])
+    assert line == f"error: --out {results} is an existing file: give a directory (it is created if missing)"
+    assert results.read_text() == "earlier results"
+
+
+def test_cli_checks_its_inputs_against_the_model_before_any_work(workdir, tmp_path, capsys, count_compiles,
+                                                                  monkeypatch):
+    monkeypatch.delenv("ISODIFF_TRACEBACK", raising=False)
+    out = tmp_path / "out"
+    run = ["--workdir", workdir, "--out", str(out), "--timesteps", "50"]
+    with count_compiles() as counter:
+        for timesteps in ("50,100", "500,700,900"):  # the test model has T = 100
+            line = input_error(capsys, [*run, "--timesteps", timesteps])
+            assert line == (f"error: timesteps={timesteps} is invalid for a model of T = 100 timesteps: "
+                            f"allowed timesteps in [0, 100)")
+        line = input_error(capsys, [*run, "--timesteps=50,-5"])
+        assert line == "error: timesteps=50,-5 is invalid: allowed values >= 0"
+        assert input_error(capsys, [*run, "--pool", "0"]) == "error: pool=0 is invalid: allowed values >= 1"
+        assert "no checkpoint for step 3" in input_error(capsys, [*run, "--step", "3"])
+        assert "is not a training workdir" in input_error(capsys, [*run, "--workdir", str(tmp_path / "none")])
+        assert "unknown metrics ['fid']" in input_error(capsys, [*run, "--metrics", "mrtl,fid"])
+        (tmp_path / "file").write_text("")
+        line = input_error(capsys, [*run, "--metrics", "mrtl", "--out", str(tmp_path / "file" / "out")])
+        assert line == f"error: --out {tmp_path / 'file' / 'out'} cannot be created: Not a directory"
+    assert counter.count == 0 and not out.exists()
+    from isodiff_jax.analysis import cli
+    with pytest.raises(ValueError, match="allowed timesteps in"):  # --traceback: the error itself
+        cli.main([*run, "--timesteps", "100", "--traceback"])
+
+
+def test_every_cli_flag_has_help():
+    from isodiff_jax.analysis import cli, options
+    flags = [action for action in cli._parser()._actions if action.option_strings]
+    assert {f"--{field.name}" for field in options.fields()} <= {s for a in flags for s in a.option_strings}
+    assert [a.option_strings for a in flags if not (a.help or "").strip()] == []

@@ -18,9 +18,10 @@ import os
 
 import tqdm
 
-from isodiff_jax import checkpoint
+from isodiff_jax import checkpoint, errors
 from isodiff_jax.analysis import editing, factors, load, options as options_lib, pictures, suite
 from isodiff_jax.analysis.options import Options
+from isodiff_jax.errors import InvalidValue, MissingPath
 from isodiff_jax.spec import ModelSpec
 
 
@@ -42,10 +43,11 @@ def _draw(out: str, label: str, results: dict) -> list:
     return paths
 
 
-def choose_metrics(requested, spec: ModelSpec, resources: suite.Resources) -> list:
-    """The requested metrics, or (requested None) every metric that can run, naming those skipped."""
+def choose_metrics(requested, spec: ModelSpec, resources: suite.Resources, options: Options) -> list:
+    """The requested metrics, or (requested None) every metric that can run, naming those skipped;
+    raises InvalidValue when a requested metric cannot run or an option does not fit the model."""
     if requested is not None:
-        suite.check(requested, spec, resources)
+        suite.check(requested, spec, resources, options)
         return list(requested)
     chosen = []
     for metric in suite.METRICS:
@@ -55,6 +57,7 @@ def choose_metrics(requested, spec: ModelSpec, resources: suite.Resources) -> li
             print(f"skipping {reason}")
         else:
             chosen.append(metric)
+    suite.check(chosen, spec, resources, options)
     return chosen
 
 
@@ -62,8 +65,8 @@ class Analysis:
     """The evaluators and the picture-making sampler for one model spec, built once and run on
     the parameters of any number of its checkpoints."""
 
-    def __init__(self, spec: ModelSpec, metrics, options: Options, resources: suite.Resources):
-        self.metrics = choose_metrics(metrics, spec, resources)
+    def __init__(self, spec: ModelSpec, metrics: list, options: Options, resources: suite.Resources):
+        self.metrics = metrics
         self.suite = suite.Suite(spec, self.metrics, options, resources)
         self.interpolation = suite.Interpolation(spec, options)
 
@@ -88,17 +91,48 @@ class Analysis:
         return scalars
 
 
-def analyse_all(workdirs, outs, metrics, options: Options, resources: suite.Resources, *, step=None,
+def read_specs(workdirs, step=None) -> list:
+    """The model spec of each workdir's checkpoint at `step` (newest by default); a missing
+    workdir or checkpoint is a MissingPath naming it."""
+    specs = []
+    for workdir in workdirs:
+        try:
+            specs.append(checkpoint.read_spec(workdir, step)[0])
+        except FileNotFoundError as error:  # checkpoint.py's errors name the path and the steps there
+            raise MissingPath(str(error)) from error
+    return specs
+
+
+def refuse_a_file(out: str) -> None:
+    """Raises InvalidValue when `out` exists and is not a directory (its results would be lost)."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise InvalidValue(f"--out {out} is an existing file: give a directory (it is created if missing)")
+
+
+def prepare_outs(outs) -> None:
+    """Creates each output directory, or raises InvalidValue naming the one that cannot be one."""
+    for out in outs:
+        refuse_a_file(out)
+    for out in outs:
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as error:
+            raise InvalidValue(f"--out {out} cannot be created: {error.strerror or error}") from error
+
+
+def analyse_all(workdirs, specs, outs, metrics, options: Options, resources: suite.Resources, *, step=None,
                 ema=True) -> list:
-    """Each workdir into its out directory; workdirs of the same model share one `Analysis`, so
-    each kernel compiles once for all of them."""
-    analyses, scalars = {}, []
-    for workdir, out in zip(workdirs, outs):
-        spec, _ = checkpoint.read_spec(workdir, step)
-        if spec not in analyses:
-            analyses[spec] = Analysis(spec, metrics, options, resources)
-        scalars.append(analyses[spec].analyse(workdir, out, step=step, ema=ema))
-    return scalars
+    """Each workdir (whose checkpoint has the model spec in `specs`) into its out directory. All
+    inputs are checked before any work; workdirs of the same model share one `Analysis`, so each
+    kernel compiles once for all of them."""
+    chosen = {}
+    for spec in specs:
+        if spec not in chosen:
+            chosen[spec] = choose_metrics(metrics, spec, resources, options)
+    prepare_outs(outs)
+    analyses = {spec: Analysis(spec, m, options, resources) for spec, m in chosen.items()}
+    return [analyses[spec].analyse(workdir, out, step=step, ema=ema)
+            for workdir, spec, out in zip(workdirs, specs, outs)]
 
 
 def comparison_table(names, scalars) -> str:
@@ -119,6 +153,10 @@ def compare_pictures(out: str, names, outs) -> list:
             for name in sorted(common) if name.endswith(".png")]
 
 
+def comma_separated_ints(text: str) -> tuple:
+    return tuple(int(v) for v in text.split(",") if v.strip())
+
+
 def _parser():
     parser = argparse.ArgumentParser(prog="python -m isodiff_jax.analysis", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -127,34 +165,48 @@ def _parser():
     runs.add_argument("--compare", nargs="+", metavar="WORKDIR", help="several workdirs side by side")
     parser.add_argument("--metrics", default=None,
                         help=f"comma-separated, from {','.join(suite.METRICS)} (default: all that can run)")
-    parser.add_argument("--out", required=True, help="where metrics.json and the pictures go")
+    parser.add_argument("--out", required=True, help="the directory where metrics.json and the pictures go")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     parser.add_argument("--raw", action="store_true", help="raw parameters instead of the EMA")
     parser.add_argument("--oracle", default=None, help="factor oracle directory (shapes runs; see analysis.oracle)")
     parser.add_argument("--inception", default=None, help="Inception-v3 FID weights (.npz; see docs/fid.md)")
     parser.add_argument("--lpips", default=None, help="LPIPS weights (.npz; see docs/lpips.md) for PPL")
+    parser.add_argument("--traceback", action="store_true",
+                        help=f"show the traceback of input errors too (as {errors.TRACEBACK_ENV}=1 does)")
     for field in options_lib.fields():
         kind = type(field.default)
-        parser.add_argument(f"--{field.name}", default=field.default,
-                            type=(lambda s: tuple(int(v) for v in s.split(","))) if kind is tuple else kind)
+        shown = ",".join(map(str, field.default)) if kind is tuple else field.default
+        parser.add_argument(f"--{field.name}", default=field.default, choices=options_lib.CHOICES.get(field.name),
+                            help=f"{field.metadata['help']} (default: {shown})",
+                            type=comma_separated_ints if kind is tuple else kind)
     return parser
 
 
-def main(argv=None):
-    parser = _parser()
-    args = parser.parse_args(argv)
+def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Checks every input (options, workdirs, weights, metrics, output directories), then analyses."""
     options = Options(**{f.name: getattr(args, f.name) for f in options_lib.fields()})
     metrics = None if args.metrics is None else [m for m in args.metrics.split(",") if m]
     workdirs = args.compare or [args.workdir]
     names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
     if len(set(names)) != len(names):
         parser.error(f"workdir names must differ to label the comparison: {names}")
-    resources = suite.load_resources(args.oracle, args.inception, args.lpips)
     outs = [os.path.join(args.out, n) for n in names] if args.compare else [args.out]
-    scalars = analyse_all(workdirs, outs, metrics, options, resources, step=args.step, ema=not args.raw)
+    refuse_a_file(args.out)  # at once, before the slower checks below
+    specs = read_specs(workdirs, args.step)
+    resources = suite.load_resources(args.oracle, args.inception, args.lpips)
+    scalars = analyse_all(workdirs, specs, outs, metrics, options, resources, step=args.step, ema=not args.raw)
     if args.compare:
         with open(os.path.join(args.out, "comparison.md"), "w") as f:
             f.write(comparison_table(names, scalars))
         compare_pictures(args.out, names, outs)
     print(comparison_table(names, scalars))
     print(f"written to {os.path.abspath(args.out)}")
+
+
+def main(argv=None):
+    """The command: an input error prints one line `error: ...` and exits with status 2 (see
+    `errors.exit_on_user_error`); --traceback shows its traceback."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    with errors.exit_on_user_error(args.traceback):
+        run(parser, args)

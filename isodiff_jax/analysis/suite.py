@@ -25,13 +25,15 @@ from jax.sharding import Mesh
 from isodiff_jax import diffusion, geometry, sharding
 from isodiff_jax.analysis import editing, factors, inversion, ppl, probe, quality, rtl, spectrum
 from isodiff_jax.analysis.options import Options
+from isodiff_jax.errors import InvalidValue
 from isodiff_jax.spec import ModelSpec
 
 METRICS = ("mrtl", "mcn", "vor", "ppl", "inversion", "fd", "factor_rtl", "edit", "probe")
 SHAPES_ONLY = ("factor_rtl", "edit", "probe")
+AT_TIMESTEPS = ("mrtl", "mcn", "vor", "probe")  # the metrics measured at options.timesteps
 
 __all__ = ["METRICS", "Options", "Resources", "Suite", "Interpolation", "load_resources", "check", "problems",
-           "missing_inputs", "sampler", "real_images"]
+           "option_problems", "missing_inputs", "sampler", "real_images"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,11 +86,32 @@ def problems(metrics, data_name: str, *, oracle: bool, inception: bool, inputs: 
     return out + [r for r in reasons if r]
 
 
-def check(metrics, spec: ModelSpec, resources: Resources) -> None:
+def check(metrics, spec: ModelSpec, resources: Resources, options: Optional[Options] = None) -> None:
+    """Raises InvalidValue naming every reason the metrics cannot run (with `options`: also every
+    option that does not fit the model)."""
     found = problems(metrics, spec.data.name, oracle=resources.oracle is not None,
                      inception=resources.inception is not None)
+    found += option_problems(options, spec, metrics) if options is not None else []
     if found:
-        raise ValueError("; ".join(found))
+        raise InvalidValue("; ".join(found))
+
+
+def option_problems(options: Options, spec: ModelSpec, metrics) -> list:
+    """Every option that does not fit the model's T timesteps for these metrics; empty when all do."""
+    T, found = spec.schedule.num_timesteps, []
+    if set(metrics) & set(AT_TIMESTEPS) and not all(0 <= t < T for t in options.timesteps):
+        found.append(f"timesteps={','.join(map(str, options.timesteps))} is invalid for a model of T = {T} "
+                     f"timesteps: allowed timesteps in [0, {T})")
+    for name, low in (("sample_steps", 1), ("fd_sample_steps", 0)):
+        if not low <= getattr(options, name) <= T:
+            found.append(f"{name}={getattr(options, name)} is invalid for a model of T = {T} timesteps: "
+                         f"allowed [{low}, {T}]")
+    if "edit" in metrics and 1 <= options.sample_steps <= T:
+        largest = int(diffusion.ddim_timesteps(T, options.sample_steps).max())
+        if options.h_min_t > largest:
+            found.append(f"h_min_t={options.h_min_t} leaves no DDIM step to edit: allowed at most the largest "
+                         f"DDIM timestep, {largest} (T = {T}, sample_steps={options.sample_steps})")
+    return found
 
 
 def sampler(spec: ModelSpec, num_steps: int, eta: float = 0.0) -> Callable:
@@ -199,7 +222,7 @@ class Suite:
     def __init__(self, spec: ModelSpec, metrics, options: Options = Options(), resources: Resources = Resources(),
                  mesh: Optional[Mesh] = None):
         metrics = list(metrics)
-        check(metrics, spec, resources)
+        check(metrics, spec, resources, options)
         if "vor" in metrics and "mcn" not in metrics:
             metrics.append("mcn")  # one spectrum gives both
         self.spec, self.metrics, self.options = spec, metrics, options
