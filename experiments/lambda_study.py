@@ -46,6 +46,7 @@ class Run:
     weight: float
     p: float
     from_scratch: bool = False
+    kind: str = "sphere"  # the regularizer (experiments/regularizer_study.py varies it)
 
 
 def load_config(path: str):
@@ -58,7 +59,7 @@ def load_config(path: str):
 def run_config(run: Run, args):
     """--config (configs/shapes16.py, the base model's) with this run's regularizer, start and length."""
     c = load_config(args.config)
-    c.regularizer.kind, c.regularizer.weight, c.regularizer.p = "sphere", run.weight, run.p
+    c.regularizer.kind, c.regularizer.weight, c.regularizer.p = run.kind, run.weight, run.p
     c.training.num_steps = args.steps
     c.checkpoint.every_steps = args.steps
     c.logging.log_every_steps = max(1, args.steps // 20)
@@ -162,13 +163,15 @@ def measured(run: Run, args, measurer_box: list) -> dict:
     return result
 
 
-def best_weight(results: list) -> float | None:
-    """The λ > 0 with the lowest mRTL / floor whose confident share is within 5 points of λ = 0's."""
+def best_weight(results: list, kind: str = "sphere") -> float | None:
+    """The λ > 0 of regularizer `kind` with the lowest mRTL / floor whose confident share is
+    within 5 points of λ = 0's."""
     zero = [r for r in results if r["weight"] == 0 and not r["from_scratch"]]
     if not zero:
         return None
     floor = zero[0]["metrics"].get("oracle_confident_fraction", 0.0) - 0.05
     candidates = [r for r in results if r["weight"] > 0 and not r["from_scratch"] and r["p"] == 0.5
+                  and r.get("kind", "sphere") == kind
                   and r["metrics"].get("oracle_confident_fraction", 0.0) >= floor]
     if not candidates:
         return None
@@ -217,6 +220,14 @@ def pictures(results: list, best, out: str) -> list:
     return paths
 
 
+def check_inputs(args) -> None:
+    """Stops with a message when the base model or the oracle is missing."""
+    if not os.path.isdir(os.path.join(args.base, "checkpoints")):
+        raise SystemExit(f"{args.base} is not a trained workdir: run experiments/base_model.py first")
+    if not os.path.exists(os.path.join(args.oracle, "oracle.json")):
+        raise SystemExit(f"{args.oracle} holds no oracle: run experiments/base_model.py first")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/experiments/lambda")
@@ -233,10 +244,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--grid_steps", type=int, default=100, help="DDIM steps of each run's sample grid")
     parser.add_argument("--quick", action="store_true", help="tiny measurements (for the test)")
     args = parser.parse_args(argv)
-    if not os.path.isdir(os.path.join(args.base, "checkpoints")):
-        raise SystemExit(f"{args.base} is not a trained workdir: run experiments/base_model.py first")
-    if not os.path.exists(os.path.join(args.oracle, "oracle.json")):
-        raise SystemExit(f"{args.oracle} holds no oracle: run experiments/base_model.py first")
+    check_inputs(args)
     os.makedirs(args.out, exist_ok=True)
     box, results = [], []
     floats = lambda text: [float(v) for v in text.split(",") if v.strip()]
