@@ -9,8 +9,8 @@ places the arrays with the shardings of the target, so a checkpoint written on N
 restores on any other number. `load_params` restores only the parameters asked for (EMA or
 raw), without the optimizer state.
 
-Orbax has no checksums, so each save also records a fingerprint of every array (the sums of
-|x| and x², computed on the device) as a fourth item. A restore checks the structure, that every
+Orbax has no checksums, so each save also records a fingerprint of every array (its largest
+|x| and the sums of |x| and x² scaled by it, computed on the device) as a fourth item. A restore checks the structure, that every
 value is finite and that the fingerprints match; a checkpoint that fails (missing or garbled
 files, NaN, a stray empty step directory) is skipped with a warning naming what was wrong, and
 the next older one is tried.
@@ -27,7 +27,7 @@ import orbax.checkpoint as ocp
 from jax.sharding import Mesh
 
 from isodiff_jax import sharding
-from isodiff_jax.errors import UserError
+from isodiff_jax.errors import MissingPath, UserError
 from isodiff_jax.spec import ModelSpec, Params
 
 CONFIG_FILE = "config.json"
@@ -60,38 +60,53 @@ def _path_name(path) -> str:
 
 
 @jax.jit
-def _sums(tree):
-    return [jnp.stack([jnp.sum(jnp.abs(x).astype(jnp.float32)), jnp.sum(jnp.square(x.astype(jnp.float32)))])
-            for x in jax.tree.leaves(tree)]
+def _summaries(tree):
+    """Per leaf: [all finite (1/0), m = max |x|, sum |x|/m, sum (x/m)²], scaled by m so that no sum
+    overflows (parameters of a diverging run reach 1e30 while still finite)."""
+    out = []
+    for x in jax.tree.leaves(tree):
+        x = x.astype(jnp.float32)
+        finite = jnp.all(jnp.isfinite(x))
+        magnitude = jnp.max(jnp.where(jnp.isfinite(x), jnp.abs(x), 0.0), initial=0.0)
+        y = jnp.where(jnp.isfinite(x), x, 0.0) / jnp.where(magnitude > 0, magnitude, 1.0)
+        out.append(jnp.stack([finite.astype(jnp.float32), magnitude, jnp.sum(jnp.abs(y)), jnp.sum(y * y)]))
+    return out
+
+
+def _summarise(tree: Any) -> tuple[dict, list]:
+    """-> ({path name: [max |x|, sum |x|/max, sum (x/max)²]}, [names of leaves with a non-finite value])."""
+    names = [_path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    rows = jax.device_get(_summaries(tree))
+    return ({name: [float(v) for v in row[1:]] for name, row in zip(names, rows)},
+            [name for name, row in zip(names, rows) if not row[0]])
 
 
 def fingerprint(tree: Any) -> dict:
-    """{path name: [sum |x|, sum x²]} of every array leaf (computed on the device, float32)."""
-    names = [_path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
-    return {name: [float(v) for v in sums] for name, sums in zip(names, jax.device_get(_sums(tree)))}
+    """{path name: [max |x|, sum |x| / max, sum (x / max)²]} of every array leaf (on the device,
+    float32; non-finite values count as 0)."""
+    return _summarise(tree)[0]
 
 
 def check_intact(tree: Any, recorded: Optional[dict], prefix: str = "") -> None:
     """Raises DamagedCheckpoint if a leaf of a restored `tree` is not finite or (with `recorded`,
     the fingerprint saved with it) does not match its fingerprint; `prefix` is the path of
     `tree` inside the saved state."""
-    computed = fingerprint(tree)
-    for name, (abs_sum, square_sum) in computed.items():
-        if not (np.isfinite(abs_sum) and np.isfinite(square_sum)):
-            raise DamagedCheckpoint(f"non-finite values in {prefix}{name}")
+    computed, non_finite = _summarise(tree)
+    if non_finite:
+        raise DamagedCheckpoint(f"non-finite values in {prefix}{non_finite[0]}")
+    for name, values in computed.items():
         if recorded is None:
             continue
         if prefix + name not in recorded:
             raise DamagedCheckpoint(f"{prefix}{name} has no recorded fingerprint")
-        if not np.allclose([abs_sum, square_sum], recorded[prefix + name], rtol=FINGERPRINT_RTOL, atol=0):
+        if not np.allclose(values, recorded[prefix + name], rtol=FINGERPRINT_RTOL, atol=0):
             raise DamagedCheckpoint(f"{prefix}{name} does not match its fingerprint (garbled data)")
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, spec: ModelSpec, config_json: str) -> None:
     """Starts an (asynchronous) save of `state` at `step`; `mngr.wait_until_finished()` joins it.
     Refuses a state with a non-finite leaf (nothing is written)."""
-    prints = fingerprint(state)
-    bad = [name for name, sums in prints.items() if not np.all(np.isfinite(sums))]
+    prints, bad = _summarise(state)
     if bad:
         raise FloatingPointError(f"refusing to save step {step}: non-finite values in {', '.join(bad[:5])}")
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), spec=ocp.args.JsonSave(spec.to_dict()),
@@ -107,7 +122,7 @@ def abstract(tree: Any, target_sharding) -> Any:
 
 def _check_step(mngr: ocp.CheckpointManager, step: int) -> int:
     if step not in mngr.all_steps():
-        raise FileNotFoundError(f"no checkpoint for step {step} in {mngr.directory} "
+        raise MissingPath(f"no checkpoint for step {step} in {mngr.directory} "
                                 f"(available: {sorted(mngr.all_steps())})")
     return step
 
@@ -168,7 +183,7 @@ class Loaded(NamedTuple):
 
 def _read_only_manager(workdir: str) -> ocp.CheckpointManager:
     if not os.path.isdir(checkpoint_dir(workdir)):
-        raise FileNotFoundError(f"{checkpoint_dir(workdir)} does not exist: {workdir!r} is not a training workdir")
+        raise MissingPath(f"{checkpoint_dir(workdir)} does not exist: {workdir!r} is not a training workdir")
     return manager(workdir, read_only=True)
 
 
@@ -177,7 +192,7 @@ def _read_json(mngr: ocp.CheckpointManager, step: int, item: str):
 
 
 def _no_checkpoint(workdir: str):
-    return FileNotFoundError(f"{checkpoint_dir(workdir)} holds no complete checkpoint")
+    return MissingPath(f"{checkpoint_dir(workdir)} holds no complete checkpoint")
 
 
 def read_spec(workdir: str, step: Optional[int] = None) -> tuple[ModelSpec, int]:
@@ -239,7 +254,7 @@ def saved_config_json(workdir: str) -> str:
     """The config a workdir was trained with (written by process 0 at the start of training)."""
     path = os.path.join(workdir, CONFIG_FILE)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} does not exist: {workdir!r} is not a training workdir")
+        raise MissingPath(f"{path} does not exist: {workdir!r} is not a training workdir")
     with open(path) as f:
         return f.read()
 

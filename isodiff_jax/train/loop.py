@@ -11,7 +11,7 @@ uninterrupted one would have done.
 
 The host does not wait for the device between steps: each step adds its metrics to running
 sums kept on the device, and records there the first step whose loss, gradient or updated
-parameters are not finite. The host fetches them only at the logging, checkpoint, sample and
+state (parameters, EMA, optimizer moments) is not finite. The host fetches them only at the logging, checkpoint, sample and
 evaluation cadences, and never saves a state after a non-finite step.
 """
 import dataclasses
@@ -28,6 +28,7 @@ from jax.sharding import Mesh
 
 from isodiff_jax import checkpoint, diffusion, sharding
 from isodiff_jax.data import pipeline
+from isodiff_jax.errors import InvalidValue
 from isodiff_jax.isometry import Regularizer
 from isodiff_jax.spec import ModelSpec, Params
 from isodiff_jax.train import lock
@@ -125,9 +126,11 @@ def empty_totals(names) -> dict:
             "bad_metrics": dict(zeros)}
 
 
-def add_step(totals: dict, step: jax.Array, metrics: dict, params) -> dict:
-    """totals after a step `step` that produced `metrics` and the new `params` (pure, on device)."""
-    finite = _all_finite(metrics) & _all_finite(params)
+def add_step(totals: dict, step: jax.Array, metrics: dict, state) -> dict:
+    """totals after a step `step` that produced `metrics` and the new `state` (pure, on device;
+    the whole state is checked: Adam's second moment can overflow while the parameters are
+    still finite, and would poison the next step)."""
+    finite = _all_finite(metrics) & _all_finite(state)
     newly_bad = (totals["first_non_finite"] < 0) & ~finite
     sums, counts, bad = dict(totals["sums"]), dict(totals["counts"]), dict(totals["bad_metrics"])
     for name, value in metrics.items():
@@ -166,7 +169,7 @@ def compile_steps(setup: TrainSetup, mesh: Mesh) -> tuple[dict, dict]:
 
         def run(state, totals, x0, fn=fn):
             new_state, metrics = fn(state, x0)
-            return new_state, add_step(totals, state.step, metrics, new_state.params)
+            return new_state, add_step(totals, state.step, metrics, new_state)
 
         jitted = jax.jit(run, donate_argnums=(0, 1), in_shardings=(replicated, replicated, batch),
                          out_shardings=replicated)
@@ -199,7 +202,7 @@ def _check_same_structure(loaded, expected, source):
     a = jax.tree.map(lambda x: (x.shape, x.dtype), loaded)
     b = jax.tree.map(lambda x: (x.shape, x.dtype), expected)
     if a != b:
-        raise ValueError(f"parameters in {source} do not fit this run's model (a different U-Net); "
+        raise InvalidValue(f"parameters in {source} do not fit this run's model (a different U-Net); "
                          f"first differing leaves: {_first_difference(a, b)}")
 
 
@@ -247,7 +250,7 @@ def train_and_evaluate(setup: TrainSetup, workdir: str, mesh: Optional[Mesh] = N
     mesh = sharding.make_mesh() if mesh is None else mesh
     s = setup.settings
     if s.global_batch_size % (mesh.size * s.grad_accum_steps):
-        raise ValueError(f"global batch {s.global_batch_size} does not divide over {mesh.size} devices × "
+        raise InvalidValue(f"global batch {s.global_batch_size} does not divide over {mesh.size} devices × "
                          f"{s.grad_accum_steps} gradient-accumulation steps")
     source = setup.spec.data.source()  # a missing data set stops here, before anything is written
     with lock.held(workdir):
@@ -260,7 +263,7 @@ def _train_locked(setup: TrainSetup, workdir: str, mesh: Mesh, evaluators, sourc
     state, how = initial_state(setup, mesh, mngr)
     start, total = int(jax.device_get(state.step)), s.num_steps
     if start > total:
-        raise ValueError(f"the newest checkpoint in {checkpoint.checkpoint_dir(workdir)} is at step {start}, past "
+        raise InvalidValue(f"the newest checkpoint in {checkpoint.checkpoint_dir(workdir)} is at step {start}, past "
                          f"training.num_steps={total}: raise num_steps to train on, or use another workdir")
     checkpoint.write_config(workdir, setup.config_json)  # once the run is known to go ahead
     if start == total:  # finished: compile nothing, change nothing
@@ -359,7 +362,7 @@ class _Run:
     def _stop_non_finite(self, s: int, metrics: dict):
         self.mngr.wait_until_finished()
         bad = {k: float(v) for k, v in metrics.items() if not np.isfinite(v)}
-        what = f"non-finite metrics {bad}" if bad else "non-finite parameters after the update"
+        what = f"non-finite metrics {bad}" if bad else "non-finite values in the state (parameters, EMA or optimizer moments) after the update"
         latest = self.mngr.latest_step()
         kept = (f"the last good checkpoint is step {latest} in {self.mngr.directory}" if latest is not None
                 else "no checkpoint was saved")
