@@ -19,18 +19,26 @@ def get_config():
 
     c.model = m = ml_collections.ConfigDict()
     m.block_out_channels = (32, 64, 64)  # channels per U-Net level (one downsampling between levels)
-    m.attention_levels = (False, False, False)  # self-attention after each resnet of a level
+    m.attention_levels = (False, False, False)  # self-attention after each resnet of a level (AttnDownBlock2D)
     m.layers_per_block = 1  # resnets per down level (one more per up level)
-    m.mid_attention = True  # attention in the middle block (whose output is h)
-    m.attention_head_dim = 16  # channels per attention head
+    m.mid_attention = True  # attention in the middle block (whose output is h); diffusers' add_attention
+    m.attention_head_dim = 16  # channels per attention head; None: one head per attention block
     m.norm_num_groups = 8  # GroupNorm groups
+    m.norm_eps = 1e-5  # GroupNorm epsilon (google's DDPM models: 1e-6)
+    m.flip_sin_to_cos = True  # time features ordered (cos, sin); False: (sin, cos), as google's DDPM models
+    m.freq_shift = 0.0  # time-feature frequencies exp(−ln(1e4)·i / (dim/2 − freq_shift)); google's DDPM: 1
+    m.downsample_padding = 1  # stride-2 convolutions pad all sides (1) or bottom/right only (0: google's DDPM)
+    m.act_fn = "silu"  # the resnets' activation: "silu", "swish", "mish", "gelu" or "relu"
+    m.resnet_time_scale_shift = "default"  # time embedding added ("default") or as GroupNorm scale/shift ("scale_shift")
+    m.center_input_sample = False  # the U-Net first maps its input x to 2x − 1
+    m.mid_block_scale_factor = 1.0  # the middle block's residual sums are divided by this
     m.dtype = "float32"  # computation dtype: "float32" or "bfloat16" (parameters stay float32)
 
     c.diffusion = df = ml_collections.ConfigDict()
-    df.schedule = "linear"  # beta schedule: "linear" or "cosine"
+    df.schedule = "linear"  # beta schedule: "linear", "cosine" or "scaled_linear" (sqrt(β) linear, as LDM)
     df.num_timesteps = 1000  # T
-    df.beta_start = 1e-4  # linear schedule's first beta
-    df.beta_end = 0.02  # linear schedule's last beta
+    df.beta_start = 1e-4  # linear and scaled_linear schedules' first beta
+    df.beta_end = 0.02  # linear and scaled_linear schedules' last beta
 
     c.regularizer = r = ml_collections.ConfigDict()
     r.kind = "sphere"  # "none", "sphere" (the paper), "euclidean" or "path_length"

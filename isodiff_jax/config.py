@@ -24,7 +24,7 @@ from isodiff_jax.isometry import REGULARIZERS, Regularizer
 from isodiff_jax.spec import DataSpec, ModelSpec, ScheduleSpec
 from isodiff_jax.train.loop import TrainSettings, TrainSetup
 from isodiff_jax.train.step import make_optimizer
-from isodiff_jax.unet import UNet
+from isodiff_jax.unet import ACTIVATIONS, TIME_SCALE_SHIFTS, UNet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 DECAYS = ("cosine", "constant")
@@ -70,14 +70,23 @@ def _known_dataset(name) -> bool:
 def validate(config: ml_collections.ConfigDict, num_devices: Optional[int] = None) -> None:
     """Raises ConfigError for the first invalid value. With num_devices, also checks that the
     global batch (and each gradient-accumulation micro-batch) divides over the devices."""
-    _validate_data_and_model(config)
+    _validate_data(config)
+    validate_model(config)
     _validate_objective(config)
     _validate_run(config, num_devices)
     _validate_evaluation(config)
 
 
-def _validate_data_and_model(config) -> None:
-    d, m = config.data, config.model
+def validate_model(config: ml_collections.ConfigDict) -> None:
+    """The model and diffusion sections, and data.resolution (which the U-Net's levels must
+    divide): all that an imported model's config holds before its data are named."""
+    _check_positive_int(config.data.resolution, "data.resolution", 4)
+    _validate_model(config)
+    _validate_diffusion(config)
+
+
+def _validate_data(config) -> None:
+    d = config.data
     _check(_known_dataset(d.name), "data.name", d.name,
            "'shapes', 'folder' or a TFDS data set name such as 'cifar10' or 'celeb_a_hq/256'")
     _check(d.name == "shapes" or bool(d.data_dir), "data.data_dir", d.data_dir,
@@ -86,6 +95,10 @@ def _validate_data_and_model(config) -> None:
     _check_positive_int(d.prefetch, "data.prefetch")
     _check(isinstance(config.seed, int) and 0 <= config.seed < 2**31, "seed", config.seed,
            "an integer in [0, 2**31)")
+
+
+def _validate_model(config) -> None:
+    d, m = config.data, config.model
     levels = len(m.block_out_channels)
     _check(levels >= 1 and all(isinstance(c, int) and c > 0 for c in m.block_out_channels),
            "model.block_out_channels", m.block_out_channels, "a non-empty tuple of positive integers")
@@ -94,26 +107,47 @@ def _validate_data_and_model(config) -> None:
     _check(d.resolution % 2 ** (levels - 1) == 0, "data.resolution", d.resolution,
            f"a multiple of 2**(levels-1) = {2 ** (levels - 1)}")
     _check_positive_int(m.norm_num_groups, "model.norm_num_groups")
-    _check_positive_int(m.attention_head_dim, "model.attention_head_dim")
     _check(all(c % m.norm_num_groups == 0 for c in m.block_out_channels), "model.norm_num_groups",
            m.norm_num_groups, f"a divisor of every entry of block_out_channels {m.block_out_channels}")
-    attention_channels = [c for c, a in zip(m.block_out_channels, m.attention_levels) if a]
-    attention_channels += [m.block_out_channels[-1]] if m.mid_attention else []
-    _check(all(c % m.attention_head_dim == 0 for c in attention_channels), "model.attention_head_dim",
-           m.attention_head_dim, f"a divisor of the channels of every attention block {attention_channels}")
+    if m.attention_head_dim is not None:  # None: one head per attention block
+        _check_positive_int(m.attention_head_dim, "model.attention_head_dim")
+        attention_channels = [c for c, a in zip(m.block_out_channels, m.attention_levels) if a]
+        attention_channels += [m.block_out_channels[-1]] if m.mid_attention else []
+        _check(all(c % m.attention_head_dim == 0 for c in attention_channels), "model.attention_head_dim",
+               m.attention_head_dim, f"None or a divisor of the channels of every attention block {attention_channels}")
     _check_positive_int(m.layers_per_block, "model.layers_per_block")
+    _validate_model_options(config)
     _check_choice(config, "model.dtype", DTYPES)
+
+
+def _validate_model_options(config) -> None:
+    """The U-Net options that diffusers' UNet2DModel has (isodiff_jax.unet.UNet)."""
+    m = config.model
+    _check_finite(m.norm_eps, "model.norm_eps", 0, "a finite epsilon > 0")
+    _check(m.norm_eps > 0, "model.norm_eps", m.norm_eps, "a finite epsilon > 0")
+    _check_finite(m.freq_shift, "model.freq_shift")
+    _check_finite(m.mid_block_scale_factor, "model.mid_block_scale_factor", 0, "a finite factor > 0")
+    _check(m.mid_block_scale_factor > 0, "model.mid_block_scale_factor", m.mid_block_scale_factor,
+           "a finite factor > 0")
+    for field in ("flip_sin_to_cos", "center_input_sample", "mid_attention"):
+        _check(isinstance(m[field], bool), f"model.{field}", m[field], "True or False")
+    _check_choice(config, "model.downsample_padding", (0, 1))
+    _check_choice(config, "model.act_fn", tuple(ACTIVATIONS))
+    _check_choice(config, "model.resnet_time_scale_shift", TIME_SCALE_SHIFTS)
+
+
+def _validate_diffusion(config) -> None:
+    _check_choice(config, "diffusion.schedule", diffusion.SCHEDULE_KINDS)
+    df = config.diffusion
+    _check_positive_int(df.num_timesteps, "diffusion.num_timesteps", 2)
+    if df.schedule in ("linear", "scaled_linear"):
+        ok = all(isinstance(b, (int, float)) for b in (df.beta_start, df.beta_end))
+        _check(ok and 0 < df.beta_start < df.beta_end < 1, "diffusion.beta_start/beta_end",
+               (df.beta_start, df.beta_end), "0 < beta_start < beta_end < 1")
 
 
 def _validate_objective(config) -> None:
     r, o = config.regularizer, config.optim
-    _check_choice(config, "diffusion.schedule", diffusion.SCHEDULE_KINDS)
-    df = config.diffusion
-    _check_positive_int(df.num_timesteps, "diffusion.num_timesteps", 2)
-    if df.schedule == "linear":
-        ok = all(isinstance(b, (int, float)) for b in (df.beta_start, df.beta_end))
-        _check(ok and 0 < df.beta_start < df.beta_end < 1, "diffusion.beta_start/beta_end",
-               (df.beta_start, df.beta_end), "0 < beta_start < beta_end < 1")
     _check_choice(config, "regularizer.kind", ("none",) + REGULARIZERS)
     _check_finite(r.weight, "regularizer.weight", 0, "a finite λ >= 0")
     _check(0 <= r.p < 1, "regularizer.p", r.p, "a gating ratio in [0, 1)")
@@ -212,7 +246,10 @@ def unet(config, channels: int = 3) -> UNet:
                 attention_levels=tuple(bool(a) for a in m.attention_levels),
                 layers_per_block=m.layers_per_block, mid_attention=m.mid_attention,
                 attention_head_dim=m.attention_head_dim, norm_num_groups=m.norm_num_groups,
-                dtype=DTYPES[m.dtype])
+                norm_eps=float(m.norm_eps), flip_sin_to_cos=m.flip_sin_to_cos, freq_shift=float(m.freq_shift),
+                downsample_padding=m.downsample_padding, act_fn=m.act_fn,
+                resnet_time_scale_shift=m.resnet_time_scale_shift, center_input_sample=m.center_input_sample,
+                mid_block_scale_factor=float(m.mid_block_scale_factor), dtype=DTYPES[m.dtype])
 
 
 def schedule_spec(config) -> ScheduleSpec:
@@ -288,6 +325,12 @@ def from_json(text: str) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(values)
 
 
+# Fields added after runs were recorded, with the value that computes what those runs computed: a
+# record without the field reads as having this value.
+LATER_FIELDS = {"model.norm_eps": 1e-5, "model.flip_sin_to_cos": True, "model.freq_shift": 0.0,
+                "model.downsample_padding": 1, "model.act_fn": "silu", "model.resnet_time_scale_shift": "default",
+                "model.center_input_sample": False, "model.mid_block_scale_factor": 1.0}
+
 # What a resumed run may change: how long it trains, how often it logs, saves and evaluates, and
 # where it finds its data. Every other field changes what is computed.
 RESUMABLE_CHANGES = ("training.num_steps", "training.init_from", "logging.", "checkpoint.", "evaluation.",
@@ -308,6 +351,7 @@ def resume_differences(saved_json: str, config) -> list[str]:
     """The fields that `config` changes from the run recorded in `saved_json` and that a resume
     may not change (see RESUMABLE_CHANGES), as 'config.field=new (was old)'."""
     old, new = _flatten(json.loads(saved_json)), _flatten(json.loads(to_json(config)))
+    old = {**LATER_FIELDS, **old}
     allowed = lambda field: any(field == a or (a.endswith(".") and field.startswith(a)) for a in RESUMABLE_CHANGES)
     absent = "(absent)"
     return [f"config.{field}={new.get(field, absent)!r} (was {old.get(field, absent)!r})"

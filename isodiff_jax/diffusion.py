@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.typing import DTypeLike
 
-SCHEDULE_KINDS = ("linear", "cosine")
+SCHEDULE_KINDS = ("linear", "cosine", "scaled_linear")
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x (B, ...), t int32 (B,)) -> ε̂ (B, ...)
 
@@ -48,6 +48,12 @@ def _linear_betas(num_timesteps: int, beta_start: float, beta_end: float) -> np.
     return np.linspace(beta_start, beta_end, num_timesteps, dtype=np.float64)
 
 
+def _scaled_linear_betas(num_timesteps: int, beta_start: float, beta_end: float) -> np.ndarray:
+    """Latent diffusion's schedule (diffusers' "scaled_linear"): sqrt(β) evenly spaced from
+    sqrt(beta_start) to sqrt(beta_end). Float64 (T,)."""
+    return np.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=np.float64) ** 2
+
+
 def _cosine_betas(num_timesteps: int, s: float) -> np.ndarray:
     """Nichol & Dhariwal (2021): ᾱ(t) = f(t)/f(0), f(t) = cos²((t/T + s)/(1 + s) · π/2).
 
@@ -69,7 +75,7 @@ def make_schedule(
     cosine_s: float = 0.008,
     dtype: DTypeLike = jnp.float32,
 ) -> Schedule:
-    """Builds a "linear" or "cosine" schedule of `num_timesteps` steps.
+    """Builds a "linear", "cosine" or "scaled_linear" schedule of `num_timesteps` steps.
 
     Computed in float64 NumPy and cast to `dtype` at the end; ᾱ is always the cumulative product of
     the (possibly clipped) betas, so the two fields agree exactly.
@@ -80,6 +86,8 @@ def make_schedule(
         raise ValueError(f"num_timesteps must be >= 1, got {num_timesteps}")
     if kind == "linear":
         betas = _linear_betas(num_timesteps, beta_start, beta_end)
+    elif kind == "scaled_linear":
+        betas = _scaled_linear_betas(num_timesteps, beta_start, beta_end)
     else:
         betas = _cosine_betas(num_timesteps, cosine_s)
     alphas_cumprod = np.cumprod(1.0 - betas)

@@ -9,14 +9,30 @@ named after its modules) so that a diffusers checkpoint can be converted into it
 `encode(x, t)` runs only the down path and the middle block; `__call__(x, t, h)` returns
 (ε̂, h) and, when `h` is given, replaces the middle block's output with it (h-space injection).
 GroupNorm only (no mutable batch statistics), so `jax.jvp` through `encode` stays simple.
+
+Every option of UNet2DModel that changes what it computes is a field here, with diffusers' meaning
+(`downsample_padding`, `act_fn`, `resnet_time_scale_shift`, `center_input_sample`,
+`mid_block_scale_factor`, the time-embedding and norm options); the defaults are diffusers' own
+except where this project's earlier default was kept (see `UNet`). `isodiff_jax.pretrained`
+translates a diffusers config into these fields and refuses the options that have none.
 """
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike, DTypeLike
+
+
+def _mish(x: jax.Array) -> jax.Array:
+    return x * jnp.tanh(jax.nn.softplus(x))
+
+
+# diffusers' `get_activation` names; torch's GELU is the exact (erf) one
+ACTIVATIONS = {"silu": nn.silu, "swish": nn.silu, "mish": _mish,
+               "gelu": lambda x: jax.nn.gelu(x, approximate=False), "relu": nn.relu}
+TIME_SCALE_SHIFTS = ("default", "scale_shift")
 
 
 def timestep_embedding(t: ArrayLike, dim: int, *, flip_sin_to_cos: bool = True, freq_shift: float = 0.0,
@@ -51,47 +67,69 @@ class TimeEmbedding(nn.Module):
 
 
 class ResnetBlock(nn.Module):
-    """GroupNorm-SiLU-Conv twice, time embedding added in between, 1×1 shortcut if channels change."""
+    """GroupNorm-act-Conv twice, the time embedding in between, 1×1 shortcut if channels change;
+    (x + y) / output_scale.
+
+    time_scale_shift "default" adds the projected embedding before the second GroupNorm;
+    "scale_shift" projects it to 2·features (scale, shift) and applies norm2(y)·(1 + scale) + shift.
+    """
 
     features: int
     groups: int
     eps: float
     dtype: jnp.dtype
+    act: str = "silu"
+    time_scale_shift: str = "default"
+    output_scale: float = 1.0
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
+        act = ACTIVATIONS[self.act]
         norm = lambda name: nn.GroupNorm(self.groups, epsilon=self.eps, dtype=self.dtype, name=name)
         conv = lambda name: nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype, name=name)
-        y = conv("conv1")(nn.silu(norm("norm1")(x)))
-        y = y + nn.Dense(self.features, dtype=self.dtype, name="time_emb_proj")(nn.silu(temb))[:, None, None, :]
-        y = conv("conv2")(nn.silu(norm("norm2")(y)))
+        y = conv("conv1")(act(norm("norm1")(x)))
+        shift_too = self.time_scale_shift == "scale_shift"
+        temb = nn.Dense(self.features * (2 if shift_too else 1), dtype=self.dtype,
+                        name="time_emb_proj")(act(temb))[:, None, None, :]
+        if shift_too:
+            scale, shift = jnp.split(temb, 2, axis=-1)
+            y = norm("norm2")(y) * (1 + scale) + shift
+        else:
+            y = norm("norm2")(y + temb)
+        y = conv("conv2")(act(y))
         if x.shape[-1] != self.features:
             x = nn.Conv(self.features, (1, 1), dtype=self.dtype, name="conv_shortcut")(x)
-        return x + y
+        return x + y if self.output_scale == 1 else (x + y) / self.output_scale
 
 
 class AttentionBlock(nn.Module):
-    """Residual multi-head self-attention over the H·W positions, heads of `head_dim` channels."""
+    """Residual multi-head self-attention over the H·W positions, heads of `head_dim` channels
+    (None: one head), after a GroupNorm of `groups` groups (None: no norm, as diffusers' middle
+    block with resnet_time_scale_shift "scale_shift"); (x + y) / output_scale."""
 
-    head_dim: int
-    groups: int
+    head_dim: Optional[int]
+    groups: Optional[int]
     eps: float
     dtype: jnp.dtype
+    output_scale: float = 1.0
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, hgt, wid, c = x.shape
-        if c % self.head_dim:
-            raise ValueError(f"attention_head_dim={self.head_dim} does not divide {c} channels")
-        heads = c // self.head_dim
-        y = nn.GroupNorm(self.groups, epsilon=self.eps, dtype=self.dtype, name="group_norm")(x)
+        head_dim = c if self.head_dim is None else self.head_dim
+        if c % head_dim:
+            raise ValueError(f"attention_head_dim={head_dim} does not divide {c} channels")
+        heads = c // head_dim
+        y = x
+        if self.groups is not None:
+            y = nn.GroupNorm(self.groups, epsilon=self.eps, dtype=self.dtype, name="group_norm")(y)
         y = y.reshape(b, hgt * wid, c)
         dense = lambda name: nn.Dense(c, dtype=self.dtype, name=name)
-        split = lambda a: a.reshape(b, hgt * wid, heads, self.head_dim)
+        split = lambda a: a.reshape(b, hgt * wid, heads, head_dim)
         q, k, v = (split(dense(n)(y)) for n in ("to_q", "to_k", "to_v"))
-        y = _softmax_attention(q / math.sqrt(self.head_dim), k, v).reshape(b, hgt * wid, c)
-        y = dense("to_out")(y)
-        return x + y.reshape(b, hgt, wid, c)
+        y = _softmax_attention(q / math.sqrt(head_dim), k, v).reshape(b, hgt * wid, c)
+        y = dense("to_out")(y).reshape(b, hgt, wid, c)
+        return x + y if self.output_scale == 1 else (x + y) / self.output_scale
 
 
 def _softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
@@ -111,14 +149,17 @@ def _softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
 
 class Downsample(nn.Module):
-    """3×3 convolution with stride 2 (padding 1)."""
+    """3×3 convolution with stride 2: padding 1 pads every side, padding 0 one row and column at
+    the bottom and right only (diffusers' Downsample2D with padding 0, as Ho et al.'s DDPM)."""
 
     features: int
     dtype: jnp.dtype
+    padding: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        return nn.Conv(self.features, (3, 3), strides=2, padding=1, dtype=self.dtype, name="conv")(x)
+        pad = ((0, 1), (0, 1)) if self.padding == 0 else ((1, 1), (1, 1))
+        return nn.Conv(self.features, (3, 3), strides=2, padding=pad, dtype=self.dtype, name="conv")(x)
 
 
 class Upsample(nn.Module):
@@ -137,9 +178,15 @@ class UNet(nn.Module):
     """ε-prediction U-Net; its middle block's output is h.
 
     Attributes mirror diffusers' UNet2DModel: block_out_channels per level; attention_levels
-    (one bool per level: attention after each resnet of that level, down and up);
-    layers_per_block resnets per down level (one more per up level); mid_attention; attention
-    head dim; GroupNorm groups/eps; flip_sin_to_cos and freq_shift of the time embedding.
+    (one bool per level: attention after each resnet of that level, down and up, i.e.
+    AttnDownBlock2D/AttnUpBlock2D rather than DownBlock2D/UpBlock2D); layers_per_block resnets
+    per down level (one more per up level); mid_attention (diffusers' add_attention);
+    attention_head_dim channels per head (None: one head per attention block); GroupNorm
+    groups/eps; flip_sin_to_cos and freq_shift of the time embedding; downsample_padding of the
+    stride-2 convolutions (0: bottom/right only); act_fn of the resnets; resnet_time_scale_shift
+    ("default" or "scale_shift"); center_input_sample (x -> 2x − 1 first); mid_block_scale_factor
+    (the middle block's residual outputs are divided by it). Defaults are today's behaviour
+    (attention_head_dim 8, the rest diffusers' defaults).
     """
 
     in_channels: int = 3
@@ -148,14 +195,19 @@ class UNet(nn.Module):
     attention_levels: Sequence[bool] = (False, True, False)
     layers_per_block: int = 2
     mid_attention: bool = True
-    attention_head_dim: int = 8
+    attention_head_dim: Optional[int] = 8
     norm_num_groups: int = 32
     norm_eps: float = 1e-5
     flip_sin_to_cos: bool = True
     freq_shift: float = 0.0
+    downsample_padding: int = 1
+    act_fn: str = "silu"
+    resnet_time_scale_shift: str = "default"
+    center_input_sample: bool = False
+    mid_block_scale_factor: float = 1.0
     dtype: jnp.dtype = jnp.float32
 
-    def setup(self) -> None:
+    def _check_fields(self) -> None:
         boc = tuple(self.block_out_channels)
         if len(self.attention_levels) != len(boc):
             raise ValueError(f"attention_levels has {len(self.attention_levels)} entries, "
@@ -163,17 +215,29 @@ class UNet(nn.Module):
         for c in boc:
             if c % self.norm_num_groups:
                 raise ValueError(f"norm_num_groups={self.norm_num_groups} does not divide {c} channels")
-        common = dict(groups=self.norm_num_groups, eps=self.norm_eps,
-                      head_dim=self.attention_head_dim, dtype=self.dtype)
+        if self.act_fn not in ACTIVATIONS:
+            raise ValueError(f"act_fn={self.act_fn!r}: expected one of {tuple(ACTIVATIONS)}")
+        if self.resnet_time_scale_shift not in TIME_SCALE_SHIFTS:
+            raise ValueError(f"resnet_time_scale_shift={self.resnet_time_scale_shift!r}: "
+                             f"expected one of {TIME_SCALE_SHIFTS}")
+        if self.downsample_padding not in (0, 1):  # others change the size: the skips would not fit
+            raise ValueError(f"downsample_padding={self.downsample_padding!r}: expected 0 or 1")
+
+    def setup(self) -> None:
+        self._check_fields()
+        boc = tuple(self.block_out_channels)
+        common = dict(groups=self.norm_num_groups, eps=self.norm_eps, head_dim=self.attention_head_dim,
+                      act=self.act_fn, time_scale_shift=self.resnet_time_scale_shift, dtype=self.dtype)
         self.time_embedding = TimeEmbedding(4 * boc[0], boc[0], self.flip_sin_to_cos,
                                             self.freq_shift, self.dtype)
         self.conv_in = nn.Conv(boc[0], (3, 3), padding=1, dtype=self.dtype)
         last = len(boc) - 1
         self.down_blocks = [
             _Level(**common, features=c, num_layers=self.layers_per_block, with_attention=att,
-                   downsample=i < last)
+                   downsample=i < last, downsample_padding=self.downsample_padding)
             for i, (c, att) in enumerate(zip(boc, self.attention_levels))]
-        self.mid_block = _MidBlock(**common, features=boc[-1], with_attention=self.mid_attention)
+        self.mid_block = _MidBlock(**common, features=boc[-1], with_attention=self.mid_attention,
+                                   output_scale=self.mid_block_scale_factor)
         self.up_blocks = [
             _Level(**common, features=c, num_layers=self.layers_per_block + 1, with_attention=att,
                    upsample=i < last)
@@ -190,6 +254,8 @@ class UNet(nn.Module):
         """Down path + middle block -> (h, skips)."""
         if x.ndim != 4 or x.shape[-1] != self.in_channels:
             raise ValueError(f"x must be NHWC with {self.in_channels} channels, got {x.shape}")
+        if self.center_input_sample:
+            x = 2 * x - 1.0
         y = self.conv_in(x.astype(self.dtype))
         skips = [y]
         for block in self.down_blocks:
@@ -229,29 +295,38 @@ class UNet(nn.Module):
 
 
 class _Blocks(nn.Module):
-    """Shared fields of the blocks below: GroupNorm groups/eps, attention head dim, dtype."""
+    """Shared fields of the blocks below: GroupNorm groups/eps, attention head dim, the resnets'
+    activation and time-embedding mode, dtype."""
 
     groups: int
     eps: float
-    head_dim: int
+    head_dim: Optional[int]
+    act: str
+    time_scale_shift: str
     dtype: jnp.dtype
 
-    def _resnet(self, features: int) -> ResnetBlock:
-        return ResnetBlock(features, self.groups, self.eps, self.dtype)
+    def _resnet(self, features: int, output_scale: float = 1.0) -> ResnetBlock:
+        return ResnetBlock(features, self.groups, self.eps, self.dtype, act=self.act,
+                           time_scale_shift=self.time_scale_shift, output_scale=output_scale)
 
-    def _attention(self) -> AttentionBlock:
-        return AttentionBlock(self.head_dim, self.groups, self.eps, self.dtype)
+    def _attention(self, output_scale: float = 1.0, norm: bool = True) -> AttentionBlock:
+        return AttentionBlock(self.head_dim, self.groups if norm else None, self.eps, self.dtype,
+                              output_scale=output_scale)
 
 
 class _MidBlock(_Blocks):
-    """resnet → attention → resnet at the lowest resolution; its output is h."""
+    """resnet → attention → resnet at the lowest resolution; its output is h. Each residual
+    output is divided by output_scale (diffusers' mid_block_scale_factor); with time_scale_shift
+    "scale_shift" the attention has no GroupNorm, as in diffusers' UNetMidBlock2D."""
 
     features: int = 0
     with_attention: bool = True
+    output_scale: float = 1.0
 
     def setup(self) -> None:
-        self.resnets = [self._resnet(self.features) for _ in range(2)]
-        self.attentions = [self._attention()] if self.with_attention else []
+        self.resnets = [self._resnet(self.features, self.output_scale) for _ in range(2)]
+        norm = self.time_scale_shift != "scale_shift"
+        self.attentions = [self._attention(self.output_scale, norm)] if self.with_attention else []
 
     def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
         x = self.resnets[0](x, temb)
@@ -267,13 +342,14 @@ class _Level(_Blocks):
     num_layers: int = 0
     with_attention: bool = False
     downsample: bool = False
+    downsample_padding: int = 1
     upsample: bool = False
 
     def setup(self) -> None:
         self.resnets = [self._resnet(self.features) for _ in range(self.num_layers)]
         self.attentions = [self._attention() for _ in range(self.num_layers * self.with_attention)]
         if self.downsample:
-            self.downsampler = Downsample(self.features, self.dtype)
+            self.downsampler = Downsample(self.features, self.dtype, self.downsample_padding)
         if self.upsample:
             self.upsampler = Upsample(self.features, self.dtype)
 

@@ -2,9 +2,13 @@
 
     core       geometry, isometry, unet, diffusion, images, runtime, errors
     data       isodiff_jax.data
-    model      spec, sharding, checkpoint       (what training and analysis share)
+    model      spec, sharding, checkpoint,      (what training and analysis share)
+               pretrained                       (diffusers import and export)
     train | analysis                            (side by side: neither imports the other)
-    entry      config, launch                   (config -> typed values; nothing imports them)
+    entry      config, launch, pretrained.cli   (config -> typed values; nothing imports them)
+
+A module belongs to the layer of the longest listed prefix of its name: pretrained.cli (the
+import command, which writes a training state) is an entry point, the rest of pretrained is not.
 
 Inside core, only isometry may import (geometry); anything may import errors. Every `import` counts, also those inside
 functions. Prints each offending import and exits 1, or prints a summary and exits 0.
@@ -19,21 +23,22 @@ PACKAGE = "isodiff_jax"
 LAYERS = {  # layer -> (rank, module prefixes)
     "core": (0, ("geometry", "isometry", "unet", "diffusion", "images", "runtime", "errors")),
     "data": (1, ("data",)),
-    "model": (2, ("spec", "sharding", "checkpoint")),
+    "model": (2, ("spec", "sharding", "checkpoint", "pretrained")),
     "train": (3, ("train",)),
     "analysis": (3, ("analysis",)),
-    "entry": (4, ("config", "launch")),
+    "entry": (4, ("config", "launch", "pretrained.cli", "pretrained.__main__")),
 }
 CORE_IMPORTS = {"isometry": {"geometry"}}  # the only imports allowed inside core
 
 
 def layer_of(module: str) -> str:
-    """'isodiff_jax.train.loop' -> 'train'."""
-    top = module.split(".")[1] if module.count(".") else ""
-    for name, (_, prefixes) in LAYERS.items():
-        if top in prefixes:
-            return name
-    raise ValueError(f"{module} is in no layer: add it to tools/check_layers.py")
+    """'isodiff_jax.train.loop' -> 'train' (the layer of the longest listed prefix)."""
+    parts = module.split(".")[1:]
+    matches = [(len(prefix.split(".")), name) for name, (_, prefixes) in LAYERS.items() for prefix in prefixes
+               if parts[:len(prefix.split("."))] == prefix.split(".")]
+    if not matches:
+        raise ValueError(f"{module} is in no layer: add it to tools/check_layers.py")
+    return max(matches)[1]
 
 
 def module_name(root: str, path: str) -> str:

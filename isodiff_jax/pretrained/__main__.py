@@ -1,0 +1,3 @@
+from isodiff_jax.pretrained import cli
+
+cli.main()
