@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> str:
     if not args.source or not args.workdir or args.out:
         raise errors.UserError("give a diffusers folder and --workdir OUT (or --export WORKDIR --out DIR)")
     config_py = import_folder(args.source, args.workdir, data_name=args.data_name, data_dir=args.data_dir)
-    note = "" if args.data_dir else " (set --config.data.data_dir=... when training on data)"
+    note = "" if args.data_dir or args.data_name == "shapes" else " --config.data.data_dir=DATA"
     return f"wrote {args.workdir}; fine-tune with: python train.py --config {config_py} --workdir RUN{note}"
 
 

@@ -61,7 +61,7 @@ def write(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, str] | N
     """Writes `arrays` (names sorted, contiguous little-endian bytes) to `path`, atomically."""
     header, chunks, offset = {}, [], 0
     for name in sorted(arrays):
-        array = np.ascontiguousarray(arrays[name])
+        array = np.asarray(arrays[name])  # tobytes() is C order; ascontiguousarray would make 0-d arrays 1-d
         if array.dtype not in CODES:
             raise ValueError(f"{name}: dtype {array.dtype} has no safetensors code")
         raw = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
