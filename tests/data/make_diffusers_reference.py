@@ -7,7 +7,14 @@ virtualenv outside the repository:
 
     python3.12 -m venv /tmp/fixture-venv
     /tmp/fixture-venv/bin/pip install torch diffusers safetensors numpy
-    /tmp/fixture-venv/bin/python tests/data/make_diffusers_reference.py
+    /tmp/fixture-venv/bin/python tests/data/make_diffusers_reference.py [--check_export]
+
+`--check_export` (instead of writing the fixtures) imports each fixture with
+`isodiff_jax.pretrained.from_diffusers`, exports it with `to_diffusers`, and checks that diffusers
+opens the export: `UNet2DModel.from_pretrained` reproduces the stored reference exactly (the
+weights are the same float32 numbers) and `DDIMPipeline.from_pretrained` samples with it. That
+needs jax and torch in one interpreter, so it is checked here and not in the test suite; run it
+from the repository root with PYTHONPATH=.:.venv/lib/python3.12/site-packages.
 
 Each folder is laid out as a diffusers model folder (config.json, diffusion_pytorch_model.safetensors,
 scheduler_config.json; or model_index.json with unet/ and scheduler/) and holds reference.npz:
@@ -36,6 +43,8 @@ The cases (channels tiny, options those of the models in docs/pretrained.md):
 import json
 import os
 import shutil
+import sys
+import tempfile
 
 import numpy as np
 import torch
@@ -205,8 +214,31 @@ def _size(folder: str) -> int:
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(folder) for f in files)
 
 
+def check_export(name: str, out: str) -> None:
+    """Import with isodiff_jax, export, and open the export with diffusers (see the docstring)."""
+    from diffusers import DDIMPipeline
+
+    from isodiff_jax import pretrained
+    model = pretrained.from_diffusers(os.path.join(ROOT, name))
+    folder = pretrained.to_diffusers(model.unet, model.params, model.schedule, os.path.join(out, name),
+                                     resolution=model.resolution, clip_sample=model.clip_sample)
+    with np.load(os.path.join(ROOT, name, "reference.npz")) as ref:
+        eps, h = run(UNet2DModel.from_pretrained(folder, subfolder="unet"), ref["x"], ref["t"])
+        np.testing.assert_array_equal(eps, ref["eps"])
+        np.testing.assert_array_equal(h, ref["h"])
+    pipeline = DDIMPipeline.from_pretrained(folder)
+    images = pipeline(batch_size=2, num_inference_steps=3, generator=torch.manual_seed(0), output_type="np").images
+    assert images.shape == (2, model.resolution, model.resolution, 3) and np.isfinite(images).all()
+    print(f"{name}: diffusers opens the export; ε̂ and h identical; DDIMPipeline sampled {images.shape}")
+
+
 def main() -> None:
     torch.manual_seed(SEED)
+    if "--check_export" in sys.argv[1:]:
+        with tempfile.TemporaryDirectory() as out:
+            for name in CASES:
+                check_export(name, out)
+        return
     for name, case in CASES.items():
         write_case(name, case)
 
