@@ -129,8 +129,6 @@ def _validate_model_options(config) -> None:
     _check_finite(m.mid_block_scale_factor, "model.mid_block_scale_factor", 0, "a finite factor > 0")
     _check(m.mid_block_scale_factor > 0, "model.mid_block_scale_factor", m.mid_block_scale_factor,
            "a finite factor > 0")
-    for field in ("flip_sin_to_cos", "center_input_sample", "mid_attention"):
-        _check(isinstance(m[field], bool), f"model.{field}", m[field], "True or False")
     _check_choice(config, "model.downsample_padding", (0, 1))
     _check_choice(config, "model.act_fn", tuple(ACTIVATIONS))
     _check_choice(config, "model.resnet_time_scale_shift", TIME_SCALE_SHIFTS)

@@ -133,3 +133,22 @@ def test_a_non_finite_state_is_never_saved(tmp_path, trained_workdir):
         checkpoint.save(mngr, 7, {"w": jnp.array([1.0, jnp.inf])}, spec=spec, config_json="{}")
     mngr.wait_until_finished()
     assert mngr.all_steps() == []
+
+
+def test_a_checkpoint_saved_before_the_unet_options_still_loads(tmp_path, trained_workdir):
+    """Specs written before the U-Net had its diffusers options lack those fields: they load
+    with the defaults, which compute what those models computed."""
+    from isodiff_jax.spec import ModelSpec
+    workdir = str(tmp_path / "old")
+    shutil.copytree(trained_workdir, workdir)
+    new = ("norm_eps", "flip_sin_to_cos", "freq_shift", "downsample_padding", "act_fn", "resnet_time_scale_shift",
+           "center_input_sample", "mid_block_scale_factor")
+    for path in glob.glob(os.path.join(workdir, "checkpoints", "*", "spec", "metadata")):
+        spec = json.load(open(path))
+        for field in new:
+            del spec["unet"][field]
+        json.dump(spec, open(path, "w"))
+    loaded = checkpoint.load_params(workdir)
+    reference = checkpoint.load_params(trained_workdir)
+    assert loaded.spec == reference.spec and loaded.step == reference.step
+    assert ModelSpec.from_dict(loaded.spec.to_dict()) == loaded.spec

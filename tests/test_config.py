@@ -137,3 +137,55 @@ def test_learning_rate_warms_up_then_decays():
     assert float(lr(o.warmup_steps // 2)) == pytest.approx(o.lr / 2, rel=1e-6)
     assert float(lr(o.warmup_steps)) == pytest.approx(o.lr, rel=1e-6)
     assert float(lr(n)) == pytest.approx(o.lr * o.end_lr_fraction, rel=1e-5)
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("norm_eps", 0.0, "epsilon > 0"),
+    ("norm_eps", float("nan"), "epsilon > 0"),
+    ("freq_shift", float("inf"), "finite number"),
+    ("mid_block_scale_factor", 0.0, "factor > 0"),
+    ("downsample_padding", 2, "one of (0, 1)"),
+    ("act_fn", "tanh", "'silu'"),
+    ("resnet_time_scale_shift", "spatial", "'scale_shift'"),
+])
+def test_invalid_unet_options_name_the_field(field, value, message):
+    config = load("default")
+    config.model[field] = value
+    with pytest.raises(config_lib.ConfigError) as error:
+        config_lib.validate(config, num_devices=1)
+    assert f"config.model.{field}=" in str(error.value) and message in str(error.value), str(error.value)
+
+
+def test_every_model_field_reaches_the_unet():
+    """Each config.model field is passed to the U-Net (google's DDPM options here), and None
+    attention_head_dim (one head per attention block) validates."""
+    config = load("default")
+    values = dict(norm_eps=1e-6, flip_sin_to_cos=False, freq_shift=1.0, downsample_padding=0, act_fn="mish",
+                  resnet_time_scale_shift="scale_shift", center_input_sample=True, mid_block_scale_factor=2.0,
+                  attention_head_dim=None, mid_attention=False, norm_num_groups=4, layers_per_block=2)
+    config.model.update(values)
+    config_lib.validate(config, num_devices=1)
+    unet = config_lib.unet(config)
+    assert {k: getattr(unet, k) for k in values} == values
+    assert set(config.model) - {"dtype"} == set(values) | {"block_out_channels", "attention_levels"}
+
+
+def test_a_run_recorded_before_the_unet_options_resumes():
+    """A record without the U-Net options added later reads as their old behaviour; another
+    value is still a difference."""
+    import json
+    config = load("test")
+    record = json.loads(config_lib.to_json(config))
+    for field in config_lib.LATER_FIELDS:
+        del record["model"][field.split(".")[1]]
+    assert config_lib.resume_differences(json.dumps(record), config) == []
+    config.model.norm_eps = 1e-6
+    assert config_lib.resume_differences(json.dumps(record), config) == [
+        "config.model.norm_eps=1e-06 (was 1e-05)"]
+
+
+def test_scaled_linear_betas_are_checked_like_linear():
+    config = load("default")
+    config.diffusion.schedule, config.diffusion.beta_start = "scaled_linear", 0.05
+    with pytest.raises(config_lib.ConfigError, match="0 < beta_start < beta_end < 1"):
+        config_lib.validate(config)

@@ -24,3 +24,17 @@ def test_the_check_catches_an_upward_and_a_sideways_import(tmp_path):
     assert checked == 3
     assert any(line.startswith("isodiff_jax.geometry -> isodiff_jax.train") for line in bad)
     assert any("side by side" in line for line in bad) and len(bad) == 2
+
+
+def test_the_longest_prefix_decides_the_layer(tmp_path):
+    """pretrained.cli is an entry point (it builds a training state); the rest of pretrained is
+    the model layer and may not import training."""
+    tool = _tool()
+    assert tool.layer_of("isodiff_jax.pretrained.cli") == "entry"
+    assert tool.layer_of("isodiff_jax.pretrained.folder") == "model"
+    package = tmp_path / "isodiff_jax" / "pretrained"
+    package.mkdir(parents=True)
+    (package / "cli.py").write_text("from isodiff_jax.train import step\n")
+    (package / "folder.py").write_text("from isodiff_jax.train import step\n")
+    bad, checked = tool.violations(str(tmp_path))
+    assert checked == 2 and len(bad) == 1 and bad[0].startswith("isodiff_jax.pretrained.folder -> isodiff_jax.train")

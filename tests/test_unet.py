@@ -128,3 +128,26 @@ def test_attention_matches_reference_softmax_attention_and_its_derivatives():
         np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
     tangent = jax.jvp(_softmax_attention, (q, k, v), (v, q, k))[1]
     np.testing.assert_allclose(tangent, jax.jvp(reference, (q, k, v), (v, q, k))[1], rtol=1e-10, atol=1e-12)
+
+
+def test_downsample_padding_zero_pads_only_bottom_and_right():
+    """diffusers' Downsample2D with padding 0 (google's DDPM models): one zero row and column at
+    the bottom and right, then a VALID stride-2 convolution; padding 1 pads every side."""
+    from isodiff_jax.unet import Downsample
+    x = jax.random.normal(jax.random.PRNGKey(0), (1, 8, 8, 3), jnp.float32)
+    params = Downsample(4, jnp.float32, padding=0).init(jax.random.PRNGKey(1), x)
+    kernel, bias = params["params"]["conv"]["kernel"], params["params"]["conv"]["bias"]
+    conv = lambda y: jax.lax.conv_general_dilated(y, kernel, (2, 2), "VALID",
+                                                  dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
+    expected = conv(jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0))))
+    np.testing.assert_allclose(Downsample(4, jnp.float32, padding=0).apply(params, x), expected, rtol=1e-5, atol=1e-5)
+    symmetric = conv(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0))))
+    np.testing.assert_allclose(Downsample(4, jnp.float32, padding=1).apply(params, x), symmetric, rtol=1e-5, atol=1e-5)
+    assert expected.shape == symmetric.shape == (1, 4, 4, 4)
+
+
+@pytest.mark.parametrize("field, value", [("act_fn", "tanh"), ("resnet_time_scale_shift", "spatial"),
+                                          ("downsample_padding", 2)])
+def test_unknown_options_are_named(field, value):
+    with pytest.raises(ValueError, match=f"{field}="):
+        UNet(**{**TINY, field: value}).init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)), 0)
