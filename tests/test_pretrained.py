@@ -16,6 +16,7 @@ from isodiff_jax import config as config_lib
 from isodiff_jax.errors import InvalidValue, MissingPath, UserError
 from isodiff_jax.pretrained import cli, safetensors_io, weights
 from isodiff_jax.spec import ScheduleSpec
+from isodiff_jax.unet import UNet
 
 DATA = os.path.join(os.path.dirname(__file__), "data", "diffusers")
 CASES = ("cifar10", "celebahq", "options", "gelu")
@@ -238,6 +239,10 @@ def test_import_command_writes_a_workdir_that_training_and_analysis_accept(impor
     mesh = sharding.make_mesh(jax.devices()[:1])
     state = loop.fresh_state(setup, mesh)  # training.init_from=workdir
     assert all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), state.params, model.params)))
+    other = load_module(os.path.join(workdir, "config.py")).get_config()
+    other.model.norm_eps = 1e-5  # same parameter shapes, another computation
+    with pytest.raises(InvalidValue, match=r"model.norm_eps=1e-05 \(theirs: 1e-06\)"):
+        loop.fresh_state(config_lib.train_setup(other), mesh)
     step, resumed = checkpoint.restore(checkpoint.manager(workdir, read_only=True), loop.abstract_state(setup, mesh))
     assert step == 0 and int(resumed.step) == 0  # train.py --workdir OUT resumes it as a training state
     config_lib.check_resumable(workdir, config)
@@ -250,3 +255,16 @@ def test_import_command_writes_a_workdir_that_training_and_analysis_accept(impor
     back = pretrained.from_diffusers(out)
     assert back.unet == model.unet and all(jax.tree.leaves(
         jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), back.params, model.params)))
+
+
+def test_the_celebahq256_config_is_googles_unet():
+    """configs/celebahq256.py builds the U-Net of google/ddpm-ema-celebahq-256's config.json (the
+    fixture's, at the real widths), so it can fine-tune an imported workdir."""
+    import importlib
+    from isodiff_jax.pretrained import translate
+    with open(os.path.join(DATA, "celebahq", "unet", "config.json")) as f:
+        google = {**json.load(f), "block_out_channels": [128, 128, 256, 256, 512, 512], "norm_num_groups": 32}
+    fields, resolution = translate.unet_fields(google)
+    config = importlib.import_module("configs.celebahq256").get_config()
+    assert config_lib.unet(config) == UNet(**fields)
+    assert resolution == 32 and config.data.resolution == 256  # (the fixture's sample_size is small)

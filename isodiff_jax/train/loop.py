@@ -190,12 +190,23 @@ def fresh_state(setup: TrainSetup, mesh: Mesh):
     source = setup.settings.init_from
     if source:
         loaded = checkpoint.load_params(source, mesh=mesh)
+        _check_same_unet(loaded.spec, setup.spec, source)
         _check_same_structure(loaded.params, setup.spec.abstract_params(), source)
         params = loaded.params
     else:
         params = jax.jit(setup.spec.init_params, out_shardings=sharding.replicated(mesh))(setup.keys()["init"])
     return jax.jit(lambda p: step_lib.state_from_params(p, setup.optimizer),
                    out_shardings=sharding.replicated(mesh))(params)
+
+
+def _check_same_unet(saved: ModelSpec, spec: ModelSpec, source: str) -> None:
+    """Equal parameter shapes are not enough: options such as downsample_padding or norm_eps
+    change what the same parameters compute (the compute dtype may differ)."""
+    a, b = saved.to_dict()["unet"], spec.to_dict()["unet"]
+    differing = [f"model.{k}={b[k]!r} (theirs: {a[k]!r})" for k in sorted(a) if k != "dtype" and a[k] != b[k]]
+    if differing:
+        raise InvalidValue(f"parameters in {source} belong to another U-Net than this run's: {'; '.join(differing)}; "
+                           f"set these config fields to the values of {source}")
 
 
 def _check_same_structure(loaded, expected, source):
