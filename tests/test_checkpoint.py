@@ -144,10 +144,12 @@ def test_a_checkpoint_saved_before_the_unet_options_still_loads(tmp_path, traine
     new = ("norm_eps", "flip_sin_to_cos", "freq_shift", "downsample_padding", "act_fn", "resnet_time_scale_shift",
            "center_input_sample", "mid_block_scale_factor")
     for path in glob.glob(os.path.join(workdir, "checkpoints", "*", "spec", "metadata")):
-        spec = json.load(open(path))
+        with open(path) as f:
+            spec = json.load(f)
         for field in new:
             del spec["unet"][field]
-        json.dump(spec, open(path, "w"))
+        with open(path, "w") as f:
+            json.dump(spec, f)
     loaded = checkpoint.load_params(workdir)
     reference = checkpoint.load_params(trained_workdir)
     assert loaded.spec == reference.spec and loaded.step == reference.step

@@ -213,13 +213,13 @@ def test_safetensors_round_trip_and_damage(tmp_path):
     for k in arrays:
         assert back[k].dtype == arrays[k].dtype and back[k].shape == arrays[k].shape
         np.testing.assert_array_equal(back[k], arrays[k])
-    data = open(path, "rb").read()
-    open(path, "wb").write(data[:-3])
-    with pytest.raises(InvalidValue, match="not a readable safetensors file: tensor"):
-        safetensors_io.read(path)
-    open(path, "wb").write(b"\xff" * 16)
-    with pytest.raises(InvalidValue, match="header length"):
-        safetensors_io.read(path)
+    with open(path, "rb") as f:
+        data = f.read()
+    for damaged, message in ((data[:-3], "not a readable safetensors file: tensor"), (b"\xff" * 16, "header length")):
+        with open(path, "wb") as f:
+            f.write(damaged)
+        with pytest.raises(InvalidValue, match=message):
+            safetensors_io.read(path)
 
 
 def test_import_command_writes_a_workdir_that_training_and_analysis_accept(imported, tmp_path):
