@@ -24,6 +24,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 
+def load_config(path: str):
+    """get_config() of a config file given by its path (relative to the repository)."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("base_config", os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
 def train_oracle(directory: str, steps: int) -> None:
     """A 16 px factor oracle in `directory`, unless one is there."""
     from isodiff_jax.analysis import oracle
@@ -48,6 +57,7 @@ def score(workdir: str, oracle_dir: str, num_samples: int, sample_steps: int, et
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/experiments/base_model")
+    parser.add_argument("--config", default="configs/shapes16.py", help="the model to train (the test uses configs/test.py)")
     parser.add_argument("--oracle", default="runs/oracle16")
     parser.add_argument("--oracle_steps", type=int, default=3000)
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: configs/shapes16.py's)")
@@ -58,9 +68,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (for the test)")
     args = parser.parse_args(argv)
 
-    from configs import shapes16
     from isodiff_jax import launch
-    config = shapes16.get_config()
+    config = load_config(args.config)
     if args.quick:
         config.training.num_steps, config.training.global_batch_size = 4, 8
         config.checkpoint.every_steps, config.logging.sample_steps, config.logging.num_samples = 2, 4, 4
@@ -81,7 +90,7 @@ def main(argv=None) -> dict:
         scores = previous["scores"]
     else:
         scores = score(run_dir, args.oracle, args.num_samples, args.sample_steps, args.eta)
-    summary = {"config": "configs/shapes16.py", "num_steps": config.training.num_steps,
+    summary = {"config": args.config, "num_steps": config.training.num_steps,
                "global_batch_size": config.training.global_batch_size,
                "training_seconds_this_call": training["seconds"], "seconds_this_call": time.perf_counter() - started,
                "scored_samples": {"num": args.num_samples, "ddim_steps": args.sample_steps, "eta": args.eta},

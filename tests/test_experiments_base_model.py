@@ -12,7 +12,9 @@ def _script():
 
 def test_base_model_quick_run_writes_scores_and_resumes(tmp_path):
     script = _script()
-    argv = ["--quick", "--out", str(tmp_path / "base"), "--oracle", str(tmp_path / "oracle")]
+    # the test config (its steps are compiled for other tests too), not shapes16's larger U-Net
+    argv = ["--quick", "--config", "configs/test.py", "--out", str(tmp_path / "base"),
+            "--oracle", str(tmp_path / "oracle")]
     summary = script.main(argv)
     scores = summary["scores"]
     assert scores["step"] == 4 and 0 <= scores["oracle_confident_fraction"] <= 1

@@ -1,31 +1,61 @@
-"""experiments/lambda_study.py at its smallest setting: one fine-tuned run from a trained workdir,
-measured with every evaluator, summarised, and skipped when run again."""
+"""experiments/lambda_study.py and experiments/regularizer_study.py at their smallest settings:
+runs fine-tuned from a trained workdir, measured with every evaluator, summarised, compared, and
+skipped when run again. The regularizer study shares the λ study's directory and reuses its runs."""
 import json
 import math
 
+import pytest
 from support import load_module
 
 from isodiff_jax.analysis import oracle
 
 
-def _script():
-    return load_module("experiments/lambda_study.py")
+@pytest.fixture(scope="module")
+def study(trained_workdir, oracle16, tmp_path_factory):
+    """The λ study's quick setting with λ ∈ {0, 0.1}: (argv, summary, out directory)."""
+    tmp = tmp_path_factory.mktemp("lambda")
+    oracle.save(oracle16, str(tmp / "oracle"), {})
+    argv = ["--quick", "--config", "configs/test.py", "--base", trained_workdir, "--oracle", str(tmp / "oracle"),
+            "--steps", "2", "--lambdas", "0,0.1", "--no-scratch", "--p_values", "", "--out", str(tmp / "study")]
+    return argv, load_module("experiments/lambda_study.py").main(argv), tmp
 
 
-def test_lambda_study_quick_run_measures_and_resumes(trained_workdir, oracle16, tmp_path):
-    oracle.save(oracle16, str(tmp_path / "oracle"), {})
-    script = _script()
-    argv = ["--quick", "--config", "configs/test.py", "--base", trained_workdir, "--oracle", str(tmp_path / "oracle"),
-            "--steps", "2", "--lambdas", "0.1", "--no-scratch", "--p_values", "", "--out", str(tmp_path / "study")]
+def test_lambda_study_quick_run_measures_and_resumes(study):
+    argv, summary, tmp = study
+    assert [r["name"] for r in summary["runs"]] == ["lam0_p0.5", "lam0.1_p0.5"]
+    for run in summary["runs"]:
+        assert run["step"] == 2
+        for name in ("mrtl", "mrtl_over_floor", "fd_oracle", "inversion_psnr", "factor_rtl", "edit_h_precision",
+                     "probe_r2", "rank_iso_t50", "t50_mcn"):
+            assert math.isfinite(run["metrics"][name]), (run["name"], name)
+        assert run["metrics"]["rank_iso_t50"] >= 1.0 and run["trajectory"]
+    zero, regularized = (r["metrics"]["oracle_confident_fraction"] for r in summary["runs"])
+    assert summary["best_lambda"] == (0.1 if regularized >= zero - 0.05 else None)  # the study's rule
+    assert (tmp / "study" / "mrtl_vs_lambda.png").exists() and (tmp / "study" / "fd_vs_lambda.png").exists()
+    saved = json.load(open(tmp / "study" / "lam0.1_p0.5" / "measured.json"))
+    again = load_module("experiments/lambda_study.py").main(argv)  # finished: measured.json reused, nothing trains
+    assert again["runs"][1] == saved
+
+
+def test_regularizer_study_reuses_the_lambda_runs_and_compares_kinds(study):
+    argv, _, tmp = study
+    script = load_module("experiments/regularizer_study.py")
+    argv = ["--quick", "--config", "configs/test.py", "--base", argv[argv.index("--base") + 1],
+            "--oracle", str(tmp / "oracle"), "--steps", "2", "--weights", "0.1", "--kinds", "sphere,path_length",
+            "--out", str(tmp / "study")]
+    reused = json.load(open(tmp / "study" / "lam0.1_p0.5" / "measured.json"))
     summary = script.main(argv)
-    (run,) = summary["runs"]
-    assert run["name"] == "lam0.1_p0.5" and run["step"] == 2
-    for name in ("mrtl", "mrtl_over_floor", "fd_oracle", "inversion_psnr", "factor_rtl", "edit_h_precision",
-                 "probe_r2", "rank_iso_t50", "t50_mcn"):
-        assert math.isfinite(run["metrics"][name]), name
-    assert run["metrics"]["rank_iso_t50"] >= 1.0 and run["trajectory"]
-    assert summary["best_lambda"] is None  # no λ = 0 run to compare with
-    assert (tmp_path / "study" / "mrtl_vs_lambda.png").exists()
-    saved = json.load(open(tmp_path / "study" / "lam0.1_p0.5" / "measured.json"))
-    again = script.main(argv)  # finished: measured.json is reused, nothing trains
-    assert again["runs"][0] == saved
+    assert [r["name"] for r in summary["runs"]] == ["lam0_p0.5", "lam0.1_p0.5", "path_length_lam0.1_p0.5"]
+    assert [r["kind"] for r in summary["runs"]] == ["none", "sphere", "path_length"]
+    assert summary["runs"][1] == reused  # not trained again
+    path_length = summary["runs"][2]
+    assert path_length["step"] == 2
+    for name in ("mrtl_over_floor", "fd_oracle", "oracle_confident_fraction", "rank_iso_t50"):
+        assert math.isfinite(path_length["metrics"][name]), name
+    zero = summary["runs"][0]["metrics"]["oracle_confident_fraction"]
+    for run in summary["runs"][1:]:  # a kind's best weight must keep sample quality within 5 points
+        keeps = run["metrics"]["oracle_confident_fraction"] >= zero - 0.05
+        assert (summary["best_weight"][run["kind"]] == 0.1) == keeps
+    assert summary["side_by_side"][0] == "lam0_p0.5" and (tmp / "study" / "regularizers.png").exists()
+    saved = json.load(open(tmp / "study" / "regularizers.json"))
+    assert script.main(argv)["runs"] == saved["runs"]  # finished: nothing trains
