@@ -19,6 +19,18 @@ jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
 import pytest  # noqa: E402  (after the JAX configuration above)
 
+# The longest test files (minutes each on 2 cores, measured with --durations), run first: the
+# suite runs on two pytest-xdist workers, one file per worker at a time (--dist loadfile), and a
+# long file that starts last would leave the other worker idle at the end.
+LONGEST_FIRST = ("test_train_processes.py", "test_experiments_lambda.py", "test_train_loop.py",
+                 "test_experiments_estimators.py", "test_notebook.py", "test_pretrained.py", "test_train_step.py",
+                 "test_analysis_load.py", "test_experiments_base_model.py", "test_analysis_factors.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
+
 
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory):
@@ -33,6 +45,16 @@ def trained_workdir(tmp_path_factory):
     ev.every_steps, ev.metrics, ev.num_pairs, ev.sample_steps, ev.timesteps = 2, "mrtl,probe", 4, 4, (50,)
     launch.train(config, str(path))
     return str(path)
+
+
+@pytest.fixture(scope="session")
+def reference(tmp_path_factory):
+    """configs/test.py's 6 steps in one uninterrupted in-process run on the 4 simulated devices
+    (the training tests compare resumed, killed, other-device and multi-process runs with it)."""
+    from training_support import small_config
+    from isodiff_jax import launch
+    workdir = tmp_path_factory.mktemp("reference")
+    return workdir, launch.train(small_config(), str(workdir))
 
 
 @pytest.fixture(scope="session")

@@ -1,125 +1,25 @@
-"""The training system end to end: the real train.py, exact resume (also after a kill), device
-counts, two processes, non-finite stops. Uses configs/test.py (a tiny U-Net)."""
-import glob
+"""The training system in one process: exact resume, device counts, non-finite stops, the resume
+rules, the workdir lock, fine-tuning. Uses configs/test.py (a tiny U-Net); the shared
+uninterrupted run is conftest.py's `reference`. Subprocess runs: tests/test_train_processes.py."""
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import pytest
-from PIL import Image
+from training_support import STEPS, assert_close, assert_identical, saved_state, small_config
 
-from configs import test as test_config
-from isodiff_jax import checkpoint, launch, sharding
+from isodiff_jax import checkpoint, launch
 from isodiff_jax import config as config_lib
-from isodiff_jax.analysis import load, suite
-from isodiff_jax.analysis.options import Options
 from isodiff_jax.train import loop
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-STEPS = 6
-
-
-def small_config(**overrides):
-    """configs/test.py (constant learning rate, so a shorter first run has the same schedule)."""
-    config = test_config.get_config()
-    assert config.training.num_steps == STEPS and config.optim.decay == "constant"
-    for field, value in overrides.items():
-        section, key = field.split("__")
-        config[section][key] = value
-    return config
-
-
-def train_py(workdir, *overrides, devices=4, extra=(), wait=True):
-    """Runs the real train.py in a subprocess with `devices` simulated CPU devices, with float64
-    enabled as in this process (conftest.py) so that both compile the same programs: the same
-    numerics and shared entries in the compilation cache."""
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": str(devices), "JAX_ENABLE_X64": "1",
-           "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1"}
-    command = [sys.executable, "train.py", "--config", "configs/test.py", "--workdir", str(workdir),
-               *overrides, *extra]
-    process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True)
-    if not wait:
-        return process
-    output, _ = process.communicate(timeout=600)
-    assert process.returncode == 0, output
-    return output
-
-
-def saved_state(workdir, step=None, devices=None):
-    """The TrainState saved in `workdir` (newest step by default) as host numpy arrays."""
-    config = config_lib.from_json(checkpoint.saved_config_json(str(workdir)))
-    mesh = sharding.make_mesh(devices)
-    found, state = checkpoint.restore(checkpoint.manager(str(workdir), read_only=True),
-                                      loop.abstract_state(config_lib.train_setup(config), mesh), step)
-    assert found is not None, f"no checkpoint in {workdir}"
-    return found, jax.device_get(state)
-
-
-def assert_identical(a, b):
-    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
-        np.testing.assert_array_equal(x, y, err_msg=jax.tree_util.keystr(path))
-
-
-def assert_close(a, b, atol):
-    for (path, x), y in zip(jax.tree_util.tree_flatten_with_path(a)[0], jax.tree.leaves(b)):
-        np.testing.assert_allclose(x, y, rtol=0, atol=atol, err_msg=jax.tree_util.keystr(path))
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory):
-    """STEPS steps in one uninterrupted in-process run on the 4 simulated devices."""
-    workdir = tmp_path_factory.mktemp("reference")
-    summary = launch.train(small_config(), str(workdir))
-    return workdir, summary
-
-
-def test_train_py_writes_checkpoints_samples_logs_and_resumes(tmp_path):
-    output = train_py(tmp_path, "--config.training.num_steps=4")
-    assert "started at step 0" in output and "trained 4 steps to step 4" in output, output
-    assert sorted(int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "checkpoints" / "*"))) == [3, 4]
-    (png,) = glob.glob(str(tmp_path / "samples" / "*.png"))
-    assert Image.open(png).size[0] > 16
-    assert glob.glob(str(tmp_path / "logs" / "events.out.tfevents.*"))
-    assert config_lib.from_json(checkpoint.saved_config_json(str(tmp_path))).training.num_steps == 4
-
-    output = train_py(tmp_path)  # the same workdir: resumes, does not start over
-    assert "resumed from the checkpoint at step 4" in output and "trained 2 steps to step 6" in output, output
-    assert saved_state(tmp_path)[0] == STEPS
-    assert launch.train(small_config(), str(tmp_path))["steps"] == 0  # finished: nothing to do
 
 
 def test_resume_is_exact(reference, tmp_path):
     launch.train(small_config(training__num_steps=3), str(tmp_path))
     summary = launch.train(small_config(), str(tmp_path))
     assert summary["steps"] == STEPS - 3
-    assert_identical(saved_state(tmp_path)[1], saved_state(reference[0])[1])
-
-
-def test_killed_run_restarts_from_last_complete_checkpoint_and_loses_nothing(reference, tmp_path):
-    """SIGKILL as soon as the first save begins (mid-save), then restart: the result is bit-identical."""
-    process = train_py(tmp_path, "--config.checkpoint.every_steps=1", wait=False)
-    saves = tmp_path / "checkpoints"
-    complete = lambda: [p for p in glob.glob(str(saves / "*")) if os.path.basename(p).isdigit()]
-    deadline = time.time() + 300
-    while process.poll() is None and time.time() < deadline:
-        if complete() and glob.glob(str(saves / "*tmp*")):  # a checkpoint exists and the next save is under way
-            break
-        time.sleep(0.002)
-    process.send_signal(signal.SIGKILL)
-    process.communicate()
-    kept = checkpoint.manager(str(tmp_path), read_only=True).all_steps()
-    assert kept and max(kept) < STEPS, f"not killed between saves (complete steps: {kept})"
-    summary = launch.train(small_config(checkpoint__every_steps=1), str(tmp_path))
-    assert summary["steps"] == STEPS - max(kept)
-    assert not glob.glob(str(tmp_path / "checkpoints" / "*tmp*")), "a partial save was left behind"
     assert_identical(saved_state(tmp_path)[1], saved_state(reference[0])[1])
 
 
@@ -132,34 +32,6 @@ def test_restores_on_a_different_number_of_devices(reference):
     _, on_four = saved_state(reference[0])
     _, on_one = saved_state(reference[0], devices=jax.devices()[:1])
     assert_identical(on_one, on_four)
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def test_two_processes_train_and_evaluate_together(reference, tmp_path):
-    """Two processes × 2 CPU devices (gloo collectives) = the single-process run on 4 devices; the
-    in-training evaluator splits its batches over both processes' devices and reports what one
-    process computes from the saved checkpoint."""
-    address = f"localhost:{_free_port()}"
-    # 3 steps (the constant-rate test config makes them the reference's first 3), to keep the
-    # two oversubscribed processes short
-    evaluation = ("--config.evaluation.every_steps=3", "--config.evaluation.metrics=mrtl",
-                  "--config.evaluation.num_pairs=4", "--config.evaluation.timesteps=(50,)")
-    processes = [train_py(tmp_path, "--config.training.num_steps=3", *evaluation,
-                          extra=("--coordinator_address", address, "--num_processes", "2", "--process_id", str(i)),
-                          devices=2, wait=False) for i in range(2)]
-    outputs = [p.communicate(timeout=600)[0] for p in processes]
-    assert all(p.returncode == 0 for p in processes), outputs
-    assert "4 devices in 2 processes" in outputs[0], outputs[0]
-    assert_close(saved_state(tmp_path)[1], saved_state(reference[0], step=3)[1], atol=2e-5)
-    (line,) = [json.loads(text) for text in open(tmp_path / "evaluation.jsonl")]
-    spec, params, _ = load.load(str(tmp_path), devices=jax.devices()[:1])
-    again = dict(suite.Suite(spec, ["mrtl"], Options(num_pairs=4, timesteps=(50,))).run(params))
-    assert line["step"] == 3 and line["mrtl"] == pytest.approx(again["mrtl"], rel=1e-5)
 
 
 def test_non_finite_loss_stops_naming_the_step(tmp_path):

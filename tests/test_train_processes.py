@@ -1,0 +1,82 @@
+"""The training system across processes: the real train.py end to end and resumed, a SIGKILL in
+the middle of a save, two processes joined by jax.distributed. Uses configs/test.py; the shared
+uninterrupted run is conftest.py's `reference`."""
+import glob
+import json
+import os
+import signal
+import socket
+import time
+
+import jax
+import pytest
+from PIL import Image
+from training_support import STEPS, assert_close, assert_identical, saved_state, small_config, train_py
+
+from isodiff_jax import checkpoint, launch
+from isodiff_jax import config as config_lib
+from isodiff_jax.analysis import load, suite
+from isodiff_jax.analysis.options import Options
+
+
+def test_train_py_writes_checkpoints_samples_logs_and_resumes(tmp_path):
+    output = train_py(tmp_path, "--config.training.num_steps=4")
+    assert "started at step 0" in output and "trained 4 steps to step 4" in output, output
+    assert sorted(int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "checkpoints" / "*"))) == [3, 4]
+    (png,) = glob.glob(str(tmp_path / "samples" / "*.png"))
+    assert Image.open(png).size[0] > 16
+    assert glob.glob(str(tmp_path / "logs" / "events.out.tfevents.*"))
+    assert config_lib.from_json(checkpoint.saved_config_json(str(tmp_path))).training.num_steps == 4
+
+    output = train_py(tmp_path)  # the same workdir: resumes, does not start over
+    assert "resumed from the checkpoint at step 4" in output and "trained 2 steps to step 6" in output, output
+    assert saved_state(tmp_path)[0] == STEPS
+    assert launch.train(small_config(), str(tmp_path))["steps"] == 0  # finished: nothing to do
+
+
+def test_killed_run_restarts_from_last_complete_checkpoint_and_loses_nothing(reference, tmp_path):
+    """SIGKILL as soon as the first save begins (mid-save), then restart: the result is bit-identical."""
+    process = train_py(tmp_path, "--config.checkpoint.every_steps=1", wait=False)
+    saves = tmp_path / "checkpoints"
+    complete = lambda: [p for p in glob.glob(str(saves / "*")) if os.path.basename(p).isdigit()]
+    deadline = time.time() + 300
+    while process.poll() is None and time.time() < deadline:
+        if complete() and glob.glob(str(saves / "*tmp*")):  # a checkpoint exists and the next save is under way
+            break
+        time.sleep(0.002)
+    process.send_signal(signal.SIGKILL)
+    process.communicate()
+    kept = checkpoint.manager(str(tmp_path), read_only=True).all_steps()
+    assert kept and max(kept) < STEPS, f"not killed between saves (complete steps: {kept})"
+    summary = launch.train(small_config(checkpoint__every_steps=1), str(tmp_path))
+    assert summary["steps"] == STEPS - max(kept)
+    assert not glob.glob(str(tmp_path / "checkpoints" / "*tmp*")), "a partial save was left behind"
+    assert_identical(saved_state(tmp_path)[1], saved_state(reference[0])[1])
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_and_evaluate_together(reference, tmp_path):
+    """Two processes × 2 CPU devices (gloo collectives) = the single-process run on 4 devices; the
+    in-training evaluator splits its batches over both processes' devices and reports what one
+    process computes from the saved checkpoint."""
+    address = f"localhost:{_free_port()}"
+    # 3 steps (the constant-rate test config makes them the reference's first 3), to keep the
+    # two oversubscribed processes short
+    evaluation = ("--config.evaluation.every_steps=3", "--config.evaluation.metrics=mrtl",
+                  "--config.evaluation.num_pairs=4", "--config.evaluation.timesteps=(50,)")
+    processes = [train_py(tmp_path, "--config.training.num_steps=3", *evaluation,
+                          extra=("--coordinator_address", address, "--num_processes", "2", "--process_id", str(i)),
+                          devices=2, wait=False) for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    assert "4 devices in 2 processes" in outputs[0], outputs[0]
+    assert_close(saved_state(tmp_path)[1], saved_state(reference[0], step=3)[1], atol=2e-5)
+    (line,) = [json.loads(text) for text in open(tmp_path / "evaluation.jsonl")]
+    spec, params, _ = load.load(str(tmp_path), devices=jax.devices()[:1])
+    again = dict(suite.Suite(spec, ["mrtl"], Options(num_pairs=4, timesteps=(50,))).run(params))
+    assert line["step"] == 3 and line["mrtl"] == pytest.approx(again["mrtl"], rel=1e-5)
