@@ -51,9 +51,11 @@ def _check_positive_int(value, field, minimum=1):
            f"an integer >= {minimum}")
 
 
-def _check_finite(value, field, low=-math.inf, allowed="a finite number"):
-    """A finite real number >= low (inf and nan pass most comparisons, so they are named here)."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= low
+def _check_finite(value, field, low=-math.inf, allowed="a finite number", *, strict=False):
+    """A finite real number >= low (> low when `strict`); inf and nan pass most comparisons, so
+    they are named here."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and (value > low if strict else value >= low)
     _check(ok, field, value, allowed)
 
 
@@ -123,12 +125,10 @@ def _validate_model(config) -> None:
 def _validate_model_options(config) -> None:
     """The U-Net options that diffusers' UNet2DModel has (isodiff_jax.unet.UNet)."""
     m = config.model
-    _check_finite(m.norm_eps, "model.norm_eps", 0, "a finite epsilon > 0")
-    _check(m.norm_eps > 0, "model.norm_eps", m.norm_eps, "a finite epsilon > 0")
+    _check_finite(m.norm_eps, "model.norm_eps", 0, "a finite epsilon > 0", strict=True)
     _check_finite(m.freq_shift, "model.freq_shift")
-    _check_finite(m.mid_block_scale_factor, "model.mid_block_scale_factor", 0, "a finite factor > 0")
-    _check(m.mid_block_scale_factor > 0, "model.mid_block_scale_factor", m.mid_block_scale_factor,
-           "a finite factor > 0")
+    _check_finite(m.mid_block_scale_factor, "model.mid_block_scale_factor", 0, "a finite factor > 0",
+                  strict=True)
     _check_choice(config, "model.downsample_padding", (0, 1))
     _check_choice(config, "model.act_fn", tuple(ACTIVATIONS))
     _check_choice(config, "model.resnet_time_scale_shift", TIME_SCALE_SHIFTS)
@@ -154,16 +154,14 @@ def _validate_objective(config) -> None:
     _check_choice(config, "regularizer.radius", isometry.RADII)
     _check_positive_int(r.num_probes, "regularizer.num_probes")
     _check(0 <= r.pl_decay < 1, "regularizer.pl_decay", r.pl_decay, "a decay in [0, 1)")
-    _check_finite(o.lr, "optim.lr", 0, "a finite learning rate > 0")
-    _check(o.lr > 0, "optim.lr", o.lr, "a finite learning rate > 0")
+    _check_finite(o.lr, "optim.lr", 0, "a finite learning rate > 0", strict=True)
     _check(isinstance(o.warmup_steps, int) and o.warmup_steps >= 0, "optim.warmup_steps",
            o.warmup_steps, "an integer >= 0")
     _check_choice(config, "optim.decay", DECAYS)
     _check(0 <= o.end_lr_fraction <= 1, "optim.end_lr_fraction", o.end_lr_fraction, "a fraction in [0, 1]")
     _check(0 <= o.b1 < 1 and 0 <= o.b2 < 1, "optim.b1/b2", (o.b1, o.b2), "betas in [0, 1)")
     _check_finite(o.weight_decay, "optim.weight_decay", 0, "a finite number >= 0")
-    _check_finite(o.clip_norm, "optim.clip_norm", 0, "a finite norm > 0")
-    _check(o.clip_norm > 0, "optim.clip_norm", o.clip_norm, "a finite norm > 0")
+    _check_finite(o.clip_norm, "optim.clip_norm", 0, "a finite norm > 0", strict=True)
     _check(0 <= o.ema_max_decay < 1, "optim.ema_max_decay", o.ema_max_decay, "a decay in [0, 1)")
     _check_positive_int(o.grad_accum_steps, "optim.grad_accum_steps")
 

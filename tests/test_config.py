@@ -45,6 +45,8 @@ def test_celebahq256_is_the_papers_setting():
     ("data.name", "imagenet_nonexistent_name", "'shapes'"),
     ("optim.lr", 0.0, "> 0"),
     ("optim.lr", float("inf"), "finite learning rate"),
+    ("optim.clip_norm", 0.0, "finite norm > 0"),
+    ("model.norm_eps", 0.0, "finite epsilon > 0"),
     ("optim.lr", float("nan"), "finite learning rate"),
     ("regularizer.weight", float("inf"), "finite λ"),
     ("optim.clip_norm", float("inf"), "finite norm"),
