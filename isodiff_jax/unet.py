@@ -67,8 +67,8 @@ class TimeEmbedding(nn.Module):
 
 
 class ResnetBlock(nn.Module):
-    """GroupNorm-act-Conv twice, the time embedding in between, 1×1 shortcut if channels change;
-    (x + y) / output_scale.
+    """GroupNorm-act-Conv twice, the time embedding in between (none when temb is None), 1×1
+    shortcut if channels change; (x + y) / output_scale.
 
     time_scale_shift "default" adds the projected embedding before the second GroupNorm;
     "scale_shift" projects it to 2·features (scale, shift) and applies norm2(y)·(1 + scale) + shift.
@@ -83,19 +83,22 @@ class ResnetBlock(nn.Module):
     output_scale: float = 1.0
 
     @nn.compact
-    def __call__(self, x: jax.Array, temb: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, temb: Optional[jax.Array]) -> jax.Array:
         act = ACTIVATIONS[self.act]
         norm = lambda name: nn.GroupNorm(self.groups, epsilon=self.eps, dtype=self.dtype, name=name)
         conv = lambda name: nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype, name=name)
         y = conv("conv1")(act(norm("norm1")(x)))
         shift_too = self.time_scale_shift == "scale_shift"
-        temb = nn.Dense(self.features * (2 if shift_too else 1), dtype=self.dtype,
-                        name="time_emb_proj")(act(temb))[:, None, None, :]
-        if shift_too:
-            scale, shift = jnp.split(temb, 2, axis=-1)
-            y = norm("norm2")(y) * (1 + scale) + shift
+        if temb is None:  # no time embedding (an autoencoder's resnets: diffusers' temb_channels=None)
+            y = norm("norm2")(y)
         else:
-            y = norm("norm2")(y + temb)
+            temb = nn.Dense(self.features * (2 if shift_too else 1), dtype=self.dtype,
+                            name="time_emb_proj")(act(temb))[:, None, None, :]
+            if shift_too:
+                scale, shift = jnp.split(temb, 2, axis=-1)
+                y = norm("norm2")(y) * (1 + scale) + shift
+            else:
+                y = norm("norm2")(y + temb)
         y = conv("conv2")(act(y))
         if x.shape[-1] != self.features:
             x = nn.Conv(self.features, (1, 1), dtype=self.dtype, name="conv_shortcut")(x)
