@@ -34,6 +34,21 @@ def get_config():
     m.mid_block_scale_factor = 1.0  # the middle block's residual sums are divided by this
     m.dtype = "float32"  # computation dtype: "float32" or "bfloat16" (parameters stay float32)
 
+    # latent diffusion: the U-Net diffuses the latents of a frozen VQ autoencoder (diffusers' VQModel);
+    # `python -m isodiff_jax.pretrained` fills this section from an imported model (docs/pretrained.md)
+    c.autoencoder = a = ml_collections.ConfigDict()
+    a.kind = "none"  # "none" (diffusion on the images) or "vq" (on the autoencoder's latents)
+    a.params_file = ""  # its weights, a .npz written by the import
+    a.block_out_channels = (128, 256, 512)  # channels per level (one 2× down/upsampling between levels)
+    a.layers_per_block = 2  # resnets per encoder level (one more per decoder level)
+    a.latent_channels = 3  # channels at the encoder's output and the decoder's input
+    a.vq_embed_dim = 3  # channels of the latent the U-Net diffuses (and of the codebook entries)
+    a.num_vq_embeddings = 8192  # codebook entries
+    a.norm_num_groups = 32  # GroupNorm groups (epsilon 1e-6, as diffusers)
+    a.act_fn = "silu"  # the resnets' activation
+    a.mid_attention = True  # attention in the middle blocks
+    a.scaling_factor = 1.0  # latent = scaling_factor · encoder output (CompVis' VQ LDMs: 1)
+
     c.diffusion = df = ml_collections.ConfigDict()
     df.schedule = "linear"  # beta schedule: "linear", "cosine" or "scaled_linear" (sqrt(β) linear, as LDM)
     df.num_timesteps = 1000  # T

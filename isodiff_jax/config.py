@@ -21,12 +21,14 @@ from isodiff_jax.errors import UserError
 from isodiff_jax.analysis import options as options_lib
 from isodiff_jax.analysis import suite
 from isodiff_jax.isometry import REGULARIZERS, Regularizer
-from isodiff_jax.spec import DataSpec, ModelSpec, ScheduleSpec
+from isodiff_jax.autoencoder import VQAutoencoder
+from isodiff_jax.spec import DataSpec, LatentSpec, ModelSpec, ScheduleSpec
 from isodiff_jax.train.loop import TrainSettings, TrainSetup
 from isodiff_jax.train.step import make_optimizer
 from isodiff_jax.unet import ACTIVATIONS, TIME_SCALE_SHIFTS, UNet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+AUTOENCODERS = ("none", "vq")
 DECAYS = ("cosine", "constant")
 
 
@@ -83,8 +85,36 @@ def validate_model(config: ml_collections.ConfigDict) -> None:
     """The model and diffusion sections, and data.resolution (which the U-Net's levels must
     divide): all that an imported model's config holds before its data are named."""
     _check_positive_int(config.data.resolution, "data.resolution", 4)
+    _validate_autoencoder(config)
     _validate_model(config)
     _validate_diffusion(config)
+
+
+def _validate_autoencoder(config) -> None:
+    """The autoencoder section (latent diffusion), and that data.resolution fits its levels."""
+    a = config.autoencoder
+    _check_choice(config, "autoencoder.kind", AUTOENCODERS)
+    if a.kind == "none":
+        return
+    _check(bool(a.params_file) and os.path.isfile(a.params_file), "autoencoder.params_file", a.params_file,
+           "the .npz of the autoencoder's weights (written by `python -m isodiff_jax.pretrained`)")
+    _check(len(a.block_out_channels) >= 1 and all(isinstance(c, int) and c > 0 for c in a.block_out_channels),
+           "autoencoder.block_out_channels", a.block_out_channels, "a non-empty tuple of positive integers")
+    for field in ("layers_per_block", "latent_channels", "vq_embed_dim", "num_vq_embeddings", "norm_num_groups"):
+        _check_positive_int(a[field], f"autoencoder.{field}")
+    _check(all(c % a.norm_num_groups == 0 for c in a.block_out_channels), "autoencoder.norm_num_groups",
+           a.norm_num_groups, f"a divisor of every entry of block_out_channels {a.block_out_channels}")
+    _check_choice(config, "autoencoder.act_fn", tuple(ACTIVATIONS))
+    _check_finite(a.scaling_factor, "autoencoder.scaling_factor", 0, "a finite factor > 0", strict=True)
+    factor = 2 ** (len(a.block_out_channels) - 1)
+    _check(config.data.resolution % factor == 0, "data.resolution", config.data.resolution,
+           f"a multiple of the autoencoder's downsampling factor {factor}")
+
+
+def diffusion_side(config) -> int:
+    """The side of what the U-Net diffuses: the images', or their latents' for latent diffusion."""
+    a = config.autoencoder
+    return config.data.resolution // (2 ** (len(a.block_out_channels) - 1) if a.kind == "vq" else 1)
 
 
 def _validate_data(config) -> None:
@@ -106,8 +136,10 @@ def _validate_model(config) -> None:
            "model.block_out_channels", m.block_out_channels, "a non-empty tuple of positive integers")
     _check(len(m.attention_levels) == levels, "model.attention_levels", m.attention_levels,
            f"one bool per level ({levels})")
-    _check(d.resolution % 2 ** (levels - 1) == 0, "data.resolution", d.resolution,
-           f"a multiple of 2**(levels-1) = {2 ** (levels - 1)}")
+    side, latent = diffusion_side(config), config.autoencoder.kind != "none"
+    _check(side % 2 ** (levels - 1) == 0, "data.resolution", d.resolution,
+           f"a multiple of 2**(levels-1) = {2 ** (levels - 1)}" + (f" after the autoencoder (latent side {side})"
+                                                                    if latent else ""))
     _check_positive_int(m.norm_num_groups, "model.norm_num_groups")
     _check(all(c % m.norm_num_groups == 0 for c in m.block_out_channels), "model.norm_num_groups",
            m.norm_num_groups, f"a divisor of every entry of block_out_channels {m.block_out_channels}")
@@ -258,9 +290,24 @@ def schedule(config) -> diffusion.Schedule:
     return schedule_spec(config).build()
 
 
+def latent_spec(config, channels: int = 3) -> Optional[LatentSpec]:
+    """The autoencoder of latent diffusion (None for diffusion on the images)."""
+    a = config.autoencoder
+    if a.kind == "none":
+        return None
+    autoencoder = VQAutoencoder(
+        in_channels=channels, out_channels=channels, block_out_channels=tuple(a.block_out_channels),
+        layers_per_block=a.layers_per_block, latent_channels=a.latent_channels, vq_embed_dim=a.vq_embed_dim,
+        num_vq_embeddings=a.num_vq_embeddings, norm_num_groups=a.norm_num_groups, act_fn=a.act_fn,
+        mid_attention=bool(a.mid_attention), scaling_factor=float(a.scaling_factor))
+    return LatentSpec(autoencoder, os.path.abspath(a.params_file))
+
+
 def model_spec(config, channels: int = 3) -> ModelSpec:
-    d = config.data
-    return ModelSpec(unet=unet(config, channels), schedule=schedule_spec(config),
+    """channels: of the images (a latent U-Net takes the autoencoder's latent channels)."""
+    d, latent = config.data, latent_spec(config, channels)
+    return ModelSpec(unet=unet(config, latent.autoencoder.vq_embed_dim if latent else channels),
+                     schedule=schedule_spec(config), latent=latent,
                      data=DataSpec(name=d.name, resolution=d.resolution, channels=channels, data_dir=d.data_dir,
                                    split=d.split, seed=config.seed))
 
@@ -314,7 +361,7 @@ def to_json(config) -> str:
 def from_json(text: str) -> ml_collections.ConfigDict:
     """The inverse of to_json (tuples come back as tuples where the defaults have tuples)."""
     values = json.loads(text)
-    for section in ("model", "evaluation"):
+    for section in ("model", "evaluation", "autoencoder"):
         for key, value in values.get(section, {}).items():
             if isinstance(value, list):
                 values[section][key] = tuple(value)
@@ -325,7 +372,12 @@ def from_json(text: str) -> ml_collections.ConfigDict:
 # record without the field reads as having this value.
 LATER_FIELDS = {"model.norm_eps": 1e-5, "model.flip_sin_to_cos": True, "model.freq_shift": 0.0,
                 "model.downsample_padding": 1, "model.act_fn": "silu", "model.resnet_time_scale_shift": "default",
-                "model.center_input_sample": False, "model.mid_block_scale_factor": 1.0}
+                "model.center_input_sample": False, "model.mid_block_scale_factor": 1.0,
+                "autoencoder.kind": "none", "autoencoder.params_file": "",
+                "autoencoder.block_out_channels": (128, 256, 512), "autoencoder.layers_per_block": 2,
+                "autoencoder.latent_channels": 3, "autoencoder.vq_embed_dim": 3, "autoencoder.num_vq_embeddings": 8192,
+                "autoencoder.norm_num_groups": 32, "autoencoder.act_fn": "silu", "autoencoder.mid_attention": True,
+                "autoencoder.scaling_factor": 1.0}
 
 # What a resumed run may change: how long it trains, how often it logs, saves and evaluates, and
 # where it finds its data. Every other field changes what is computed.

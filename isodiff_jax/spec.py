@@ -8,15 +8,23 @@ a new checkpoint compiles nothing.
 
 Specs are saved beside every checkpoint as JSON (`to_dict` / `from_dict`), so a checkpoint
 describes the model it holds without the config of the run that wrote it.
+
+Latent diffusion: a spec with a `latent` part diffuses the latents of a frozen autoencoder. Its
+`image_shape` is then the latent's shape (what the U-Net sees) and `pixel_shape` the images'.
+The autoencoder's weights are read from `latent.params_file`; functions that decode take them in
+the parameters, as a second collection beside the U-Net's: {"params": unet, "autoencoder": ae}
+(`with_autoencoder`); the U-Net ignores it, so `eps` and `encode` take either form.
 """
 import dataclasses
 import functools
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 
+from isodiff_jax import autoencoder as autoencoder_lib
 from isodiff_jax import data, diffusion
+from isodiff_jax.autoencoder import VQAutoencoder
 from isodiff_jax.data.source import Source
 from isodiff_jax.unet import UNet
 
@@ -54,8 +62,41 @@ class DataSpec:
                                 data_dir=self.data_dir or None, split=self.split)
 
 
+def _module_fields(module_class) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(module_class) if f.name not in ("parent", "name"))
+
+
 def _unet_fields() -> tuple[str, ...]:
-    return tuple(f.name for f in dataclasses.fields(UNet) if f.name not in ("parent", "name"))
+    return _module_fields(UNet)
+
+
+def _module_to_dict(module) -> dict:
+    values = {name: getattr(module, name) for name in _module_fields(type(module))}
+    values["dtype"] = jnp.dtype(values["dtype"]).name
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
+
+
+def _module_from_dict(module_class, values: dict, what: str):
+    values = dict(values)
+    if unknown := set(values) - set(_module_fields(module_class)):
+        raise ValueError(f"unknown {what} fields {sorted(unknown)} in a saved model spec")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    values["dtype"] = DTYPES[values["dtype"]]
+    return module_class(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentSpec:
+    """The frozen autoencoder of latent diffusion and the file its weights are read from ("":
+    none; the caller gives them, e.g. straight after an import)."""
+    autoencoder: VQAutoencoder
+    params_file: str = ""
+
+    def load_params(self) -> Params:
+        """{'params': ...} of the autoencoder, read from params_file."""
+        if not self.params_file:
+            raise ValueError("this latent spec names no params_file: pass the autoencoder's parameters")
+        return autoencoder_lib.load_params(self.params_file, self.autoencoder)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,16 +105,62 @@ class ModelSpec:
     unet: UNet
     schedule: ScheduleSpec = ScheduleSpec()
     data: DataSpec = DataSpec()
+    latent: Optional[LatentSpec] = None  # latent diffusion: the autoencoder whose latents are diffused
 
     def __post_init__(self):
-        if self.unet.in_channels != self.data.channels:
-            raise ValueError(f"the U-Net takes {self.unet.in_channels} channels, the data has {self.data.channels}")
+        if self.latent is None:
+            if self.unet.in_channels != self.data.channels:
+                raise ValueError(f"the U-Net takes {self.unet.in_channels} channels, the data has {self.data.channels}")
+            return
+        ae = self.latent.autoencoder
+        if self.unet.in_channels != ae.vq_embed_dim or self.unet.out_channels != ae.vq_embed_dim:
+            raise ValueError(f"the U-Net maps {self.unet.in_channels} to {self.unet.out_channels} channels, the "
+                             f"autoencoder's latents have {ae.vq_embed_dim}")
+        if ae.in_channels != self.data.channels or self.data.resolution % ae.downsampling:
+            raise ValueError(f"the autoencoder takes {ae.in_channels}-channel images of a side divisible by "
+                             f"{ae.downsampling}, the data are {self.data.resolution}² with {self.data.channels}")
+
+    @property
+    def pixel_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of one image of the data."""
+        r = self.data.resolution
+        return (r, r, self.data.channels)
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
-        """(H, W, C) of one image."""
-        r = self.data.resolution
-        return (r, r, self.data.channels)
+        """(H, W, C) of one diffusion sample x_0: the image, or with `latent` its latent."""
+        if self.latent is None:
+            return self.pixel_shape
+        side = self.data.resolution // self.latent.autoencoder.downsampling
+        return (side, side, self.latent.autoencoder.vq_embed_dim)
+
+    @property
+    def clip_x0(self) -> Optional[float]:
+        """The bound samplers clip predicted x0 to: images lie in [-1, 1], latents are unbounded."""
+        return 1.0 if self.latent is None else None
+
+    def with_autoencoder(self, params: Params, autoencoder_params: Optional[Params]) -> Params:
+        """The U-Net's parameters with the autoencoder's beside them (what `to_images` and
+        `to_x0` need); the U-Net's alone for a pixel-space model."""
+        if self.latent is None:
+            return params
+        return {"params": params["params"], "autoencoder": autoencoder_params["params"]}
+
+    def to_images(self, params: Params, x0: jax.Array) -> jax.Array:
+        """Diffusion samples -> images in about [-1, 1] (decoded through the autoencoder, whose
+        parameters `params` must carry, see `with_autoencoder`); the identity in pixel space."""
+        if self.latent is None:
+            return x0
+        ae = self.latent.autoencoder
+        return ae.apply({"params": params["autoencoder"]}, x0, method=VQAutoencoder.decode)
+
+    def to_x0(self, params: Params, images: jax.Array) -> jax.Array:
+        """Images in [-1, 1] -> diffusion samples x_0 (the autoencoder's latents); the identity in
+        pixel space."""
+        if self.latent is None:
+            return images
+        ae = self.latent.autoencoder
+        return ae.apply({"params": params["autoencoder"]}, images, method=VQAutoencoder.encode)
 
     @functools.cached_property
     def noise_schedule(self) -> diffusion.Schedule:
@@ -107,18 +194,19 @@ class ModelSpec:
         return tuple(h.shape[1:])
 
     def to_dict(self) -> dict:
-        """A JSON-ready description (`from_dict` is its inverse)."""
-        unet = {name: getattr(self.unet, name) for name in _unet_fields()}
-        unet["dtype"] = jnp.dtype(unet["dtype"]).name
-        unet = {k: list(v) if isinstance(v, tuple) else v for k, v in unet.items()}
-        return {"unet": unet, "schedule": dataclasses.asdict(self.schedule), "data": dataclasses.asdict(self.data)}
+        """A JSON-ready description (`from_dict` is its inverse); "latent" only for latent diffusion."""
+        out = {"unet": _module_to_dict(self.unet), "schedule": dataclasses.asdict(self.schedule),
+               "data": dataclasses.asdict(self.data)}
+        if self.latent is not None:
+            out["latent"] = {"autoencoder": _module_to_dict(self.latent.autoencoder),
+                             "params_file": self.latent.params_file}
+        return out
 
     @classmethod
     def from_dict(cls, values: dict) -> "ModelSpec":
-        unet = dict(values["unet"])
-        unknown = set(unet) - set(_unet_fields())
-        if unknown:
-            raise ValueError(f"unknown U-Net fields {sorted(unknown)} in a saved model spec")
-        unet = {k: tuple(v) if isinstance(v, list) else v for k, v in unet.items()}
-        unet["dtype"] = DTYPES[unet["dtype"]]
-        return cls(unet=UNet(**unet), schedule=ScheduleSpec(**values["schedule"]), data=DataSpec(**values["data"]))
+        latent = None
+        if values.get("latent") is not None:
+            latent = LatentSpec(_module_from_dict(VQAutoencoder, values["latent"]["autoencoder"], "autoencoder"),
+                                values["latent"]["params_file"])
+        return cls(unet=_module_from_dict(UNet, values["unet"], "U-Net"), schedule=ScheduleSpec(**values["schedule"]),
+                   data=DataSpec(**values["data"]), latent=latent)

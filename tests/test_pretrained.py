@@ -174,8 +174,12 @@ def test_missing_files_and_other_pipelines_are_named(tmp_path):
     with pytest.raises(MissingPath, match="no scheduler_config.json"):
         pretrained.from_diffusers(folder)
     folder = copy_case(tmp_path / "b", "celebahq")
-    edit_json(os.path.join(folder, "model_index.json"), vqvae=["diffusers", "VQModel"], _class_name="LDMPipeline")
-    with pytest.raises(pretrained.Unsupported, match=r"'LDMPipeline' has components \['vqvae'\].*latent diffusion"):
+    edit_json(os.path.join(folder, "model_index.json"), text_encoder=["transformers", "CLIPTextModel"],
+              _class_name="LDMTextToImagePipeline")
+    with pytest.raises(pretrained.Unsupported, match=r"'LDMTextToImagePipeline' has components \['text_encoder'\]"):
+        pretrained.from_diffusers(folder)
+    edit_json(os.path.join(folder, "model_index.json"), text_encoder=[None, None], vqvae=["diffusers", "VQModel"])
+    with pytest.raises(MissingPath, match=r"names a vqvae but .*vqvae holds no config.json"):
         pretrained.from_diffusers(folder)
 
 

@@ -9,7 +9,9 @@ The command `python -m isodiff_jax.pretrained` (see `cli`) turns a folder into a
 and a workdir's checkpoint back into a folder. This package is in the model layer (it imports
 the model spec, never training); the command is an entry point.
 """
-from isodiff_jax.pretrained.folder import Pretrained, from_diffusers, locate, to_diffusers
+from isodiff_jax.pretrained.folder import (Pretrained, autoencoder_from_diffusers, from_diffusers, locate,
+                                           to_diffusers, write_autoencoder)
 from isodiff_jax.pretrained.translate import Unsupported
 
-__all__ = ["Pretrained", "Unsupported", "from_diffusers", "locate", "to_diffusers"]
+__all__ = ["Pretrained", "Unsupported", "autoencoder_from_diffusers", "from_diffusers", "locate", "to_diffusers",
+           "write_autoencoder"]

@@ -11,9 +11,12 @@ and training.init_from=OUT). Then:
     python train.py --config OUT/config.py --workdir RUN     # fine-tune (from OUT's parameters)
     python -m isodiff_jax.analysis --workdir OUT --out OUT/analysis
 
+For latent diffusion (a folder with vqvae/) the import also writes OUT/autoencoder.npz, the
+frozen autoencoder's weights, and the config's autoencoder section names it.
+
 The second writes the EMA (or, with --raw, the raw) parameters of a workdir's checkpoint as a
-diffusers pipeline folder (model_index.json, unet/, scheduler/), which
-`diffusers.DDIMPipeline.from_pretrained(DIR)` opens. This module is an entry point: it builds a
+diffusers pipeline folder (model_index.json, unet/, scheduler/; vqvae/ for latent diffusion),
+which `diffusers.DDIMPipeline.from_pretrained(DIR)` (`LDMPipeline` for latent diffusion) opens. This module is an entry point: it builds a
 training state, which the pretrained package itself (model layer) may not.
 """
 import argparse
@@ -23,6 +26,7 @@ from typing import Optional
 
 import jax
 
+from isodiff_jax import autoencoder as autoencoder_lib
 from isodiff_jax import checkpoint, errors, pretrained
 from isodiff_jax import config as config_lib
 from isodiff_jax.errors import InvalidValue
@@ -32,6 +36,9 @@ MODEL_FIELDS = ("block_out_channels", "attention_levels", "layers_per_block", "m
                 "attention_head_dim", "norm_num_groups", "norm_eps", "flip_sin_to_cos", "freq_shift",
                 "downsample_padding", "act_fn", "resnet_time_scale_shift", "center_input_sample",
                 "mid_block_scale_factor")
+AUTOENCODER_FIELDS = ("block_out_channels", "layers_per_block", "latent_channels", "vq_embed_dim",
+                      "num_vq_embeddings", "norm_num_groups", "act_fn", "mid_attention", "scaling_factor")
+AUTOENCODER_FILE = "autoencoder.npz"  # the import writes the autoencoder's weights here, in the workdir
 CONFIG_PY = '''"""The config of a model imported by `python -m isodiff_jax.pretrained` from
 {source}:
 configs/default.py with the model, diffusion and data sections that reproduce it, fine-tuning
@@ -53,20 +60,28 @@ def get_config():
 '''
 
 
-def imported_sections(model: pretrained.Pretrained, data_name: str, data_dir: str) -> dict:
-    """The config sections (model, diffusion, data) that reproduce an imported model."""
-    unet = model.unet
-    if unet.in_channels != unet.out_channels or unet.in_channels not in (1, 3):
-        raise InvalidValue(f"the U-Net maps {unet.in_channels} to {unet.out_channels} channels; training "
-                           f"here needs images of 1 or 3 channels in and out")
-    levels = len(unet.block_out_channels)
-    return {
+def imported_sections(model: pretrained.Pretrained, data_name: str, data_dir: str,
+                      autoencoder_file: str = "") -> dict:
+    """The config sections (model, diffusion, data; autoencoder for latent diffusion, its weights
+    in autoencoder_file) that reproduce an imported model."""
+    unet, images = model.unet, model.autoencoder or model.unet
+    if images.in_channels != images.out_channels or images.in_channels not in (1, 3) or \
+            unet.in_channels != unet.out_channels:
+        raise InvalidValue(f"the model maps {images.in_channels} to {images.out_channels} image channels; "
+                           f"training here needs images of 1 or 3 channels in and out")
+    sections = {
         "model": {f: (tuple(getattr(unet, f)) if f in ("block_out_channels", "attention_levels")
                       else getattr(unet, f)) for f in MODEL_FIELDS},
         "diffusion": {"schedule": model.schedule.kind, "num_timesteps": model.schedule.num_timesteps,
                       "beta_start": model.schedule.beta_start, "beta_end": model.schedule.beta_end},
-        "data": {"name": data_name, "data_dir": data_dir, "resolution": model.resolution or 2 ** (levels - 1)},
+        "data": {"name": data_name, "data_dir": data_dir, "resolution": model.image_resolution},
     }
+    if model.autoencoder is not None:
+        ae = model.autoencoder
+        sections["autoencoder"] = {"kind": "vq", "params_file": autoencoder_file,
+                                   **{f: (tuple(getattr(ae, f)) if f == "block_out_channels" else getattr(ae, f))
+                                      for f in AUTOENCODER_FIELDS}}
+    return sections
 
 
 def import_folder(source: str, workdir: str, *, data_name: str = "folder", data_dir: str = "") -> str:
@@ -76,17 +91,25 @@ def import_folder(source: str, workdir: str, *, data_name: str = "folder", data_
         raise InvalidValue(f"{workdir} already holds checkpoints: import into a new workdir")
     model = pretrained.from_diffusers(source)
     workdir = os.path.abspath(workdir)
+    ae_file = ""
+    if model.autoencoder is not None:
+        ae_file = os.path.join(workdir, AUTOENCODER_FILE)
+        if jax.process_index() == 0:
+            os.makedirs(workdir, exist_ok=True)
+            autoencoder_lib.save_params(ae_file, model.autoencoder_params)
     from configs import default  # the defaults every config starts from (configs/ is at the repository root)
     config = default.get_config()
-    for section, values in imported_sections(model, data_name, data_dir).items():
+    sections = imported_sections(model, data_name, data_dir, ae_file)
+    for section, values in sections.items():
         config[section].update(values)
     config.training.init_from = workdir
     config_lib.validate_model(config)
     if data_dir:
         config_lib.validate(config)
-    spec = config_lib.model_spec(config, model.unet.in_channels)
-    if spec.to_dict()["unet"] != model.model_spec(spec.data).to_dict()["unet"]:  # a bug, not an input error
-        raise AssertionError(f"the config does not reproduce the imported U-Net: {spec.unet} vs {model.unet}")
+    spec = config_lib.model_spec(config, (model.autoencoder or model.unet).in_channels)
+    expected = model.model_spec(spec.data, ae_file).to_dict()
+    if any(spec.to_dict().get(k) != expected.get(k) for k in ("unet", "latent")):  # a bug, not an input error
+        raise AssertionError(f"the config does not reproduce the imported model: {spec} vs {expected}")
     state = state_from_params(model.params, config_lib.optimizer(config))
     config_json = config_lib.to_json(config)
     mngr = checkpoint.manager(workdir, keep=1)
@@ -95,7 +118,6 @@ def import_folder(source: str, workdir: str, *, data_name: str = "folder", data_
     checkpoint.write_config(workdir, config_json)
     config_py = os.path.join(workdir, "config.py")
     if jax.process_index() == 0:
-        sections = imported_sections(model, data_name, data_dir)
         with open(config_py, "w") as f:
             f.write(CONFIG_PY.format(source=os.path.abspath(source), config_py=config_py, workdir=workdir,
                                      sections=pprint.pformat(sections, width=100, sort_dicts=True)))
@@ -106,7 +128,11 @@ def export_workdir(workdir: str, out: str, *, step: Optional[int] = None, ema: b
     """Writes the parameters of `workdir`'s checkpoint as a diffusers folder `out`; -> out."""
     loaded = checkpoint.load_params(workdir, step=step, ema=ema)
     spec = loaded.spec
-    return pretrained.to_diffusers(spec.unet, loaded.params, spec.schedule, out, resolution=spec.data.resolution)
+    if spec.latent is None:
+        return pretrained.to_diffusers(spec.unet, loaded.params, spec.schedule, out, resolution=spec.data.resolution)
+    return pretrained.to_diffusers(spec.unet, loaded.params, spec.schedule, out, resolution=spec.image_shape[0],
+                                   clip_sample=None, autoencoder=spec.latent.autoencoder,
+                                   autoencoder_params=spec.latent.load_params())
 
 
 def parser() -> argparse.ArgumentParser:

@@ -1,5 +1,5 @@
 """diffusers configs <-> this project's model and schedule: `UNet2DModel`'s config.json <-> `UNet`
-fields, a scheduler_config.json <-> `ScheduleSpec`.
+fields, `VQModel`'s <-> `VQAutoencoder` fields, a scheduler_config.json <-> `ScheduleSpec`.
 
 Every UNet2DModel field is either translated, or checked to hold a value that computes what the
 `UNet` computes, or refused by name (`Unsupported`); a field this module does not know is refused
@@ -8,6 +8,7 @@ fields added since: they take UNet2DModel's defaults, as diffusers itself does w
 """
 from typing import Optional
 
+from isodiff_jax.autoencoder import VQAutoencoder
 from isodiff_jax.errors import InvalidValue
 from isodiff_jax.spec import ScheduleSpec
 from isodiff_jax.unet import ACTIVATIONS, TIME_SCALE_SHIFTS, UNet
@@ -28,6 +29,16 @@ UNET_DEFAULTS = {
     "norm_eps": 1e-5, "resnet_time_scale_shift": "default", "add_attention": True, "class_embed_type": None,
     "num_class_embeds": None, "num_train_timesteps": None}
 RECORD_FIELDS = ("_class_name", "_diffusers_version", "_name_or_path")  # bookkeeping, no computation
+
+VQ_CLASS = "VQModel"
+# VQModel's defaults (diffusers 0.42), except scaling_factor (see vq_fields)
+VQ_DEFAULTS = {
+    "in_channels": 3, "out_channels": 3, "down_block_types": ("DownEncoderBlock2D",),
+    "up_block_types": ("UpDecoderBlock2D",), "block_out_channels": (64,), "layers_per_block": 1, "act_fn": "silu",
+    "latent_channels": 3, "sample_size": 32, "num_vq_embeddings": 256, "norm_num_groups": 32, "vq_embed_dim": None,
+    "scaling_factor": None, "norm_type": "group", "mid_block_add_attention": True, "lookup_from_codebook": False,
+    "force_upcast": False}
+UNSCALED = 1.0  # the scaling_factor of a VQModel config.json that has none (see vq_fields)
 
 SCHEDULER_CLASSES = ("DDPMScheduler", "DDIMScheduler", "PNDMScheduler")  # the same β and ε definitions
 BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "squaredcos_cap_v2": "cosine"}
@@ -123,6 +134,53 @@ def diffusers_unet_config(unet: UNet, sample_size: Optional[int] = None) -> dict
         "resnet_time_scale_shift": unet.resnet_time_scale_shift, "add_attention": unet.mid_attention}
 
 
+def vq_fields(config: dict, file: str = "config.json") -> tuple[dict, Optional[int]]:
+    """VQModel config -> (VQAutoencoder keyword arguments, sample_size or None).
+
+    A config.json without `scaling_factor` (written before diffusers had the field, as
+    CompVis/ldm-celebahq-256's is) reads as 1.0: its U-Net was trained on unscaled latents, as
+    CompVis' latent diffusion trains on VQ latents. diffusers itself would read 0.18215 and its
+    LDMPipeline then decodes such a model's samples wrongly (huggingface/diffusers#6725).
+    `force_upcast` only sets the dtype diffusers' pipelines run the model in (this one computes
+    in float32) and is not read."""
+    if config.get("_class_name", VQ_CLASS) != VQ_CLASS:
+        raise _refuse(file, "_class_name", config["_class_name"], f"{VQ_CLASS!r} (VQ autoencoders)")
+    if unknown := sorted(set(config) - set(VQ_DEFAULTS) - set(RECORD_FIELDS)):
+        raise Unsupported(f"{file}: unknown {VQ_CLASS} fields {unknown}: they may change the computation")
+    c = {**VQ_DEFAULTS, **config}
+    for field, allowed in (("norm_type", ("group",)), ("lookup_from_codebook", (False,)),
+                           ("act_fn", tuple(ACTIVATIONS))):
+        if c[field] not in allowed:
+            raise _refuse(file, field, c[field], " or ".join(map(repr, allowed)))
+    boc = tuple(c["block_out_channels"])
+    for field, kind in (("down_block_types", "DownEncoderBlock2D"), ("up_block_types", "UpDecoderBlock2D")):
+        if list(c[field]) != [kind] * len(boc):
+            raise _refuse(file, field, list(c[field]), f"{len(boc)} × {kind!r} (one per block_out_channels)")
+    scaling = UNSCALED if c["scaling_factor"] is None else float(c["scaling_factor"])
+    if not scaling > 0:
+        raise _refuse(file, "scaling_factor", c["scaling_factor"], "a number > 0")
+    fields = dict(in_channels=c["in_channels"], out_channels=c["out_channels"], block_out_channels=boc,
+                  layers_per_block=c["layers_per_block"], latent_channels=c["latent_channels"],
+                  vq_embed_dim=c["vq_embed_dim"] or c["latent_channels"], num_vq_embeddings=c["num_vq_embeddings"],
+                  norm_num_groups=c["norm_num_groups"], act_fn=c["act_fn"],
+                  mid_attention=bool(c["mid_block_add_attention"]), scaling_factor=scaling)
+    return fields, _sample_size(c["sample_size"], file)
+
+
+def diffusers_vq_config(autoencoder: VQAutoencoder, sample_size: Optional[int] = None) -> dict:
+    """VQAutoencoder -> a VQModel config.json (every field, scaling_factor included)."""
+    a, levels = autoencoder, len(autoencoder.block_out_channels)
+    return {
+        "_class_name": VQ_CLASS, "_diffusers_version": DIFFUSERS_VERSION, **VQ_DEFAULTS,
+        "in_channels": a.in_channels, "out_channels": a.out_channels,
+        "down_block_types": ["DownEncoderBlock2D"] * levels, "up_block_types": ["UpDecoderBlock2D"] * levels,
+        "block_out_channels": list(a.block_out_channels), "layers_per_block": a.layers_per_block,
+        "act_fn": a.act_fn, "latent_channels": a.latent_channels, "sample_size": sample_size or 32,
+        "num_vq_embeddings": a.num_vq_embeddings, "norm_num_groups": a.norm_num_groups,
+        "vq_embed_dim": a.vq_embed_dim, "scaling_factor": a.scaling_factor,
+        "mid_block_add_attention": a.mid_attention}
+
+
 def schedule_spec(config: dict, file: str = "scheduler_config.json") -> tuple[ScheduleSpec, Optional[float]]:
     """A diffusers scheduler config -> (ScheduleSpec, the x0 clipping bound of its sampler or None).
     Refuses, by name, a prediction type other than ε and anything that changes the betas. The
@@ -145,11 +203,13 @@ def schedule_spec(config: dict, file: str = "scheduler_config.json") -> tuple[Sc
     return spec, (float(c["clip_sample_range"]) if c["clip_sample"] else None)
 
 
-def diffusers_scheduler_config(schedule: ScheduleSpec, clip_sample: Optional[float] = 1.0) -> dict:
-    """ScheduleSpec -> a DDPMScheduler scheduler_config.json (ε-prediction)."""
+def diffusers_scheduler_config(schedule: ScheduleSpec, clip_sample: Optional[float] = 1.0,
+                               class_name: str = "DDPMScheduler") -> dict:
+    """ScheduleSpec -> a DDPMScheduler (or DDIMScheduler) scheduler_config.json (ε-prediction)."""
     kinds = {v: k for k, v in BETA_SCHEDULES.items()}
-    return {"_class_name": "DDPMScheduler", "_diffusers_version": DIFFUSERS_VERSION,
-            "num_train_timesteps": schedule.num_timesteps, "beta_schedule": kinds[schedule.kind],
-            "beta_start": schedule.beta_start, "beta_end": schedule.beta_end, "trained_betas": None,
-            "prediction_type": "epsilon", "clip_sample": clip_sample is not None,
-            "clip_sample_range": 1.0 if clip_sample is None else clip_sample, "variance_type": "fixed_small"}
+    config = {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION,
+              "num_train_timesteps": schedule.num_timesteps, "beta_schedule": kinds[schedule.kind],
+              "beta_start": schedule.beta_start, "beta_end": schedule.beta_end, "trained_betas": None,
+              "prediction_type": "epsilon", "clip_sample": clip_sample is not None,
+              "clip_sample_range": 1.0 if clip_sample is None else clip_sample}
+    return {**config, "variance_type": "fixed_small"} if class_name == "DDPMScheduler" else config

@@ -1,9 +1,10 @@
-"""diffusers state dicts <-> Flax parameters of `UNet`.
+"""diffusers state dicts <-> Flax parameters of `UNet` and `VQAutoencoder`.
 
 The U-Net's parameter tree is named after diffusers' modules, so each Flax leaf has one diffusers
 name: ('down_blocks_0', 'resnets_1', 'conv1', 'kernel') is 'down_blocks.0.resnets.1.conv1.weight',
 'downsampler' is 'downsamplers.0', 'to_out' is 'to_out.0'. Layouts: a convolution kernel is
-(kh, kw, in, out) here and (out, in, kh, kw) in torch; a dense kernel (in, out) here, (out, in) there.
+(kh, kw, in, out) here and (out, in, kh, kw) in torch; a dense kernel (in, out) here, (out, in) there;
+a VQ codebook ('quantize', 'embedding': 'quantize.embedding.weight') is (entries, dim) in both.
 Checkpoints written by diffusers before 0.15 (the google/ddpm-* ones) name the attention
 projections query, key, value and proj_attn; both spellings are read.
 """
@@ -16,7 +17,8 @@ from isodiff_jax.errors import InvalidValue
 
 LISTS = ("down_blocks", "up_blocks", "resnets", "attentions")  # Flax 'resnets_1' is torch 'resnets.1'
 RENAMES = {"downsampler": "downsamplers.0", "upsampler": "upsamplers.0", "to_out": "to_out.0"}
-LEAVES = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+LEAVES = {"kernel": "weight", "scale": "weight", "bias": "bias", "embedding": "embedding.weight"}
+SAME_LAYOUT = ("embedding",)  # leaves stored as torch stores them
 OLD_ATTENTION = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
 SHOWN = 8  # names listed in an error before "... (N in all)"
 
@@ -71,7 +73,7 @@ def _names(names) -> str:
     return shown if len(names) <= SHOWN else f"{shown}, ... ({len(names)} in all)"
 
 
-def params_from_state_dict(state_dict: dict, abstract_params: dict, source: str) -> dict:
+def params_from_state_dict(state_dict: dict, abstract_params: dict, source: str, model: str = "U-Net") -> dict:
     """diffusers state dict (name -> array) -> Flax variables {'params': ...} with the structure,
     shapes and (float32) dtypes of `abstract_params` (from `jax.eval_shape(unet.init, ...)`).
     InvalidValue naming `source` and every missing, unexpected or mis-shaped weight."""
@@ -84,10 +86,11 @@ def params_from_state_dict(state_dict: dict, abstract_params: dict, source: str)
             missing.append(name)
             continue
         used.add(key)
-        array = _from_torch(np.asarray(state_dict[key]), len(leaf.shape))
+        array = np.asarray(state_dict[key])
+        array = array if path[-1] in SAME_LAYOUT else _from_torch(array, len(leaf.shape))
         if array.shape != tuple(leaf.shape):
-            wrong.append(f"{key} has shape {tuple(np.shape(state_dict[key]))}, "
-                         f"expected {_torch_shape(tuple(leaf.shape))}")
+            expected = tuple(leaf.shape) if path[-1] in SAME_LAYOUT else _torch_shape(tuple(leaf.shape))
+            wrong.append(f"{key} has shape {tuple(np.shape(state_dict[key]))}, expected {expected}")
             continue
         out[path] = array.astype(leaf.dtype)
     problems = []
@@ -99,7 +102,7 @@ def params_from_state_dict(state_dict: dict, abstract_params: dict, source: str)
         problems.append("wrong shapes: " + "; ".join(wrong[:SHOWN]) + (f"; ... ({len(wrong)} in all)"
                                                                          if len(wrong) > SHOWN else ""))
     if problems:
-        raise InvalidValue(f"{source} does not hold the weights of the U-Net its config.json describes: "
+        raise InvalidValue(f"{source} does not hold the weights of the {model} its config.json describes: "
                            + "; ".join(problems))
     return {"params": traverse_util.unflatten_dict(out)}
 
@@ -107,5 +110,6 @@ def params_from_state_dict(state_dict: dict, abstract_params: dict, source: str)
 def state_dict_from_params(params: dict) -> dict[str, np.ndarray]:
     """Flax variables {'params': ...} -> diffusers state dict, float32, torch layouts."""
     flat = traverse_util.flatten_dict(params["params"])
-    return {diffusers_name(path): np.ascontiguousarray(_to_torch(np.asarray(leaf, np.float32)))
+    layout = lambda path, a: a if path[-1] in SAME_LAYOUT else _to_torch(a)
+    return {diffusers_name(path): np.ascontiguousarray(layout(path, np.asarray(leaf, np.float32)))
             for path, leaf in flat.items()}
