@@ -61,7 +61,7 @@ def run_config(run: Run, args):
     c = load_config(args.config)
     c.regularizer.kind, c.regularizer.weight, c.regularizer.p = run.kind, run.weight, run.p
     c.training.num_steps = args.steps
-    c.checkpoint.every_steps = args.steps
+    c.checkpoint.every_steps = min(args.checkpoint_every, args.steps)
     c.logging.log_every_steps = max(1, args.steps // 20)
     c.logging.sample_steps = args.grid_steps
     c.logging.progress_bar = not args.quick
@@ -228,21 +228,30 @@ def check_inputs(args) -> None:
         raise SystemExit(f"{args.oracle} holds no oracle: run experiments/base_model.py first")
 
 
-def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def run_parser(description: str) -> argparse.ArgumentParser:
+    """The flags of every study run (this study's and experiments/regularizer_study.py's, which share
+    runs/experiments/lambda, so their shared runs must be trained alike)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="runs/experiments/lambda")
     parser.add_argument("--base", default="runs/experiments/base_model/run", help="the base model's workdir")
     parser.add_argument("--config", default="configs/shapes16.py", help="the base model's config")
     parser.add_argument("--oracle", default="runs/oracle16")
     parser.add_argument("--steps", type=int, default=1000, help="steps of every run")
+    parser.add_argument("--checkpoint_every", type=int, default=250,
+                        help="steps between checkpoints (an interrupted run resumes from the last)")
     parser.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (constant)")
+    parser.add_argument("--grid_steps", type=int, default=100, help="DDIM steps of each run's sample grid")
+    parser.add_argument("--quick", action="store_true", help="tiny measurements (for the test)")
+    return parser
+
+
+def main(argv=None) -> dict:
+    parser = run_parser(__doc__)
     parser.add_argument("--lambdas", default="0,1e-4,1e-3,1e-2,1e-1,1")
     parser.add_argument("--p_values", default="0.25,0.75", help="p at --p_lambda (p = 0.5 is in the λ sweep)")
     parser.add_argument("--p_lambda", type=float, default=None, help="λ of the p runs (default: the best λ)")
     parser.add_argument("--scratch", action=argparse.BooleanOptionalAction, default=True,
                         help="also train from scratch at λ = 0 and the best λ")
-    parser.add_argument("--grid_steps", type=int, default=100, help="DDIM steps of each run's sample grid")
-    parser.add_argument("--quick", action="store_true", help="tiny measurements (for the test)")
     args = parser.parse_args(argv)
     check_inputs(args)
     os.makedirs(args.out, exist_ok=True)

@@ -16,7 +16,6 @@ already made are reused, not trained again (same names, same settings).
 Resumable as the λ study is. Writes regularizers.json, regularizers.png (mRTL / floor and
 fd_oracle against the weight, one line per kind) and prints the table.
 """
-import argparse
 import json
 import os
 import sys
@@ -61,17 +60,9 @@ def picture(results: list, best: dict, out: str) -> str:
 
 
 def main(argv=None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/experiments/lambda", help="shared with the λ study")
-    parser.add_argument("--base", default="runs/experiments/base_model/run", help="the base model's workdir")
-    parser.add_argument("--config", default="configs/shapes16.py", help="the base model's config")
-    parser.add_argument("--oracle", default="runs/oracle16")
-    parser.add_argument("--steps", type=int, default=1000, help="steps of every run (as the λ study's)")
-    parser.add_argument("--lr", type=float, default=1e-4, help="fine-tuning learning rate (as the λ study's)")
+    parser = lambda_study.run_parser(__doc__)
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--weights", default="1e-3,1e-2,1e-1", help="the sweep of every kind")
-    parser.add_argument("--grid_steps", type=int, default=100, help="DDIM steps of each run's sample grid")
-    parser.add_argument("--quick", action="store_true", help="tiny measurements (for the test)")
     args = parser.parse_args(argv)
     kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
     if unknown := sorted(set(kinds) - set(KINDS)):
