@@ -27,15 +27,19 @@ class Inversion:
     eps(params, x, t) -> ε̂. Built once; `run(params)` compiles nothing for new parameters."""
 
     def __init__(self, eps: Callable, schedule: diffusion.Schedule, images, *, num_steps: int = 20,
-                 batch_size: int = 16, mesh: Optional[Mesh] = None):
+                 batch_size: int = 16, mesh: Optional[Mesh] = None, x0=None, to_images: Optional[Callable] = None):
+        """Latent diffusion: x0 the images' latents, to_images(params, x0) -> images; the
+        reconstructions are decoded and compared with the images."""
         images = np.asarray(images)
         self.images = images if np.issubdtype(images.dtype, np.floating) else images.astype(np.float32)
+        self.x0 = self.images if x0 is None else np.asarray(x0, np.float32)
         self.batch_size, self.mesh = batch_size, mesh
-        self._reconstruct = jax.jit(lambda params, x: reconstruct(lambda x, t: eps(params, x, t), schedule, x,
-                                                                  num_steps))
+        decode = to_images or (lambda params, x: x)
+        self._reconstruct = jax.jit(lambda params, x: decode(
+            params, reconstruct(lambda x, t: eps(params, x, t), schedule, x, num_steps)))
 
     def run(self, params) -> Iterator:
-        chunks = (self.images[i:i + self.batch_size] for i in range(0, len(self.images), self.batch_size))
+        chunks = (self.x0[i:i + self.batch_size] for i in range(0, len(self.x0), self.batch_size))
         reconstructions = np.concatenate([sharding.to_host(self._reconstruct(params, sharding.put_rows(x, self.mesh)))
                                           for x in chunks])
         mse, psnr = mse_and_psnr(self.images, reconstructions)

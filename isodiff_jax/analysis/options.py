@@ -7,7 +7,8 @@ from isodiff_jax.errors import InvalidValue
 H_EDITS = ("asyrp", "both")
 MCN_INPUTS = ("noised_data", "noise")
 SPECTRUM_METHODS = ("dense", "matrix_free")
-CHOICES = {"h_edit": H_EDITS, "mcn_input": MCN_INPUTS, "spectrum_method": SPECTRUM_METHODS}
+PPL_SPACES = ("image", "latent")
+CHOICES = {"h_edit": H_EDITS, "mcn_input": MCN_INPUTS, "spectrum_method": SPECTRUM_METHODS, "ppl_space": PPL_SPACES}
 
 
 def _option(default, help: str, minimum=None):
@@ -36,6 +37,8 @@ class Options:
                                    "terms)")
     mcn_input: str = _option("noised_data", "MCN/VoR at 'noised_data' x_t or at pure 'noise' x ~ N(0, I) (the "
                                             "original code)")
+    ppl_space: str = _option("image", "latent diffusion: PPL between decoded images ('image', LPIPS when given) "
+                                      "or as the MSE of the DDIM latents ('latent')")
     seed: int = _option(0, "every evaluator's random numbers (inside training: config.seed)", 0)
 
     def __post_init__(self):

@@ -31,6 +31,7 @@ from isodiff_jax.spec import ModelSpec
 METRICS = ("mrtl", "mcn", "vor", "ppl", "inversion", "fd", "factor_rtl", "edit", "probe")
 SHAPES_ONLY = ("factor_rtl", "edit", "probe")
 AT_TIMESTEPS = ("mrtl", "mcn", "vor", "probe")  # the metrics measured at options.timesteps
+NOT_LATENT = ("edit", "probe")  # not implemented for latent diffusion
 
 __all__ = ["METRICS", "Options", "Resources", "Suite", "Interpolation", "load_resources", "check", "problems",
            "option_problems", "missing_inputs", "sampler", "real_images"]
@@ -102,6 +103,11 @@ def option_problems(options: Options, spec: ModelSpec, metrics) -> list:
     if set(metrics) & set(AT_TIMESTEPS) and not all(0 <= t < T for t in options.timesteps):
         found.append(f"timesteps={','.join(map(str, options.timesteps))} is invalid for a model of T = {T} "
                      f"timesteps: allowed timesteps in [0, {T})")
+    if spec.latent is None and options.ppl_space == "latent" and "ppl" in metrics:
+        found.append("ppl_space='latent' needs a latent diffusion model (this one diffuses images)")
+    if spec.latent is not None and (latent_missing := sorted(set(metrics) & set(NOT_LATENT))):
+        found.append(f"{', '.join(latent_missing)} are not implemented for latent diffusion (they read the "
+                     f"shapes oracle's factors off pixel-space samples step by step)")
     for name, low in (("sample_steps", 1), ("fd_sample_steps", 0)):
         if not low <= getattr(options, name) <= T:
             found.append(f"{name}={getattr(options, name)} is invalid for a model of T = {T} timesteps: "
@@ -114,12 +120,15 @@ def option_problems(options: Options, spec: ModelSpec, metrics) -> list:
     return found
 
 
-def sampler(spec: ModelSpec, num_steps: int, eta: float = 0.0) -> Callable:
-    """(params, x_T, key=None) -> images with DDIM, x0 clipped to [-1, 1]; deterministic (η = 0)
-    unless eta > 0, which needs the key. Pure: jit it (with the parameters as an argument)."""
+def sampler(spec: ModelSpec, num_steps: int, eta: float = 0.0, decode: bool = True) -> Callable:
+    """(params, x_T, key=None) -> images with DDIM, x0 clipped to [-1, 1] in pixel space;
+    deterministic (η = 0) unless eta > 0, which needs the key. Latent diffusion: the samples are
+    decoded (params then carry the autoencoder's, `ModelSpec.with_autoencoder`) unless
+    decode=False. Pure: jit it (with the parameters as an argument)."""
     def sample(params, x_T, key=None):
-        return diffusion.ddim_sample(lambda x, t: spec.eps(params, x, t), spec.noise_schedule, x_T, num_steps,
-                                     eta=eta, key=key, clip_x0=1.0)
+        x0 = diffusion.ddim_sample(lambda x, t: spec.eps(params, x, t), spec.noise_schedule, x_T, num_steps,
+                                   eta=eta, key=key, clip_x0=spec.clip_x0)
+        return spec.to_images(params, x0) if decode else x0
     return sample
 
 
@@ -132,6 +141,17 @@ def real_images(spec: ModelSpec, count: int, seed: int) -> np.ndarray:
     return source.get(np.sort(index)).astype(np.float32) / 127.5 - 1.0
 
 
+def real_x0(spec: ModelSpec, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Images in [-1, 1] -> the diffusion model's x0: the images, or their latents (encoded with
+    the autoencoder's weights from the spec's params_file)."""
+    if spec.latent is None:
+        return images
+    ae_params = {"autoencoder": spec.latent.load_params()["params"]}
+    encode = jax.jit(spec.to_x0)
+    return np.concatenate([np.asarray(encode(ae_params, images[i:i + batch_size]))
+                           for i in range(0, len(images), batch_size)])
+
+
 class _SpectrumAtTimesteps:
     """MCN / VoR at each timestep (one `spectrum.Spectrum` per timestep), at real images noised
     to x_t (options.mcn_input "noised_data") or at pure noise x ~ N(0, I) ("noise", what the
@@ -140,7 +160,9 @@ class _SpectrumAtTimesteps:
     def __init__(self, spec: ModelSpec, options: Options):
         key = jax.random.PRNGKey(options.seed)
         count = max(4, options.num_samples // 4)
-        x0 = jnp.asarray(real_images(spec, count, options.seed)) if options.mcn_input == "noised_data" else None
+        x0 = None
+        if options.mcn_input == "noised_data":
+            x0 = jnp.asarray(real_x0(spec, real_images(spec, count, options.seed)))
         self.parts = []
         for t in options.timesteps:
             fn = lambda params, x, t=t: spectrum.average_pool(
@@ -182,10 +204,21 @@ class _FrechetDistances:
 
 def _ppl(spec: ModelSpec, options: Options, resources: Resources, mesh: Optional[Mesh]) -> ppl.Ppl:
     distance, name = ppl.pixel_l2, "pixel_l2"
-    if resources.lpips is not None:
+    in_latents = options.ppl_space == "latent"  # the original's latent-space PPL (MSE of the DDIM latents)
+    if in_latents:
+        name = "latent_mse"
+    elif resources.lpips is not None:  # on decoded images for latent diffusion
         distance, name = resources.lpips.distance, f"lpips_{resources.lpips.net}"
-    return ppl.Ppl(sampler(spec, options.sample_steps), image_shape=spec.image_shape,
+    return ppl.Ppl(sampler(spec, options.sample_steps, decode=not in_latents), image_shape=spec.image_shape,
                    num_samples=options.num_samples, distance=distance, distance_name=name, seed=options.seed, mesh=mesh)
+
+
+def _inversion(spec: ModelSpec, options: Options, mesh: Optional[Mesh]) -> inversion.Inversion:
+    """In latent space for latent diffusion: the images' latents inverted and reconstructed, then
+    decoded and compared with the images (so the autoencoder's own error is included)."""
+    images = real_images(spec, max(4, options.num_samples // 4), options.seed + 1)
+    return inversion.Inversion(spec.eps, spec.noise_schedule, images, num_steps=options.sample_steps, mesh=mesh,
+                               x0=real_x0(spec, images), to_images=spec.to_images)
 
 
 def _builders(spec: ModelSpec, options: Options, resources: Resources, mesh: Optional[Mesh]) -> dict:
@@ -196,9 +229,7 @@ def _builders(spec: ModelSpec, options: Options, resources: Resources, mesh: Opt
                                  num_pairs=o.num_pairs, seed=o.seed, mesh=mesh),
         "mcn": lambda: _SpectrumAtTimesteps(spec, o),
         "ppl": lambda: _ppl(spec, o, resources, mesh),
-        "inversion": lambda: inversion.Inversion(
-            spec.eps, spec.noise_schedule, real_images(spec, max(4, o.num_samples // 4), o.seed + 1),
-            num_steps=o.sample_steps, mesh=mesh),
+        "inversion": lambda: _inversion(spec, o, mesh),
         "fd": lambda: _FrechetDistances(spec, o, resources, mesh),
         "factor_rtl": lambda: factors.FactorRtl(sampler(spec, o.sample_steps), resources.oracle,
                                                 image_shape=spec.image_shape, num_pairs=o.num_pairs, seed=o.seed),

@@ -207,6 +207,10 @@ def _check_same_unet(saved: ModelSpec, spec: ModelSpec, source: str) -> None:
     if differing:
         raise InvalidValue(f"parameters in {source} belong to another U-Net than this run's: {'; '.join(differing)}; "
                            f"set these config fields to the values of {source}")
+    theirs, ours = (s.latent.autoencoder if s.latent is not None else None for s in (saved, spec))
+    if theirs != ours:  # the U-Net was trained on another latent space (or on images)
+        raise InvalidValue(f"parameters in {source} belong to a model with the autoencoder {theirs}, this run's is "
+                           f"{ours}: set the config's autoencoder section to {source}'s")
 
 
 def _check_same_structure(loaded, expected, source):
@@ -227,18 +231,35 @@ def _first_difference(a, b):
 
 
 def make_sampler(setup: TrainSetup, mesh: Mesh):
-    """jitted ema_params -> (num_samples, H, W, C) DDIM samples (η = settings.sample_eta) from
-    fixed x_T and, for η > 0, fixed noise."""
-    s = setup.settings
+    """jitted (ema_params, autoencoder_params) -> (num_samples, H, W, C) DDIM samples (η =
+    settings.sample_eta) from fixed x_T and, for η > 0, fixed noise; latent samples are decoded
+    (autoencoder_params: None for pixel-space diffusion)."""
+    s, spec = setup.settings, setup.spec
     k_x, k_noise = jax.random.split(setup.keys()["samples"])
-    x_T = jax.random.normal(k_x, (s.num_samples, *setup.spec.image_shape))
+    x_T = jax.random.normal(k_x, (s.num_samples, *spec.image_shape))
 
-    def sample(params):
-        eps_fn = lambda x, t: setup.spec.eps(params, x, t)
-        return diffusion.ddim_sample(eps_fn, setup.spec.noise_schedule, x_T, s.sample_steps, eta=s.sample_eta,
-                                     key=k_noise, clip_x0=1.0)
+    def sample(params, autoencoder_params):
+        eps_fn = lambda x, t: spec.eps(params, x, t)
+        x0 = diffusion.ddim_sample(eps_fn, spec.noise_schedule, x_T, s.sample_steps, eta=s.sample_eta,
+                                   key=k_noise, clip_x0=spec.clip_x0)
+        return spec.to_images(spec.with_autoencoder(params, autoencoder_params), x0)
 
     return jax.jit(sample, out_shardings=sharding.replicated(mesh))
+
+
+def make_encoder(setup: TrainSetup, mesh: Mesh):
+    """jitted (autoencoder_params, images (B, H, W, C) batch-sharded) -> x0 batch-sharded: the
+    frozen autoencoder's latents (latent diffusion), computed on the fly for each batch."""
+    spec, batch = setup.spec, sharding.batch_sharded(mesh)
+    encode = lambda ae_params, images: spec.to_x0({"autoencoder": ae_params["params"]}, images)
+    return jax.jit(encode, in_shardings=(sharding.replicated(mesh), batch), out_shardings=batch)
+
+
+def autoencoder_params(setup: TrainSetup, mesh: Mesh):
+    """The frozen autoencoder's parameters, replicated (None for pixel-space diffusion)."""
+    if setup.spec.latent is None:
+        return None
+    return jax.device_put(setup.spec.latent.load_params(), sharding.replicated(mesh))
 
 
 def initial_state(setup: TrainSetup, mesh: Mesh, mngr):
@@ -326,6 +347,8 @@ class _Run:
         self.names = sorted(self.totals["sums"])
         self._empty_totals = jax.jit(lambda: empty_totals(self.names), out_shardings=sharding.replicated(mesh))
         self.sampler = make_sampler(setup, mesh)
+        self.autoencoder_params = autoencoder_params(setup, mesh)
+        self.encoder = make_encoder(setup, mesh) if self.autoencoder_params is not None else None
         self.evaluators = evaluators
         self.last_sample_path = None
         self._waited = 0.0  # the prefetcher's wait_seconds at the last flush
@@ -335,6 +358,8 @@ class _Run:
         every = lambda n, done: bool(n) and done % n == 0
         for step in range(start, total):
             x0 = sharding.global_batch(next(batches), self.mesh)
+            if self.encoder is not None:  # latent diffusion: the batch's latents
+                x0 = self.encoder(self.autoencoder_params, x0)
             state, self.totals = self.steps[regularized_step(self.setup, step)](state, self.totals, x0)
             done = step + 1
             self.monitor.step(done)
@@ -348,7 +373,8 @@ class _Run:
             if save:
                 checkpoint.save(self.mngr, done, state, spec=self.setup.spec, config_json=self.setup.config_json)
             if sample:
-                self.last_sample_path = self.monitor.samples(done, self.sampler(state.ema_params))
+                self.last_sample_path = self.monitor.samples(done, self.sampler(state.ema_params,
+                                                                                self.autoencoder_params))
             if evaluate:
                 self.monitor.evaluation(done, self._evaluate(state.ema_params))
         return state
@@ -367,6 +393,7 @@ class _Run:
         self.totals = self._empty_totals()
 
     def _evaluate(self, params) -> dict:
+        params = self.setup.spec.with_autoencoder(params, self.autoencoder_params)  # evaluators decode
         return {name: value for evaluator in self.evaluators for name, value in evaluator.run(params)
                 if isinstance(value, float)}
 

@@ -1,0 +1,105 @@
+"""Latent diffusion end to end: configs/celebahq256_ldm.py is CompVis/ldm-celebahq-256's model,
+and a tiny model of the same family (configs/test_ldm.py: a VQ autoencoder and a U-Net on its
+latents) trains through train.py, encoding images on the fly, and the analysis command decodes
+through the autoencoder."""
+import importlib
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from isodiff_jax import autoencoder as autoencoder_lib
+from isodiff_jax import checkpoint, sharding
+from isodiff_jax import config as config_lib
+from isodiff_jax.autoencoder import VQAutoencoder
+from isodiff_jax.pretrained import translate
+from isodiff_jax.spec import ModelSpec
+from isodiff_jax.train import loop
+from isodiff_jax.unet import UNet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DATA = os.path.join(ROOT, "tests", "data", "diffusers", "ldm")
+
+
+def load(name):
+    return importlib.import_module(f"configs.{name}").get_config()
+
+
+@pytest.fixture(scope="module")
+def params_file(tmp_path_factory):
+    """Random weights of configs/test_ldm.py's autoencoder, with a codebook near its latents."""
+    ae = config_lib.latent_spec(load("test_ldm")).autoencoder
+    params = ae.init(jax.random.PRNGKey(3), jnp.zeros((1, 16, 16, 3)))
+    return autoencoder_lib.save_params(str(tmp_path_factory.mktemp("ae") / "autoencoder.npz"), params)
+
+
+def test_the_ldm_recipe_is_compvis_model(params_file):
+    """configs/celebahq256_ldm.py builds the U-Net and the autoencoder of CompVis/ldm-celebahq-256's
+    config files (the fixture's, at the real widths) with its schedule, so it fine-tunes an
+    imported workdir; latents are 64×64×3."""
+    config = load("celebahq256_ldm")
+    config.data.data_dir, config.autoencoder.params_file = "/somewhere", params_file
+    config_lib.validate(config, num_devices=1)
+    with open(os.path.join(DATA, "unet", "config.json")) as f:
+        unet = {**json.load(f), "block_out_channels": [224, 448, 672, 896], "attention_head_dim": 32,
+                "norm_num_groups": 32}
+    with open(os.path.join(DATA, "vqvae", "config.json")) as f:
+        vq = {k: v for k, v in json.load(f).items() if k != "norm_num_groups"}  # the real file has none
+    vq.update(block_out_channels=[128, 256, 512], num_vq_embeddings=8192)
+    spec = config_lib.model_spec(config)
+    assert spec.unet == UNet(**translate.unet_fields(unet)[0])
+    assert spec.latent.autoencoder == VQAutoencoder(**translate.vq_fields(vq)[0])
+    assert spec.image_shape == (64, 64, 3) and spec.pixel_shape == (256, 256, 3)
+    assert (config.diffusion.schedule, config.diffusion.beta_start, config.diffusion.beta_end) == \
+        ("scaled_linear", 0.0015, 0.0195)
+    o = config.optim
+    assert (o.lr, o.decay, o.b1, o.b2, o.weight_decay, config.regularizer.weight, config.regularizer.p) == \
+        (1e-5, "constant", 0.95, 0.999, 1e-6, 1e-3, 0.5)
+    config.autoencoder.params_file = "/nowhere.npz"
+    with pytest.raises(config_lib.ConfigError, match="autoencoder.params_file='/nowhere.npz'"):
+        config_lib.validate(config)
+
+
+def test_batches_are_encoded_by_the_frozen_autoencoder(params_file):
+    config = load("test_ldm")
+    config.autoencoder.params_file = params_file
+    setup = config_lib.train_setup(config)
+    assert setup.batch_shape == (8, 8, 8, 3)  # the U-Net's batches are latents
+    mesh = sharding.make_mesh()
+    ae_params = loop.autoencoder_params(setup, mesh)
+    images = jax.random.uniform(jax.random.PRNGKey(0), (8, 16, 16, 3), minval=-1, maxval=1)
+    x0 = loop.make_encoder(setup, mesh)(ae_params, sharding.global_batch(np.asarray(images), mesh))
+    expected = setup.spec.latent.autoencoder.apply(ae_params, images, method=VQAutoencoder.encode)
+    np.testing.assert_allclose(np.asarray(x0), np.asarray(expected), rtol=1e-6, atol=1e-6)
+    spec = ModelSpec.from_dict(json.loads(json.dumps(setup.spec.to_dict())))
+    assert spec == setup.spec  # saved with every checkpoint
+
+
+def test_a_tiny_latent_model_trains_through_train_py_and_is_analysed(params_file, tmp_path):
+    workdir, out = str(tmp_path / "run"), str(tmp_path / "analysis")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_NUM_CPU_DEVICES": "1", "JAX_ENABLE_X64": "1",
+           "JAX_COMPILATION_CACHE_DIR": jax.config.jax_compilation_cache_dir,
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "1"}
+    command = [sys.executable, "train.py", "--config", "configs/test_ldm.py", "--workdir", workdir,
+               f"--config.autoencoder.params_file={params_file}", "--config.regularizer.p=0.0"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    loaded = checkpoint.load_params(workdir)
+    assert loaded.step == 2 and loaded.spec.latent.params_file == params_file
+    samples = os.listdir(os.path.join(workdir, "samples"))
+    assert samples, "the sample grid (decoded images) was not written"
+    from isodiff_jax.analysis import cli
+    cli.main(["--workdir", workdir, "--out", out, "--metrics", "mrtl,ppl,inversion", "--num_pairs", "2",
+              "--timesteps", "90", "--num_samples", "4", "--sample_steps", "2", "--ppl_space", "latent"])
+    with open(os.path.join(out, "metrics.json")) as f:
+        metrics = json.load(f)["metrics"]
+    assert {"mrtl", "ppl_latent_mse", "inversion_mse"} <= set(metrics)
+    assert all(np.isfinite(v) for v in metrics.values())
+    with pytest.raises(SystemExit) as error:  # shapes-oracle metrics read pixel-space samples step by step
+        cli.main(["--workdir", workdir, "--out", out, "--metrics", "probe"])
+    assert error.value.code == 2
