@@ -20,6 +20,9 @@ Variants: metric "sphere" (the paper's loss) or "euclidean" (G = I over all of R
 projection); form "tangent" (default) or "chart" (stereographic, sphere only); estimator
 "jvp_vjp" (Tr R² ≈ |R v|², one JVP + one VJP) or "jvp_jvp" (Tr R² ≈ (vᵀ R v')², two JVPs);
 radius "point" (the sphere through x) or "sqrt_n" (x rescaled onto the sphere of radius √n).
+
+Mixed precision: whatever dtype `encode` computes in (bfloat16 on accelerators), the probes, the
+Jacobian-vector products' outputs and every trace, sum and ratio are at least float32.
 """
 import dataclasses
 import math
@@ -75,11 +78,20 @@ def regularized_point(x, metric="sphere", radius="point"):
     return geometry.project_to_sphere(flat, math.sqrt(flat.shape[1])).reshape(x.shape)
 
 
+def _at_least_f32(a: jax.Array) -> jax.Array:
+    return a.astype(jnp.promote_types(a.dtype, jnp.float32))
+
+
 def _linear_problem(jvp, x, metric, form) -> _LinearProblem:
-    """Flattens jvp (tangents at x -> tangents of h) and, for the chart form, composes DΠ⁻¹."""
+    """Flattens jvp (tangents at x -> tangents of h) and, for the chart form, composes DΠ⁻¹.
+
+    Works in ≥ float32: x is upcast, and so are the tangents of h (bfloat16 when the encoder
+    computes in bfloat16), so the traces' squares and sums never round to bfloat16."""
+    in_dtype, x = x.dtype, _at_least_f32(x)
     shape, batch = x.shape, x.shape[0]
     flat_x = x.reshape(batch, -1)
-    ambient = lambda v: jvp(v.reshape((-1,) + shape[1:])).reshape(v.shape[0], -1)
+    ambient = lambda v: _at_least_f32(jvp(v.reshape((-1,) + shape[1:]).astype(in_dtype))).reshape(
+        v.shape[0], -1)
     ones = jnp.ones((batch,), x.dtype)
     if metric == "euclidean":
         return _LinearProblem(ambient, flat_x, lambda v: v, ones)

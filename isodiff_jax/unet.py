@@ -10,6 +10,14 @@ named after its modules) so that a diffusers checkpoint can be converted into it
 (ε̂, h) and, when `h` is given, replaces the middle block's output with it (h-space injection).
 GroupNorm only (no mutable batch statistics), so `jax.jvp` through `encode` stays simple.
 
+Mixed precision: `dtype` is the compute dtype (bfloat16 on accelerators); parameters stay
+float32 (flax casts them per layer). GroupNorm statistics and the attention softmax run in at
+least float32 whatever `dtype` is, ε̂ is returned in float32, h in `dtype`.
+
+Rematerialisation: `remat` names a `jax.checkpoint` policy applied (with flax's `nn.remat`) to
+every resnet and attention block, trading recomputation in the backward pass for activation
+memory (a larger batch per chip); values and derivatives are unchanged, and so is the parameter tree.
+
 Every option of UNet2DModel that changes what it computes is a field here, with diffusers' meaning
 (`downsample_padding`, `act_fn`, `resnet_time_scale_shift`, `center_input_sample`,
 `mid_block_scale_factor`, the time-embedding and norm options); the defaults are diffusers' own
@@ -33,6 +41,25 @@ def _mish(x: jax.Array) -> jax.Array:
 ACTIVATIONS = {"silu": nn.silu, "swish": nn.silu, "mish": _mish,
                "gelu": lambda x: jax.nn.gelu(x, approximate=False), "relu": nn.relu}
 TIME_SCALE_SHIFTS = ("default", "scale_shift")
+# remat option -> what each block keeps for the backward pass (the rest is recomputed)
+REMAT_POLICIES = {
+    "none": None,  # no rematerialisation: every intermediate is kept
+    "blocks": jax.checkpoint_policies.nothing_saveable,  # only each block's inputs
+    "dots_saveable": jax.checkpoint_policies.dots_saveable,  # matmul and convolution outputs
+    "dots_with_no_batch_dims_saveable": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # not q·kᵀ
+}
+
+
+def _at_least_f32(dtype: DTypeLike) -> jnp.dtype:
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def _group_norm(groups: int, eps: float, dtype: DTypeLike, name: str):
+    """GroupNorm in ≥ float32 (mean, variance and normalisation: in bfloat16 they lose the small
+    differences the norm divides by), its output cast to the compute dtype. The module computes in
+    float32 itself rather than relying on a flax default that older versions lack."""
+    norm = nn.GroupNorm(groups, epsilon=eps, dtype=_at_least_f32(dtype), name=name)
+    return lambda x: norm(x).astype(dtype)
 
 
 def timestep_embedding(t: ArrayLike, dim: int, *, flip_sin_to_cos: bool = True, freq_shift: float = 0.0,
@@ -85,7 +112,7 @@ class ResnetBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, temb: Optional[jax.Array]) -> jax.Array:
         act = ACTIVATIONS[self.act]
-        norm = lambda name: nn.GroupNorm(self.groups, epsilon=self.eps, dtype=self.dtype, name=name)
+        norm = lambda name: _group_norm(self.groups, self.eps, self.dtype, name)
         conv = lambda name: nn.Conv(self.features, (3, 3), padding=1, dtype=self.dtype, name=name)
         y = conv("conv1")(act(norm("norm1")(x)))
         shift_too = self.time_scale_shift == "scale_shift"
@@ -125,7 +152,7 @@ class AttentionBlock(nn.Module):
         heads = c // head_dim
         y = x
         if self.groups is not None:
-            y = nn.GroupNorm(self.groups, epsilon=self.eps, dtype=self.dtype, name="group_norm")(y)
+            y = _group_norm(self.groups, self.eps, self.dtype, "group_norm")(y)
         y = y.reshape(b, hgt * wid, c)
         dense = lambda name: nn.Dense(c, dtype=self.dtype, name=name)
         split = lambda a: a.reshape(b, hgt * wid, heads, head_dim)
@@ -140,13 +167,15 @@ def _softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
 
     Dividing the (B, L, heads, d) output instead of the (B, heads, L, L) weights saves a pass
     over the largest array; the max shift is exact under stop_gradient (softmax is shift
-    invariant), so derivatives of every order are unchanged.
+    invariant), so derivatives of every order are unchanged. With bfloat16 inputs both products
+    accumulate into float32 and the logits, exp and sums stay float32; only the weights enter
+    the value product in bfloat16.
     """
-    upcast = jnp.promote_types(q.dtype, jnp.float32)  # exp and sums in ≥ float32 (bf16 safe)
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(upcast)
+    upcast = _at_least_f32(q.dtype)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q, k, preferred_element_type=upcast)
     logits = logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
     weights = jnp.exp(logits)
-    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v).astype(upcast)
+    out = jnp.einsum("bhqk,bkhd->bqhd", weights.astype(v.dtype), v, preferred_element_type=upcast)
     norm = jnp.sum(weights, axis=-1).transpose(0, 2, 1)[..., None]  # (B, L, heads, 1)
     return (out / norm).astype(v.dtype)
 
@@ -189,7 +218,8 @@ class UNet(nn.Module):
     stride-2 convolutions (0: bottom/right only); act_fn of the resnets; resnet_time_scale_shift
     ("default" or "scale_shift"); center_input_sample (x -> 2x − 1 first); mid_block_scale_factor
     (the middle block's residual outputs are divided by it). Defaults are today's behaviour
-    (attention_head_dim 8, the rest diffusers' defaults).
+    (attention_head_dim 8, the rest diffusers' defaults). dtype: the compute dtype; remat: a
+    REMAT_POLICIES name (neither changes the parameters or, beyond rounding, the outputs).
     """
 
     in_channels: int = 3
@@ -209,6 +239,7 @@ class UNet(nn.Module):
     center_input_sample: bool = False
     mid_block_scale_factor: float = 1.0
     dtype: jnp.dtype = jnp.float32
+    remat: str = "none"
 
     def _check_fields(self) -> None:
         boc = tuple(self.block_out_channels)
@@ -225,12 +256,15 @@ class UNet(nn.Module):
                              f"expected one of {TIME_SCALE_SHIFTS}")
         if self.downsample_padding not in (0, 1):  # others change the size: the skips would not fit
             raise ValueError(f"downsample_padding={self.downsample_padding!r}: expected 0 or 1")
+        if self.remat not in REMAT_POLICIES:
+            raise ValueError(f"remat={self.remat!r}: expected one of {tuple(REMAT_POLICIES)}")
 
     def setup(self) -> None:
         self._check_fields()
         boc = tuple(self.block_out_channels)
         common = dict(groups=self.norm_num_groups, eps=self.norm_eps, head_dim=self.attention_head_dim,
-                      act=self.act_fn, time_scale_shift=self.resnet_time_scale_shift, dtype=self.dtype)
+                      act=self.act_fn, time_scale_shift=self.resnet_time_scale_shift, dtype=self.dtype,
+                      remat=self.remat)
         self.time_embedding = TimeEmbedding(4 * boc[0], boc[0], self.flip_sin_to_cos,
                                             self.freq_shift, self.dtype)
         self.conv_in = nn.Conv(boc[0], (3, 3), padding=1, dtype=self.dtype)
@@ -246,7 +280,7 @@ class UNet(nn.Module):
                    upsample=i < last)
             for i, (c, att) in enumerate(zip(boc[::-1], self.attention_levels[::-1]))]
         self.conv_norm_out = nn.GroupNorm(self.norm_num_groups, epsilon=self.norm_eps,
-                                          dtype=self.dtype)
+                                          dtype=_at_least_f32(self.dtype))  # see _group_norm
         self.conv_out = nn.Conv(self.out_channels, (3, 3), padding=1, dtype=self.dtype,
                                 kernel_init=nn.initializers.zeros)
 
@@ -270,7 +304,7 @@ class UNet(nn.Module):
         y, skips = h, list(skips)
         for block in self.up_blocks:
             y = block.up(y, skips, temb)
-        y = nn.silu(self.conv_norm_out(y))
+        y = nn.silu(self.conv_norm_out(y).astype(self.dtype))
         return self.conv_out(y).astype(jnp.float32)
 
     def encode(self, x: jax.Array, t: ArrayLike) -> jax.Array:
@@ -299,7 +333,7 @@ class UNet(nn.Module):
 
 class _Blocks(nn.Module):
     """Shared fields of the blocks below: GroupNorm groups/eps, attention head dim, the resnets'
-    activation and time-embedding mode, dtype."""
+    activation and time-embedding mode, dtype, and the remat policy of each resnet and attention."""
 
     groups: int
     eps: float
@@ -307,14 +341,21 @@ class _Blocks(nn.Module):
     act: str
     time_scale_shift: str
     dtype: jnp.dtype
+    remat: str = "none"
+
+    def _block(self, cls: type) -> type:
+        """cls, or cls under jax.checkpoint with the remat policy (same parameters, same names)."""
+        if self.remat == "none":
+            return cls
+        return nn.remat(cls, policy=REMAT_POLICIES[self.remat])
 
     def _resnet(self, features: int, output_scale: float = 1.0) -> ResnetBlock:
-        return ResnetBlock(features, self.groups, self.eps, self.dtype, act=self.act,
-                           time_scale_shift=self.time_scale_shift, output_scale=output_scale)
+        return self._block(ResnetBlock)(features, self.groups, self.eps, self.dtype, act=self.act,
+                                         time_scale_shift=self.time_scale_shift, output_scale=output_scale)
 
     def _attention(self, output_scale: float = 1.0, norm: bool = True) -> AttentionBlock:
-        return AttentionBlock(self.head_dim, self.groups if norm else None, self.eps, self.dtype,
-                              output_scale=output_scale)
+        return self._block(AttentionBlock)(self.head_dim, self.groups if norm else None, self.eps, self.dtype,
+                                           output_scale=output_scale)
 
 
 class _MidBlock(_Blocks):
