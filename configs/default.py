@@ -33,6 +33,7 @@ def get_config():
     m.center_input_sample = False  # the U-Net first maps its input x to 2x − 1
     m.mid_block_scale_factor = 1.0  # the middle block's residual sums are divided by this
     m.dtype = "float32"  # computation dtype: "float32" or "bfloat16" (parameters stay float32)
+    m.remat = "none"  # jax.checkpoint policy of each resnet/attention block: "none", "blocks", "dots_saveable", ...
 
     # latent diffusion: the U-Net diffuses the latents of a frozen VQ autoencoder (diffusers' VQModel);
     # `python -m isodiff_jax.pretrained` fills this section from an imported model (docs/pretrained.md)

@@ -25,7 +25,7 @@ from isodiff_jax.autoencoder import VQAutoencoder
 from isodiff_jax.spec import DataSpec, LatentSpec, ModelSpec, ScheduleSpec
 from isodiff_jax.train.loop import TrainSettings, TrainSetup
 from isodiff_jax.train.step import make_optimizer
-from isodiff_jax.unet import ACTIVATIONS, TIME_SCALE_SHIFTS, UNet
+from isodiff_jax.unet import ACTIVATIONS, REMAT_POLICIES, TIME_SCALE_SHIFTS, UNet
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 AUTOENCODERS = ("none", "vq")
@@ -152,6 +152,7 @@ def _validate_model(config) -> None:
     _check_positive_int(m.layers_per_block, "model.layers_per_block")
     _validate_model_options(config)
     _check_choice(config, "model.dtype", DTYPES)
+    _check_choice(config, "model.remat", REMAT_POLICIES)
 
 
 def _validate_model_options(config) -> None:
@@ -277,7 +278,8 @@ def unet(config, channels: int = 3) -> UNet:
                 norm_eps=float(m.norm_eps), flip_sin_to_cos=m.flip_sin_to_cos, freq_shift=float(m.freq_shift),
                 downsample_padding=m.downsample_padding, act_fn=m.act_fn,
                 resnet_time_scale_shift=m.resnet_time_scale_shift, center_input_sample=m.center_input_sample,
-                mid_block_scale_factor=float(m.mid_block_scale_factor), dtype=DTYPES[m.dtype])
+                mid_block_scale_factor=float(m.mid_block_scale_factor), dtype=DTYPES[m.dtype],
+                remat=m.remat)
 
 
 def schedule_spec(config) -> ScheduleSpec:
@@ -372,17 +374,18 @@ def from_json(text: str) -> ml_collections.ConfigDict:
 # record without the field reads as having this value.
 LATER_FIELDS = {"model.norm_eps": 1e-5, "model.flip_sin_to_cos": True, "model.freq_shift": 0.0,
                 "model.downsample_padding": 1, "model.act_fn": "silu", "model.resnet_time_scale_shift": "default",
-                "model.center_input_sample": False, "model.mid_block_scale_factor": 1.0,
+                "model.center_input_sample": False, "model.mid_block_scale_factor": 1.0, "model.remat": "none",
                 "autoencoder.kind": "none", "autoencoder.params_file": "",
                 "autoencoder.block_out_channels": (128, 256, 512), "autoencoder.layers_per_block": 2,
                 "autoencoder.latent_channels": 3, "autoencoder.vq_embed_dim": 3, "autoencoder.num_vq_embeddings": 8192,
                 "autoencoder.norm_num_groups": 32, "autoencoder.act_fn": "silu", "autoencoder.mid_attention": True,
                 "autoencoder.scaling_factor": 1.0}
 
-# What a resumed run may change: how long it trains, how often it logs, saves and evaluates, and
-# where it finds its data. Every other field changes what is computed.
+# What a resumed run may change: how long it trains, how often it logs, saves and evaluates, where
+# it finds its data, and what the backward pass recomputes (model.remat: same values, less memory).
+# Every other field changes what is computed.
 RESUMABLE_CHANGES = ("training.num_steps", "training.init_from", "logging.", "checkpoint.", "evaluation.",
-                     "data.prefetch", "data.data_dir")
+                     "data.prefetch", "data.data_dir", "model.remat")
 
 
 def _flatten(values: dict, prefix: str = "") -> dict:

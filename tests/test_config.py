@@ -55,6 +55,7 @@ def test_celebahq256_is_the_papers_setting():
     ("model.attention_head_dim", 0, "integer >= 1"),
     ("optim.decay", "linear", "'cosine'"),
     ("model.dtype", "float16", "'bfloat16'"),
+    ("model.remat", "everything", "'dots_saveable'"),
     ("model.attention_levels", (False,), "one bool per level"),
     ("model.norm_num_groups", 7, "divisor"),
     ("model.attention_head_dim", 24, "every attention block [64]"),
@@ -164,7 +165,8 @@ def test_every_model_field_reaches_the_unet():
     config = load("default")
     values = dict(norm_eps=1e-6, flip_sin_to_cos=False, freq_shift=1.0, downsample_padding=0, act_fn="mish",
                   resnet_time_scale_shift="scale_shift", center_input_sample=True, mid_block_scale_factor=2.0,
-                  attention_head_dim=None, mid_attention=False, norm_num_groups=4, layers_per_block=2)
+                  attention_head_dim=None, mid_attention=False, norm_num_groups=4, layers_per_block=2,
+                  remat="blocks")
     config.model.update(values)
     config_lib.validate(config, num_devices=1)
     unet = config_lib.unet(config)

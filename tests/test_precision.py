@@ -117,3 +117,20 @@ def test_remat_choices_are_checked():
     model = UNet(block_out_channels=(8,), attention_levels=(False,), norm_num_groups=4, remat="everything")
     with pytest.raises(ValueError, match="remat='everything'"):
         jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 4, 4, 3)), jnp.zeros((1,), jnp.int32))
+
+
+def test_remat_and_dtype_do_not_change_what_a_run_is():
+    """A run may resume with another remat policy (same values), and fine-tune (init_from)
+    parameters saved with another compute dtype or policy; a run recorded before model.remat
+    existed reads as "none"."""
+    import json
+    from isodiff_jax.train import loop
+    config = test_config.get_config()
+    record = json.loads(config_lib.to_json(config))
+    del record["model"]["remat"]
+    config.model.remat = "blocks"
+    assert config_lib.resume_differences(json.dumps(record), config) == []
+    config_lib.validate(config, num_devices=1)
+    saved = config_lib.model_spec(test_config.get_config())
+    config.model.dtype = "bfloat16"
+    loop._check_same_unet(saved, config_lib.model_spec(config), "elsewhere")  # does not raise

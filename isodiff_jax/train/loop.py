@@ -201,9 +201,10 @@ def fresh_state(setup: TrainSetup, mesh: Mesh):
 
 def _check_same_unet(saved: ModelSpec, spec: ModelSpec, source: str) -> None:
     """Equal parameter shapes are not enough: options such as downsample_padding or norm_eps
-    change what the same parameters compute (the compute dtype may differ)."""
+    change what the same parameters compute (the compute dtype and remat policy may differ)."""
     a, b = saved.to_dict()["unet"], spec.to_dict()["unet"]
-    differing = [f"model.{k}={b[k]!r} (theirs: {a[k]!r})" for k in sorted(a) if k != "dtype" and a[k] != b[k]]
+    differing = [f"model.{k}={b[k]!r} (theirs: {a[k]!r})" for k in sorted(a)
+                 if k not in ("dtype", "remat") and a[k] != b[k]]
     if differing:
         raise InvalidValue(f"parameters in {source} belong to another U-Net than this run's: {'; '.join(differing)}; "
                            f"set these config fields to the values of {source}")
