@@ -4,7 +4,10 @@ Four simulated CPU devices (data-parallel tests), float64 available for numerica
 (library code always passes explicit dtypes), and a persistent compilation cache so repeated
 runs skip XLA compiles.
 """
+import fcntl
+import json
 import os
+import shutil
 
 import jax
 
@@ -32,37 +35,59 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the rest keep their order
 
 
+def once_per_session(tmp_path_factory, name: str, build):
+    """`build(directory)` run once per test session, not once per pytest-xdist worker: the first
+    worker to ask builds into a directory both share, under a file lock, and records the JSON
+    result; the others wait for it and read it. (A session fixture is per worker process, and the
+    shared training runs below take minutes.) Returns (directory, result)."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the session's temporary directory, above each worker's own
+    directory, record = root / name, root / f"{name}.json"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or if the worker dies
+        if not record.exists():
+            shutil.rmtree(directory, ignore_errors=True)  # a build that failed part-way
+            directory.mkdir()
+            result = build(str(directory))
+            record.write_text(json.dumps(result, default=float))
+    return str(directory), json.loads(record.read_text())
+
+
 @pytest.fixture(scope="session")
 def trained_workdir(tmp_path_factory):
     """A test-config run of 4 steps with checkpoints at steps 2 and 4 and evaluators (mRTL, linear
-    probes) at both; the analysis tests share it."""
-    from configs import test as test_config
-    from isodiff_jax import launch
-    path = tmp_path_factory.mktemp("trained")
-    config = test_config.get_config()
-    config.training.num_steps, config.checkpoint.every_steps = 4, 2  # compiled programs shared with test_train_loop
-    ev = config.evaluation
-    ev.every_steps, ev.metrics, ev.num_pairs, ev.sample_steps, ev.timesteps = 2, "mrtl,probe", 4, 4, (50,)
-    launch.train(config, str(path))
-    return str(path)
+    probes) at both; the analysis tests share it (read-only)."""
+    def build(path):
+        from configs import test as test_config
+        from isodiff_jax import launch
+        config = test_config.get_config()
+        config.training.num_steps, config.checkpoint.every_steps = 4, 2  # compiled programs shared with test_train_loop
+        ev = config.evaluation
+        ev.every_steps, ev.metrics, ev.num_pairs, ev.sample_steps, ev.timesteps = 2, "mrtl,probe", 4, 4, (50,)
+        launch.train(config, path)
+    return once_per_session(tmp_path_factory, "trained", build)[0]
 
 
 @pytest.fixture(scope="session")
 def reference(tmp_path_factory):
     """configs/test.py's 6 steps in one uninterrupted in-process run on the 4 simulated devices
-    (the training tests compare resumed, killed, other-device and multi-process runs with it)."""
-    from training_support import small_config
-    from isodiff_jax import launch
-    workdir = tmp_path_factory.mktemp("reference")
-    return workdir, launch.train(small_config(), str(workdir))
+    (the training tests compare resumed, killed, other-device and multi-process runs with it).
+    Returns (workdir, the run's summary)."""
+    def build(path):
+        from training_support import small_config
+        from isodiff_jax import launch
+        return launch.train(small_config(), path)
+    return once_per_session(tmp_path_factory, "reference", build)
 
 
 @pytest.fixture(scope="session")
-def oracle16():
+def oracle16(tmp_path_factory):
     """A factor oracle for the test config's 16×16 images, briefly trained (good enough to run
     the oracle-based metrics; its accuracy is tested at 24 px in test_oracle.py)."""
     from isodiff_jax.analysis import oracle
-    return oracle.train(16, steps=150, batch_size=32, progress=False)
+    build = lambda path: oracle.save(oracle.train(16, steps=150, batch_size=32, progress=False), path, {})
+    return oracle.load(once_per_session(tmp_path_factory, "oracle16", build)[0])
 
 
 class CompileCounter:
