@@ -147,12 +147,13 @@ class ModelSpec:
         return {"params": params["params"], "autoencoder": autoencoder_params["params"]}
 
     def to_images(self, params: Params, x0: jax.Array) -> jax.Array:
-        """Diffusion samples -> images in about [-1, 1] (decoded through the autoencoder, whose
-        parameters `params` must carry, see `with_autoencoder`); the identity in pixel space."""
+        """Diffusion samples -> images in [-1, 1] (decoded through the autoencoder, whose
+        parameters `params` must carry, see `with_autoencoder`, and clipped as diffusers' pipelines
+        clamp them: FID's Inception takes [-1, 1] only); the identity in pixel space."""
         if self.latent is None:
             return x0
         ae = self.latent.autoencoder
-        return ae.apply({"params": params["autoencoder"]}, x0, method=VQAutoencoder.decode)
+        return jnp.clip(ae.apply({"params": params["autoencoder"]}, x0, method=VQAutoencoder.decode), -1.0, 1.0)
 
     def to_x0(self, params: Params, images: jax.Array) -> jax.Array:
         """Images in [-1, 1] -> diffusion samples x_0 (the autoencoder's latents); the identity in

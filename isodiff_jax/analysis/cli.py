@@ -53,8 +53,6 @@ def choose_metrics(requested, spec: ModelSpec, resources: suite.Resources, optio
     for metric in suite.METRICS:
         reason = suite.missing_inputs(metric, spec.data.name, oracle=resources.oracle is not None,
                                       inception=resources.inception is not None)
-        if not reason and spec.latent is not None and metric in suite.NOT_LATENT:
-            reason = f"{metric}: not implemented for latent diffusion"
         if reason:
             print(f"skipping {reason}")
         else:

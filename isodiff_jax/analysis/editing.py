@@ -14,6 +14,9 @@ by α ∈ ALPHAS standard deviations of the latents' projection on it and decode
   only the predicted x0 of each DDIM step and the direction term keeps the unshifted ε̂; with
   h_edit "both" the shifted ε̂ enters both terms, which largely cancel (the form used before).
 
+Latent diffusion: x_T, h and the DDIM steps are the latent model's; every sample is decoded through
+the frozen autoencoder (`ModelSpec.to_images`) before the oracle reads it.
+
 The oracle reads every factor of the edited and original images; with `factors.change` (a common
 [0, 1] scale), target = mean change of f, others = sum of the mean changes of the other five
 factors (shape included), and precision = target / (target + others): 1 when only f moves.
@@ -99,24 +102,30 @@ class Editor:
 
         def decode(params, x_T, shifts):
             eps_fn = lambda x, t: _eps_with_h_shift(spec, params, x, t, shifts[step_of_t[t[0]]][None], h_edit)
-            return diffusion.ddim_sample(eps_fn, schedule, x_T, sample_steps, clip_x0=1.0)
+            return spec.to_images(params, diffusion.ddim_sample(eps_fn, schedule, x_T, sample_steps,
+                                                                clip_x0=spec.clip_x0))
+
+        def path(params, x_T):
+            x_0, steps = diffusion.ddim_sample(lambda x, t: spec.eps(params, x, t), schedule, x_T, sample_steps,
+                                               clip_x0=spec.clip_x0, return_path=True)
+            return spec.to_images(params, x_0), steps
         self._decode = jax.jit(decode)
-        self._path = jax.jit(lambda params, x_T: diffusion.ddim_sample(
-            lambda x, t: spec.eps(params, x, t), schedule, x_T, sample_steps, clip_x0=1.0, return_path=True))
+        self._path = jax.jit(path)
         self._encode = jax.jit(spec.encode)
 
     def decode(self, params, x_T, shifts=None) -> np.ndarray:
-        """x_T (B, H, W, C), shifts (S, *h shape) in sampling order or None -> images (B, H, W, C)."""
+        """x_T (B, H, W, C), shifts (S, *h shape) in sampling order or None -> images (B, H', W', C')
+        (decoded through the autoencoder for latent diffusion: params then carry its weights)."""
         if shifts is None:
             shifts = np.zeros((self.sample_steps, *self.h_shape), np.float32)
         return np.asarray(self._decode(params, x_T, jnp.asarray(shifts, jnp.float32)))
 
     def h_along_paths(self, params, x_T) -> tuple[np.ndarray, np.ndarray]:
         """(images (B, H, W, C), h at the edited steps along each sample's own path (S_edit, B, D))."""
-        x_0, path = self._path(params, x_T)
+        images, path = self._path(params, x_T)
         hs = [np.asarray(self._encode(params, path[i], jnp.full((len(x_T),), self.timesteps[i], jnp.int32)))
               for i in self.edit_steps]
-        return np.asarray(x_0), np.stack([h.reshape(len(x_T), -1) for h in hs])
+        return np.asarray(images), np.stack([h.reshape(len(x_T), -1) for h in hs])
 
     def h_shifts(self, hs, coordinate) -> np.ndarray:
         """Unit shifts σ_t d_t (S, *h shape) from h along paths and the samples' edit coordinate."""

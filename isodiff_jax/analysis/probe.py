@@ -1,6 +1,6 @@
 """Linear probes from h to the ground-truth factors of the shapes data set.
 
-Real shapes images with known factors are noised to x_t, encoded to h = e_θ(x_t, t) (optionally
+Real shapes images with known factors (for latent diffusion: their latents) are noised to x_t, encoded to h = e_θ(x_t, t) (optionally
 average-pooled) and a ridge regression from h to the factors' targets (`oracle.targets`: the
 (cos, sin) embedding of each hue, scale, x and y mapped to [0, 1], plus a one-hot shape) is fitted
 on `num_train` images and scored on `num_test` others: R² per continuous factor (hues on their
@@ -82,19 +82,21 @@ class LinearProbe:
     over the continuous factors and timesteps), ("probe_shape_accuracy", mean over timesteps).
 
     encode(params, x (B, R, R, 3), t int32 (B,)) -> h; images come from `shapes` with
-    `image_seed` and their noise from `seed`; ridge None chooses the penalty per timestep
+    `image_seed` and their noise from `seed`; to_x0(params, images) -> x0 is what is noised (latent
+    diffusion: the autoencoder's latents of the images, `ModelSpec.to_x0`; None: the images); ridge None chooses the penalty per timestep
     (reported as probe_t{t}_ridge). Built once; `run(params)` compiles nothing for new parameters.
     """
 
     def __init__(self, encode: Callable, schedule: diffusion.Schedule, *, resolution: int,
                  timesteps: Sequence[int], num_train: int = 512, num_test: int = 256, pool: int = 1,
                  ridge: float | None = None, batch_size: int = 64, image_seed: int = 5, seed: int = 0,
-                 mesh: Optional[Mesh] = None):
+                 mesh: Optional[Mesh] = None, to_x0: Optional[Callable] = None):
         self.images, self.factors = oracle_lib.images_of(image_seed, np.arange(num_train + num_test), resolution)
         self.timesteps, self.num_train, self.ridge, self.batch_size = tuple(timesteps), num_train, ridge, batch_size
         self.key, self.mesh = jax.random.PRNGKey(seed), mesh
 
-        def features(params, x0, t, k):
+        def features(params, images, t, k):
+            x0 = images if to_x0 is None else to_x0(params, images)
             t_vec = jnp.full((x0.shape[0],), t, jnp.int32)
             x_t = diffusion.q_sample(schedule, x0, t_vec, jax.random.normal(k, x0.shape))
             h = spectrum.average_pool(encode(params, x_t, t_vec), pool)

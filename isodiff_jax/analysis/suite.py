@@ -31,7 +31,6 @@ from isodiff_jax.spec import ModelSpec
 METRICS = ("mrtl", "mcn", "vor", "ppl", "inversion", "fd", "factor_rtl", "edit", "probe")
 SHAPES_ONLY = ("factor_rtl", "edit", "probe")
 AT_TIMESTEPS = ("mrtl", "mcn", "vor", "probe")  # the metrics measured at options.timesteps
-NOT_LATENT = ("edit", "probe")  # not implemented for latent diffusion
 
 __all__ = ["METRICS", "Options", "Resources", "Suite", "Interpolation", "load_resources", "check", "problems",
            "option_problems", "missing_inputs", "sampler", "real_images"]
@@ -105,9 +104,6 @@ def option_problems(options: Options, spec: ModelSpec, metrics) -> list:
                      f"timesteps: allowed timesteps in [0, {T})")
     if spec.latent is None and options.ppl_space == "latent" and "ppl" in metrics:
         found.append("ppl_space='latent' needs a latent diffusion model (this one diffuses images)")
-    if spec.latent is not None and (latent_missing := sorted(set(metrics) & set(NOT_LATENT))):
-        found.append(f"{', '.join(latent_missing)} are not implemented for latent diffusion (they read the "
-                     f"shapes oracle's factors off pixel-space samples step by step)")
     for name, low in (("sample_steps", 1), ("fd_sample_steps", 0)):
         if not low <= getattr(options, name) <= T:
             found.append(f"{name}={getattr(options, name)} is invalid for a model of T = {T} timesteps: "
@@ -237,7 +233,8 @@ def _builders(spec: ModelSpec, options: Options, resources: Resources, mesh: Opt
                                         sample_steps=o.sample_steps, h_min_t=o.h_min_t, h_edit=o.h_edit,
                                         seed=o.seed),
         "probe": lambda: probe.LinearProbe(spec.encode, spec.noise_schedule, resolution=spec.data.resolution,
-                                           timesteps=o.timesteps, pool=o.pool, seed=o.seed, mesh=mesh),
+                                           timesteps=o.timesteps, pool=o.pool, seed=o.seed, mesh=mesh,
+                                           to_x0=spec.to_x0),
     }
 
 
