@@ -16,6 +16,7 @@ def get_config():
     d.resolution = 32  # images are resized and center-cropped to resolution × resolution
     d.random_flip = False  # random horizontal flips, decided by (seed, step, row)
     d.prefetch = 3  # batches loaded ahead in a background thread
+    d.latent_cache = ""  # latent diffusion: a directory the data set's latents are encoded into once ("": each batch)
 
     c.model = m = ml_collections.ConfigDict()
     m.block_out_channels = (32, 64, 64)  # channels per U-Net level (one downsampling between levels)

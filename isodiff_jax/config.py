@@ -125,8 +125,22 @@ def _validate_data(config) -> None:
            f"a directory (required for data.name={d.name!r})")
     _check_positive_int(d.resolution, "data.resolution", 4)
     _check_positive_int(d.prefetch, "data.prefetch")
+    _validate_latent_cache(config)
     _check(isinstance(config.seed, int) and 0 <= config.seed < 2**31, "seed", config.seed,
            "an integer in [0, 2**31)")
+
+
+def _validate_latent_cache(config) -> None:
+    """data.latent_cache: "" or a directory (made if missing) for latent diffusion's latents."""
+    path = config.data.latent_cache
+    _check(isinstance(path, str), "data.latent_cache", path, "a directory path or '' (encode on the fly)")
+    if not path:
+        return
+    _check(config.autoencoder.kind != "none", "data.latent_cache", path,
+           "'' for diffusion on the images (a latent cache needs autoencoder.kind 'vq')")
+    parent = os.path.dirname(os.path.abspath(path))
+    _check(os.path.isdir(path) or (not os.path.exists(path) and os.path.isdir(parent)), "data.latent_cache", path,
+           "an existing directory, or a new one in an existing directory")
 
 
 def _validate_model(config) -> None:
@@ -320,6 +334,7 @@ def train_settings(config) -> TrainSettings:
         num_steps=t.num_steps, global_batch_size=t.global_batch_size, seed=config.seed, gate_p=config.regularizer.p,
         grad_accum_steps=o.grad_accum_steps, ema_max_decay=o.ema_max_decay, init_from=t.init_from,
         random_flip=config.data.random_flip, prefetch=config.data.prefetch, checkpoint_every=ck.every_steps,
+        latent_cache=os.path.abspath(config.data.latent_cache) if config.data.latent_cache else "",
         checkpoint_keep=ck.keep, log_every=lg.log_every_steps, sample_every=lg.sample_every_steps,
         num_samples=lg.num_samples, sample_steps=lg.sample_steps, sample_eta=lg.sample_eta,
         evaluate_every=config.evaluation.every_steps, progress_bar=lg.progress_bar)
@@ -379,13 +394,13 @@ LATER_FIELDS = {"model.norm_eps": 1e-5, "model.flip_sin_to_cos": True, "model.fr
                 "autoencoder.block_out_channels": (128, 256, 512), "autoencoder.layers_per_block": 2,
                 "autoencoder.latent_channels": 3, "autoencoder.vq_embed_dim": 3, "autoencoder.num_vq_embeddings": 8192,
                 "autoencoder.norm_num_groups": 32, "autoencoder.act_fn": "silu", "autoencoder.mid_attention": True,
-                "autoencoder.scaling_factor": 1.0}
+                "autoencoder.scaling_factor": 1.0, "data.latent_cache": ""}
 
 # What a resumed run may change: how long it trains, how often it logs, saves and evaluates, where
-# it finds its data, and what the backward pass recomputes (model.remat: same values, less memory).
-# Every other field changes what is computed.
+# it finds its data, and what the backward pass recomputes (model.remat: same values, less memory;
+# data.latent_cache: the same latents, encoded once). Every other field changes what is computed.
 RESUMABLE_CHANGES = ("training.num_steps", "training.init_from", "logging.", "checkpoint.", "evaluation.",
-                     "data.prefetch", "data.data_dir", "model.remat")
+                     "data.prefetch", "data.data_dir", "data.latent_cache", "model.remat")
 
 
 def _flatten(values: dict, prefix: str = "") -> dict:

@@ -17,16 +17,17 @@ import numpy as np
 import pytest
 
 from isodiff_jax import autoencoder as autoencoder_lib
-from isodiff_jax import checkpoint, sharding
+from isodiff_jax import checkpoint, errors, sharding
 from isodiff_jax import config as config_lib
 from isodiff_jax.analysis import inception, ppl, suite
 from isodiff_jax.analysis import load as analysis_load
 from isodiff_jax.analysis import oracle as oracle_lib
 from isodiff_jax.analysis.options import Options
 from isodiff_jax.autoencoder import VQAutoencoder
+from isodiff_jax.data.shapes import ShapesSource
 from isodiff_jax.pretrained import translate
-from isodiff_jax.spec import ModelSpec
-from isodiff_jax.train import loop
+from isodiff_jax.spec import DataSpec, ModelSpec
+from isodiff_jax.train import latents, loop
 from isodiff_jax.unet import UNet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -171,3 +172,53 @@ def test_decoded_images_reach_the_oracle_inception_and_lpips(workdir):
     assert oracle.seen and all(shape[1:] == (16, 16, 3) for shape in oracle.seen)
     assert lpips_shapes and all(shape[1:] == (16, 16, 3) for shape in lpips_shapes)
     assert results["edit_strips"]["h"].shape[-3:] == (16, 16, 3)
+
+
+def test_a_latent_cache_gives_the_batches_encoded_on_the_fly(params_file, tmp_path):
+    """data.latent_cache: the data set encoded once; the batch of each step (flips included, across
+    epochs, from a resumed step) is the one encoded on the fly; other weights or another resolution
+    are refused by name."""
+    config = load("test_ldm")
+    config.autoencoder.params_file, config.data.random_flip = params_file, True
+    config.data.latent_cache = str(tmp_path / "cache")
+    config_lib.validate(config)
+    setup = config_lib.train_setup(config)
+    source = ShapesSource(16, 0, size=20)  # 8-image batches cross epochs at steps 2 and 4
+    cache = latents.open_cache(setup.spec, source, setup.settings.latent_cache, flips=True)
+    assert cache.latents.shape == (20, 8, 8, 3) and cache.flipped.shape == (20, 8, 8, 3)
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    encode, ae_params = loop.make_encoder(setup, mesh), loop.autoencoder_params(setup, mesh)
+    with loop.input_batches(setup, source, 1) as images, loop.input_batches(setup, source, 1, cache) as cached:
+        for _ in range(4):  # from step 1, as a resumed run
+            expected = np.asarray(encode(ae_params, sharding.global_batch(next(images), mesh)))
+            np.testing.assert_allclose(next(cached), expected, rtol=1e-5, atol=1e-5)
+    made = os.path.getmtime(os.path.join(setup.settings.latent_cache, "latents.npy"))
+    latents.open_cache(setup.spec, source, setup.settings.latent_cache, flips=True)  # found, not made again
+    assert os.path.getmtime(os.path.join(setup.settings.latent_cache, "latents.npy")) == made
+
+    other = config_lib.latent_spec(config).autoencoder.init(jax.random.PRNGKey(4), jnp.zeros((1, 16, 16, 3)))
+    config.autoencoder.params_file = autoencoder_lib.save_params(str(tmp_path / "other.npz"), other)
+    with pytest.raises(errors.InvalidValue, match="latent cache .* other inputs .*params_sha256"):
+        latents.open_cache(config_lib.model_spec(config), source, setup.settings.latent_cache, flips=True)
+    config.autoencoder.params_file, config.data.resolution = params_file, 32
+    with pytest.raises(errors.InvalidValue, match="'resolution': 16.*'resolution': 32"):
+        latents.open_cache(config_lib.model_spec(config), ShapesSource(32, 0, size=20), setup.settings.latent_cache,
+                           flips=True)
+    config.autoencoder.kind = "none"
+    with pytest.raises(config_lib.ConfigError, match="data.latent_cache"):
+        config_lib.validate(config)
+
+
+def test_the_loop_trains_from_a_latent_cache(params_file, tmp_path, monkeypatch):
+    """train_and_evaluate with data.latent_cache encodes the data set once and then never calls
+    the on-the-fly encoder (whose batches the cache's equal, above)."""
+    monkeypatch.setattr(DataSpec, "source", lambda self: ShapesSource(self.resolution, self.seed, size=12))
+    monkeypatch.setattr(loop, "make_encoder", lambda *args: pytest.fail("encoded on the fly despite the cache"))
+    config = load("test_ldm")
+    config.autoencoder.params_file, config.data.latent_cache = params_file, str(tmp_path / "cache")
+    config.regularizer.kind, config.logging.num_samples = "none", 1
+    summary = loop.train_and_evaluate(config_lib.train_setup(config), str(tmp_path / "run"),
+                                      sharding.make_mesh(jax.devices()[:1]))
+    assert summary["final_step"] == 2 and np.isfinite(summary["metrics"]["loss"])
+    with open(tmp_path / "cache" / "cache.json") as f:
+        assert json.load(f)["shape"] == [12, 8, 8, 3]

@@ -27,11 +27,11 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from isodiff_jax import checkpoint, diffusion, sharding
-from isodiff_jax.data import pipeline
+from isodiff_jax.data import latent_cache, pipeline
 from isodiff_jax.errors import InvalidValue
 from isodiff_jax.isometry import Regularizer
 from isodiff_jax.spec import ModelSpec, Params
-from isodiff_jax.train import lock
+from isodiff_jax.train import latents, lock
 from isodiff_jax.train import step as step_lib
 from isodiff_jax.train.monitor import Monitor
 
@@ -51,6 +51,7 @@ class TrainSettings:
     ema_max_decay: float = 0.9999
     init_from: str = ""  # a workdir whose EMA parameters start the run
     random_flip: bool = False
+    latent_cache: str = ""  # latent diffusion: a directory of the data set's latents, made once ("": encode each batch)
     prefetch: int = 3
     checkpoint_every: int = 200
     checkpoint_keep: int = 3
@@ -298,6 +299,9 @@ def _train_locked(setup: TrainSetup, workdir: str, mesh: Mesh, evaluators, sourc
     if start > total:
         raise InvalidValue(f"the newest checkpoint in {checkpoint.checkpoint_dir(workdir)} is at step {start}, past "
                          f"training.num_steps={total}: raise num_steps to train on, or use another workdir")
+    cache = None
+    if s.latent_cache and start < total:  # a cache made from other inputs is refused here
+        cache = latents.open_cache(setup.spec, source, s.latent_cache, flips=s.random_flip)
     checkpoint.write_config(workdir, setup.config_json)  # once the run is known to go ahead
     if start == total:  # finished: compile nothing, change nothing
         summary = {"steps": 0, "final_step": total, "seconds": 0.0, "input_wait_share": 0.0, "metrics": {},
@@ -310,12 +314,10 @@ def _train_locked(setup: TrainSetup, workdir: str, mesh: Mesh, evaluators, sourc
     n_params = sum(x.size for x in jax.tree.leaves(state.params))
     monitor.print(f"{how}; {n_params:,} parameters; {mesh.size} devices in "
                   f"{jax.process_count()} processes; global batch {s.global_batch_size}")
-    batches = pipeline.prefetch_batches(
-        source, start, seed=s.seed, global_batch=s.global_batch_size, process_index=jax.process_index(),
-        process_count=jax.process_count(), random_flip=s.random_flip, buffer_size=s.prefetch)
+    batches = input_batches(setup, source, start, cache)
     started = time.perf_counter()
     try:
-        run = _Run(setup, mesh, mngr, monitor, list(evaluators))
+        run = _Run(setup, mesh, mngr, monitor, list(evaluators), encode=cache is None)
         state = run.loop(state, start, total, batches)
     finally:
         batches.close()
@@ -331,6 +333,17 @@ def _train_locked(setup: TrainSetup, workdir: str, mesh: Mesh, evaluators, sourc
     return summary
 
 
+def input_batches(setup: TrainSetup, source, start: int, cache=None) -> pipeline.Prefetcher:
+    """This process's batches from step `start` on: images in [-1, 1], or with a latent cache
+    (`latents.open_cache`) the latents of the same rows, flipped the same way."""
+    s = setup.settings
+    common = dict(seed=s.seed, global_batch=s.global_batch_size, process_index=jax.process_index(),
+                  process_count=jax.process_count(), random_flip=s.random_flip, buffer_size=s.prefetch)
+    if cache is not None:
+        return latent_cache.prefetch_batches(cache, start, **common)
+    return pipeline.prefetch_batches(source, start, **common)
+
+
 def _summary_text(s: dict) -> str:
     m = s["metrics"]
     losses = ", ".join(f"{k}={m[k]:.4g}" for k in ("loss", "diffusion_loss", "reg_loss", "rank_loss") if k in m)
@@ -342,14 +355,16 @@ def _summary_text(s: dict) -> str:
 class _Run:
     """The per-step work of one run (compiled steps, fetching, logging, saving, sampling)."""
 
-    def __init__(self, setup: TrainSetup, mesh: Mesh, mngr, monitor: Monitor, evaluators: list):
+    def __init__(self, setup: TrainSetup, mesh: Mesh, mngr, monitor: Monitor, evaluators: list,
+                 encode: bool = True):
         self.setup, self.mesh, self.mngr, self.monitor = setup, mesh, mngr, monitor
         self.steps, self.totals = compile_steps(setup, mesh)
         self.names = sorted(self.totals["sums"])
         self._empty_totals = jax.jit(lambda: empty_totals(self.names), out_shardings=sharding.replicated(mesh))
         self.sampler = make_sampler(setup, mesh)
         self.autoencoder_params = autoencoder_params(setup, mesh)
-        self.encoder = make_encoder(setup, mesh) if self.autoencoder_params is not None else None
+        # latent diffusion: images encoded batch by batch, unless the batches are cached latents
+        self.encoder = make_encoder(setup, mesh) if encode and self.autoencoder_params is not None else None
         self.evaluators = evaluators
         self.last_sample_path = None
         self._waited = 0.0  # the prefetcher's wait_seconds at the last flush
