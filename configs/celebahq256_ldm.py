@@ -2,7 +2,7 @@
 autoencoder, f = 4, and a U-Net on its 64×64×3 latents) with the isometry loss on the latent x_t
 (n = 3·64·64), as the released LDM script does: AdamW lr 1e-5 constant, β (0.95, 0.999), wd 1e-6,
 EMA, gating p = 0.5, λ_iso 1e-3, 256² images center-cropped, random flips, 5 epochs of CelebA-HQ
-(30 000 images: 5 · 30 000 / 32 ≈ 4 688 steps at batch 32).
+(30 000 images: 5 · ⌈30 000 / batch⌉ steps, 4 690 at batch 32, as configs/celebahq256.py counts them).
 
 The U-Net, the autoencoder and the schedule are those of the import (docs/pretrained.md):
 
@@ -14,7 +14,9 @@ The U-Net, the autoencoder and the schedule are those of the import (docs/pretra
 
 Images are encoded by the frozen autoencoder batch by batch; samples, FID, PPL (LPIPS) and
 inversion decode through it. Meant for a GPU/TPU machine."""
-from configs import default
+import ml_collections
+
+from configs import celebahq256, default
 
 
 def get_config():
@@ -57,8 +59,9 @@ def get_config():
     c.optim.weight_decay = 1e-6
     c.optim.clip_norm = 1.0
     c.optim.ema_max_decay = 0.9999
-    c.training.num_steps = 4_688  # 5 epochs of CelebA-HQ's 30 000 images at batch 32
-    c.training.global_batch_size = 32
+    batch = ml_collections.FieldReference(32)
+    c.training.global_batch_size = batch
+    c.training.num_steps = celebahq256.EPOCHS * ((celebahq256.CELEBA_HQ_IMAGES + batch - 1) // batch)  # as the DDPM's
     c.checkpoint.every_steps = 500
     c.logging.log_every_steps = 50
     c.logging.sample_every_steps = 1_000
