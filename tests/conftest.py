@@ -42,7 +42,7 @@ def once_per_session(tmp_path_factory, name: str, build):
     """`build(directory)` run once per test session, not once per pytest-xdist worker: the first
     worker to ask builds into a directory both share, under a file lock, and records the JSON
     result; the others wait for it and read it. (A session fixture is per worker process, and the
-    shared training runs below take minutes.) Returns (directory, result)."""
+    shared training runs below take minutes.) Returns (directory as a pathlib.Path, result)."""
     root = tmp_path_factory.getbasetemp()
     if os.environ.get("PYTEST_XDIST_WORKER"):
         root = root.parent  # the session's temporary directory, above each worker's own
@@ -54,7 +54,7 @@ def once_per_session(tmp_path_factory, name: str, build):
             directory.mkdir()
             result = build(str(directory))
             record.write_text(json.dumps(result, default=float))
-    return str(directory), json.loads(record.read_text())
+    return directory, json.loads(record.read_text())
 
 
 @pytest.fixture(scope="session")
@@ -69,7 +69,7 @@ def trained_workdir(tmp_path_factory):
         ev = config.evaluation
         ev.every_steps, ev.metrics, ev.num_pairs, ev.sample_steps, ev.timesteps = 2, "mrtl,probe", 4, 4, (50,)
         launch.train(config, path)
-    return once_per_session(tmp_path_factory, "trained", build)[0]
+    return str(once_per_session(tmp_path_factory, "trained", build)[0])
 
 
 @pytest.fixture(scope="session")
@@ -90,7 +90,7 @@ def oracle16(tmp_path_factory):
     the oracle-based metrics; its accuracy is tested at 24 px in test_oracle.py)."""
     from isodiff_jax.analysis import oracle
     build = lambda path: oracle.save(oracle.train(16, steps=150, batch_size=32, progress=False), path, {})
-    return oracle.load(once_per_session(tmp_path_factory, "oracle16", build)[0])
+    return oracle.load(str(once_per_session(tmp_path_factory, "oracle16", build)[0]))
 
 
 class CompileCounter:
