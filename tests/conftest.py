@@ -93,6 +93,20 @@ def oracle16(tmp_path_factory):
     return oracle.load(str(once_per_session(tmp_path_factory, "oracle16", build)[0]))
 
 
+@pytest.fixture(scope="module")
+def train_py():
+    """train.py as a module, for in-process runs of its `run(argv)`. Its absl flags are defined
+    once per process (support.load_module caches it); afterwards the flags are unparsed and the
+    per-field override flags that ml_collections defined for this module's configs
+    (--config.a.b) are removed, so another test file in the same worker can parse another config."""
+    from support import load_module
+    module = load_module("train.py")
+    yield module
+    module.FLAGS.unparse_flags()
+    for name in [n for n in module.FLAGS if n.startswith("config.")]:
+        delattr(module.FLAGS, name)
+
+
 class CompileCounter:
     """Counts the XLA programs this process builds (each new executable is lowered to MLIR once,
     whether or not the persistent cache then spares the XLA compile)."""

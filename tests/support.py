@@ -1,13 +1,17 @@
 """Helpers shared by test modules (pytest puts this folder on sys.path)."""
+import functools
 import importlib.util
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@functools.cache
 def load_module(relative_path: str):
     """The Python file at `relative_path` (from the repository root) as a module: the scripts in
-    experiments/ and tools/ and the fixture makers in tests/data/ are files, not package modules."""
+    experiments/ and tools/ and the fixture makers in tests/data/ are files, not package modules.
+    Loaded once per process: train.py defines absl flags, which may be defined only once (two
+    test files that load it can share a pytest-xdist worker)."""
     name = os.path.splitext(os.path.basename(relative_path))[0]
     spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, relative_path))
     module = importlib.util.module_from_spec(spec)

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from support import ROOT, load_module
+from support import ROOT
 
 from isodiff_jax import errors
 from isodiff_jax.config import ConfigError
@@ -32,14 +32,6 @@ def test_a_user_error_is_one_line_and_status_2_unless_a_traceback_is_asked_for(c
     with pytest.raises(errors.InvalidValue), errors.exit_on_user_error():
         raise errors.InvalidValue("pool=0")
     assert capsys.readouterr().err == ""
-
-
-@pytest.fixture(scope="module")
-def train_py():
-    """train.py as a module (its absl flags are defined once per process)."""
-    module = load_module("train.py")
-    yield module
-    module.FLAGS.unparse_flags()
 
 
 def _argv(workdir, *flags):

@@ -263,12 +263,13 @@ def test_import_command_writes_a_workdir_that_training_and_analysis_accept(impor
 
 def test_the_celebahq256_config_is_googles_unet():
     """configs/celebahq256.py builds the U-Net of google/ddpm-ema-celebahq-256's config.json (the
-    fixture's, at the real widths), so it can fine-tune an imported workdir."""
+    fixture's, at the real widths), so it can fine-tune an imported workdir: the same computation,
+    in the recipe's bf16 (init_from accepts another compute dtype)."""
     import importlib
     from isodiff_jax.pretrained import translate
     with open(os.path.join(DATA, "celebahq", "unet", "config.json")) as f:
         google = {**json.load(f), "block_out_channels": [128, 128, 256, 256, 512, 512], "norm_num_groups": 32}
     fields, resolution = translate.unet_fields(google)
     config = importlib.import_module("configs.celebahq256").get_config()
-    assert config_lib.unet(config) == UNet(**fields)
+    assert config_lib.unet(config) == UNet(**fields, dtype=jnp.bfloat16)
     assert resolution == 32 and config.data.resolution == 256  # (the fixture's sample_size is small)

@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
-from support import ROOT, load_module
+from support import ROOT
 
 from configs import celebahq256
 from isodiff_jax import checkpoint, pretrained
@@ -44,14 +44,6 @@ def test_the_recipe_is_the_released_scripts():
     assert c.training.num_steps == 5 * 469
     c.training.num_steps = 7  # an explicit value wins
     assert c.training.num_steps == 7
-
-
-@pytest.fixture(scope="module")
-def train_py():
-    """train.py as a module (its absl flags are defined once per process)."""
-    module = load_module("train.py")
-    yield module
-    module.FLAGS.unparse_flags()
 
 
 def _image_folder(path, count=6):

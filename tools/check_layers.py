@@ -2,7 +2,8 @@
 
     core       geometry, isometry, unet, diffusion, images, runtime, errors
     data       isodiff_jax.data
-    model      spec, sharding, checkpoint,      (what training and analysis share)
+    model      autoencoder (on the U-Net's layers), spec, sharding, checkpoint,
+                                                (what training and analysis share)
                pretrained                       (diffusers import and export)
     train | analysis                            (side by side: neither imports the other)
     entry      config, launch, pretrained.cli   (config -> typed values; nothing imports them)
@@ -23,7 +24,7 @@ PACKAGE = "isodiff_jax"
 LAYERS = {  # layer -> (rank, module prefixes)
     "core": (0, ("geometry", "isometry", "unet", "diffusion", "images", "runtime", "errors")),
     "data": (1, ("data",)),
-    "model": (2, ("spec", "sharding", "checkpoint", "pretrained")),
+    "model": (2, ("autoencoder", "spec", "sharding", "checkpoint", "pretrained")),
     "train": (3, ("train",)),
     "analysis": (3, ("analysis",)),
     "entry": (4, ("config", "launch", "pretrained.cli", "pretrained.__main__")),
