@@ -13,7 +13,6 @@ from typing import Optional
 
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 
 from isodiff_jax import checkpoint, data, diffusion, isometry
@@ -266,9 +265,10 @@ def _validate_evaluation(config) -> None:
 
 def evaluation_options(config) -> options_lib.Options:
     """config.evaluation -> analysis Options (seeded by config.seed, so every evaluation of a run
-    uses the same noise)."""
+    uses the same noise). An option missing from an older run's record takes its default, which
+    computes what that run's evaluations computed."""
     ev = config.evaluation
-    values = {f.name: ev[f.name] for f in options_lib.fields() if f.name != "seed"}
+    values = {f.name: ev.get(f.name, f.default) for f in options_lib.fields() if f.name != "seed"}
     values["timesteps"] = tuple(values["timesteps"])
     return options_lib.Options(**values, seed=config.seed)
 

@@ -1,5 +1,6 @@
 """Config files load, and invalid values stop before any work with a message naming the field."""
 import importlib
+import json
 
 import pytest
 
@@ -195,3 +196,11 @@ def test_scaled_linear_betas_are_checked_like_linear():
     config.diffusion.schedule, config.diffusion.beta_start = "scaled_linear", 0.05
     with pytest.raises(config_lib.ConfigError, match="0 < beta_start < beta_end < 1"):
         config_lib.validate(config)
+
+
+def test_an_older_record_without_a_later_evaluation_option_reads_its_default():
+    """Runs recorded before evaluation.ppl_space existed still give their evaluation options."""
+    old = json.loads(config_lib.to_json(load("test")))
+    del old["evaluation"]["ppl_space"]
+    options = config_lib.evaluation_options(config_lib.from_json(json.dumps(old)))
+    assert options.ppl_space == "image"
