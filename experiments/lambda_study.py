@@ -75,22 +75,32 @@ def run_config(run: Run, args):
     return c
 
 
-def exact_rank_iso(spec, params, timesteps, count: int) -> dict:
-    """rank·L_iso (exact, dense traces) of the encoder at each t on real images noised to x_t."""
-    import jax
-    import jax.numpy as jnp
-    from isodiff_jax import diffusion, isometry
-    from isodiff_jax.analysis import suite
-    x0 = jnp.asarray(suite.real_images(spec, count, seed=11))
-    n = int(np.prod(spec.image_shape))
-    m = int(np.prod(spec.h_shape))
-    out = {}
-    for t in timesteps:
-        t_vec = jnp.full((count,), t, jnp.int32)
-        x_t = diffusion.q_sample(spec.noise_schedule, x0, t_vec, jax.random.normal(jax.random.PRNGKey(t), x0.shape))
-        tr_r, tr_r2 = isometry.exact_isometry_traces(lambda x: spec.encode(params, x, t_vec), x_t)
-        out[f"rank_iso_t{t}"] = float(min(m, n - 1) * jnp.mean(tr_r2) / jnp.mean(tr_r) ** 2)
-    return out
+class ExactRankIso:
+    """rank·L_iso (exact, dense traces) of the encoder at each t on `count` real images noised
+    to x_t. One compiled program serves every run and timestep (parameters and t are arguments)."""
+
+    def __init__(self, spec, timesteps, count: int):
+        import jax
+        import jax.numpy as jnp
+        from isodiff_jax import diffusion, isometry
+        from isodiff_jax.analysis import suite
+        x0 = jnp.asarray(suite.real_images(spec, count, seed=11))
+        self.timesteps = tuple(timesteps)
+        self.rank = min(int(np.prod(spec.h_shape)), int(np.prod(spec.image_shape)) - 1)
+
+        def traces(params, t):
+            t_vec = jnp.full((count,), t, jnp.int32)
+            noise = jax.random.normal(jax.random.PRNGKey(t), x0.shape)
+            x_t = diffusion.q_sample(spec.noise_schedule, x0, t_vec, noise)
+            return isometry.exact_isometry_traces(lambda x: spec.encode(params, x, t_vec), x_t)
+        self._traces = jax.jit(traces)
+
+    def run(self, params) -> dict:
+        out = {}
+        for t in self.timesteps:
+            tr_r, tr_r2 = (np.asarray(v, np.float64) for v in self._traces(params, t))
+            out[f"rank_iso_t{t}"] = float(self.rank * np.mean(tr_r2) / np.mean(tr_r) ** 2)
+        return out
 
 
 def trajectory(workdir: str) -> list:
@@ -127,6 +137,7 @@ class Measurer:
         self.options = options
         self.suite = suite.Suite(spec, METRICS, options, suite.load_resources(args.oracle))
         self.interpolation = suite.Interpolation(spec, options)
+        self.rank_iso = ExactRankIso(spec, options.timesteps, 4 if args.quick else 16)
 
     def measure(self, workdir: str) -> dict:
         from isodiff_jax.analysis import load
@@ -137,8 +148,7 @@ class Measurer:
         frames = dict(self.interpolation.run(params))["interpolation_frames"]
         np.savez_compressed(os.path.join(workdir, "interpolation.npz"), **frames)
         scalars = {k: v for k, v in values.items() if isinstance(v, float)}
-        timesteps = self.options.timesteps
-        scalars.update(exact_rank_iso(spec, params, timesteps, 4 if self.args.quick else 16))
+        scalars.update(self.rank_iso.run(params))
         return {"step": step, "metrics": scalars}
 
 
