@@ -143,15 +143,6 @@ def add_step(totals: dict, step: jax.Array, metrics: dict, state) -> dict:
             "first_non_finite": jnp.where(newly_bad, step, totals["first_non_finite"])}
 
 
-def metric_names(setup: TrainSetup, state_shapes, x0_shape) -> list:
-    """Every metric name either step kind reports."""
-    names = set()
-    for regularized in step_kinds(setup):
-        _, metrics = jax.eval_shape(make_step(setup, regularized), state_shapes, x0_shape)
-        names |= set(metrics)
-    return sorted(names)
-
-
 def compile_steps(setup: TrainSetup, mesh: Mesh) -> tuple[dict, dict]:
     """-> ({regularized: compiled (state, totals, x0) -> (state, totals)}, fresh totals).
 
@@ -162,11 +153,13 @@ def compile_steps(setup: TrainSetup, mesh: Mesh) -> tuple[dict, dict]:
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     state = abstract_state(setup, mesh)
     x0 = jax.ShapeDtypeStruct(setup.batch_shape, np.float32, sharding=batch)
-    names = metric_names(setup, state, x0)
+    # Each kind is traced once: the metric names (the structure of the totals) come from that
+    # trace, and tracing `run` below reuses it (jit's trace cache) instead of tracing the model again.
+    fns = {regularized: jax.jit(make_step(setup, regularized)) for regularized in step_kinds(setup)}
+    names = sorted({name for fn in fns.values() for name in fn.trace(state, x0).out_info[1]})
     totals = jax.jit(lambda: empty_totals(names), out_shardings=replicated)()
     steps = {}
-    for regularized in step_kinds(setup):
-        fn = make_step(setup, regularized)
+    for regularized, fn in fns.items():
 
         def run(state, totals, x0, fn=fn):
             new_state, metrics = fn(state, x0)
