@@ -9,7 +9,13 @@ import json
 import os
 import shutil
 
-import jax
+# XLA's CPU back end without its expensive passes: most of the suite's time is compiling many
+# small programs, and these compile about a third faster; the few tests that train for longer run
+# slower. Subprocesses (train.py, the notebook's kernel) inherit it. Set it to 0 to test the
+# optimised programs.
+os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
+
+import jax  # noqa: E402  (after the environment above)
 
 jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_enable_x64", True)
