@@ -166,6 +166,18 @@ def test_a_stale_lock_is_taken_over_and_a_foreign_one_is_not(tmp_path, caplog):
         lock.acquire(str(tmp_path))
 
 
+def test_a_resume_drops_the_log_lines_written_after_its_checkpoint(tmp_path):
+    """A run killed after logging steps past its last checkpoint trains those steps again; their
+    old lines go, so metrics.jsonl and evaluation.jsonl hold each step once, in order."""
+    from isodiff_jax.train.monitor import Monitor
+    for name, steps in (("metrics.jsonl", (2, 4, 6)), ("evaluation.jsonl", (4, 6))):
+        (tmp_path / name).write_text("".join(json.dumps({"step": s, "loss": 0.5}) + "\n" for s in steps))
+    Monitor(str(tmp_path), total_steps=8, start_step=4, progress_bar=False).close()
+    steps = lambda name: [json.loads(line)["step"] for line in open(tmp_path / name)]
+    assert steps("metrics.jsonl") == [2, 4] and steps("evaluation.jsonl") == [4]
+    assert not list(tmp_path.glob("*.tmp"))
+
+
 def test_fine_tuning_starts_from_another_workdirs_ema_parameters(reference, tmp_path):
     config = small_config(training__init_from=str(reference[0]), training__num_steps=1,
                           checkpoint__every_steps=1, optim__warmup_steps=0)

@@ -52,6 +52,8 @@ def test_killed_run_restarts_from_last_complete_checkpoint_and_loses_nothing(ref
     assert summary["steps"] == STEPS - max(kept)
     assert not glob.glob(str(tmp_path / "checkpoints" / "*tmp*")), "a partial save was left behind"
     assert_identical(saved_state(tmp_path)[1], saved_state(reference[0])[1])
+    logged = lambda workdir: [json.loads(line)["step"] for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    assert logged(tmp_path) == logged(reference[0])  # steps logged after the last checkpoint not repeated
 
 
 def _free_port():

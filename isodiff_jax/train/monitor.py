@@ -20,6 +20,9 @@ class Monitor:
         self.sample_dir = os.path.join(workdir, "samples")
         self.evaluation_path = os.path.join(workdir, "evaluation.jsonl")
         self.metrics_path = os.path.join(workdir, "metrics.jsonl")  # the scalars, for scripts
+        if self.lead:  # lines after the step resumed from are trained, and logged, again
+            for path in (self.metrics_path, self.evaluation_path):
+                _drop_lines_after(path, start_step)
         self.writer = SummaryWriter(self.log_dir) if self.lead else None
         self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                              disable=not (self.lead and progress_bar))
@@ -87,3 +90,18 @@ class Monitor:
         if self.writer is not None:
             self.writer.close()
 
+
+
+def _drop_lines_after(path: str, step: int) -> None:
+    """Removes the JSON lines of `path` logged after `step` (an interrupted run logged them after
+    its last checkpoint); the file is replaced atomically, and left alone when nothing goes."""
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(kept) == len(lines):
+        return
+    with open(path + ".tmp", "w") as f:
+        f.writelines(kept)
+    os.replace(path + ".tmp", path)
