@@ -152,8 +152,9 @@ class Measurer:
         return {"step": step, "metrics": scalars}
 
 
-def measured(run: Run, args, measurer_box: list) -> dict:
-    """Trains (or resumes) and measures one run, unless its measurements are saved."""
+def measured(run: Run, args, measurers: dict) -> dict:
+    """Trains (or resumes) and measures one run, unless its measurements are saved. `measurers`
+    holds the evaluators once built, by model and measurement setting, for the next runs."""
     from isodiff_jax import launch
     workdir = os.path.join(args.out, run.name)
     path = os.path.join(workdir, "measured.json")
@@ -161,10 +162,12 @@ def measured(run: Run, args, measurer_box: list) -> dict:
         return json.load(open(path))
     started = time.perf_counter()
     launch.train(run_config(run, args), workdir)
-    if not measurer_box:
-        from isodiff_jax import checkpoint
-        measurer_box.append(Measurer(checkpoint.read_spec(workdir)[0], args))
-    result = {**dataclasses.asdict(run), **measurer_box[0].measure(workdir), "trajectory": trajectory(workdir),
+    from isodiff_jax import checkpoint
+    spec = checkpoint.read_spec(workdir)[0]
+    key = (spec, args.quick, os.path.abspath(args.oracle))
+    if key not in measurers:
+        measurers[key] = Measurer(spec, args)
+    result = {**dataclasses.asdict(run), **measurers[key].measure(workdir), "trajectory": trajectory(workdir),
               "seconds": time.perf_counter() - started}
     result["rank_iso_still_growing"] = still_growing(result["trajectory"])
     with open(path + ".tmp", "w") as f:
@@ -255,7 +258,9 @@ def run_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> dict:
+def main(argv=None, measurers: dict | None = None) -> dict:
+    """The study (argv: its flags). Pass the same `measurers` dict to several calls in one process
+    (this study's, experiments/regularizer_study.py's) to build the evaluators once."""
     parser = run_parser(__doc__)
     parser.add_argument("--lambdas", default="0,1e-4,1e-3,1e-2,1e-1,1")
     parser.add_argument("--p_values", default="0.25,0.75", help="p at --p_lambda (p = 0.5 is in the λ sweep)")
@@ -265,18 +270,18 @@ def main(argv=None) -> dict:
     args = parser.parse_args(argv)
     check_inputs(args)
     os.makedirs(args.out, exist_ok=True)
-    box, results = [], []
+    measurers, results = {} if measurers is None else measurers, []
     floats = lambda text: [float(v) for v in text.split(",") if v.strip()]
     for weight in floats(args.lambdas):
-        results.append(measured(Run(f"lam{weight:g}_p0.5", weight, 0.5), args, box))
+        results.append(measured(Run(f"lam{weight:g}_p0.5", weight, 0.5), args, measurers))
     best = best_weight(results)
     p_weight = args.p_lambda if args.p_lambda is not None else best
     if p_weight is not None:
         for p in floats(args.p_values):
-            results.append(measured(Run(f"lam{p_weight:g}_p{p:g}", p_weight, p), args, box))
+            results.append(measured(Run(f"lam{p_weight:g}_p{p:g}", p_weight, p), args, measurers))
     if args.scratch:
         for weight in sorted({0.0} | ({best} if best is not None else set())):
-            results.append(measured(Run(f"scratch_lam{weight:g}", weight, 0.5, from_scratch=True), args, box))
+            results.append(measured(Run(f"scratch_lam{weight:g}", weight, 0.5, from_scratch=True), args, measurers))
     growing = [r["weight"] for r in results if r["p"] == 0.5 and not r["from_scratch"] and not r["rank_iso_still_growing"]]
     summary = {"steps": args.steps, "lr": args.lr, "base": args.base, "best_lambda": best,
                "smallest_lambda_where_rank_iso_stops_growing": min(growing) if growing else None,

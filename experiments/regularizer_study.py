@@ -59,7 +59,8 @@ def picture(results: list, best: dict, out: str) -> str:
     return path
 
 
-def main(argv=None) -> dict:
+def main(argv=None, measurers: dict | None = None) -> dict:
+    """The study (argv: its flags); `measurers` as lambda_study.main's (shared evaluators)."""
     parser = lambda_study.run_parser(__doc__)
     parser.add_argument("--kinds", default=",".join(KINDS))
     parser.add_argument("--weights", default="1e-3,1e-2,1e-1", help="the sweep of every kind")
@@ -73,13 +74,13 @@ def main(argv=None) -> dict:
     lambda_study.check_inputs(args)
     os.makedirs(args.out, exist_ok=True)
 
-    box = []
-    results = [{**lambda_study.measured(lambda_study.Run(run_name("sphere", 0.0), 0.0, 0.5), args, box),
+    measurers = {} if measurers is None else measurers
+    results = [{**lambda_study.measured(lambda_study.Run(run_name("sphere", 0.0), 0.0, 0.5), args, measurers),
                 "kind": "none"}]
     for kind in kinds:
         for weight in weights:
             run = lambda_study.Run(run_name(kind, weight), weight, 0.5, kind=kind)
-            results.append({**lambda_study.measured(run, args, box), "kind": kind})
+            results.append({**lambda_study.measured(run, args, measurers), "kind": kind})
     zero = {**results[0], "kind": "sphere"}  # the rule compares every kind with λ = 0
     best = {kind: lambda_study.best_weight([zero] + [r for r in results if r["kind"] == kind], kind)
             for kind in kinds}

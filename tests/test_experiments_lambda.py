@@ -12,16 +12,19 @@ from isodiff_jax.analysis import oracle
 
 @pytest.fixture(scope="module")
 def study(trained_workdir, oracle16, tmp_path_factory):
-    """The λ study's quick setting with λ ∈ {0, 0.1}: (argv, summary, out directory)."""
+    """The λ study's quick setting with λ ∈ {0, 0.1}: (argv, summary, out directory, the
+    evaluators it built, which the regularizer study reuses)."""
     tmp = tmp_path_factory.mktemp("lambda")
     oracle.save(oracle16, str(tmp / "oracle"), {})
     argv = ["--quick", "--config", "configs/test.py", "--base", trained_workdir, "--oracle", str(tmp / "oracle"),
             "--steps", "2", "--lambdas", "0,0.1", "--no-scratch", "--p_values", "", "--out", str(tmp / "study")]
-    return argv, load_module("experiments/lambda_study.py").main(argv), tmp
+    measurers = {}
+    return argv, load_module("experiments/lambda_study.py").main(argv, measurers), tmp, measurers
 
 
 def test_lambda_study_quick_run_measures_and_resumes(study):
-    argv, summary, tmp = study
+    argv, summary, tmp, measurers = study
+    assert len(measurers) == 1  # both runs measured by one set of evaluators
     assert [r["name"] for r in summary["runs"]] == ["lam0_p0.5", "lam0.1_p0.5"]
     for run in summary["runs"]:
         assert run["step"] == 2
@@ -38,13 +41,15 @@ def test_lambda_study_quick_run_measures_and_resumes(study):
 
 
 def test_regularizer_study_reuses_the_lambda_runs_and_compares_kinds(study):
-    argv, _, tmp = study
+    argv, _, tmp, measurers = study
     script = load_module("experiments/regularizer_study.py")
     argv = ["--quick", "--config", "configs/test.py", "--base", argv[argv.index("--base") + 1],
             "--oracle", str(tmp / "oracle"), "--steps", "2", "--weights", "0.1", "--kinds", "sphere,path_length",
             "--out", str(tmp / "study")]
     reused = json.load(open(tmp / "study" / "lam0.1_p0.5" / "measured.json"))
-    summary = script.main(argv)
+    built = dict(measurers)
+    summary = script.main(argv, measurers)
+    assert measurers == built  # the new run was measured by the λ study's evaluators
     assert [r["name"] for r in summary["runs"]] == ["lam0_p0.5", "lam0.1_p0.5", "path_length_lam0.1_p0.5"]
     assert [r["kind"] for r in summary["runs"]] == ["none", "sphere", "path_length"]
     assert summary["runs"][1] == reused  # not trained again
