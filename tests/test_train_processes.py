@@ -19,7 +19,9 @@ from isodiff_jax.analysis import load, suite
 from isodiff_jax.analysis.options import Options
 
 
-def test_train_py_writes_checkpoints_samples_logs_and_resumes(tmp_path):
+def test_train_py_writes_checkpoints_samples_logs_and_resumes(reference, tmp_path):
+    # `reference` (unused here) is built first: its in-process run compiles the programs that
+    # train.py then finds in the compilation cache, instead of compiling them in the subprocess
     output = train_py(tmp_path, "--config.training.num_steps=4")
     assert "started at step 0" in output and "trained 4 steps to step 4" in output, output
     assert sorted(int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "checkpoints" / "*"))) == [3, 4]
