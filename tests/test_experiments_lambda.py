@@ -3,9 +3,11 @@ runs fine-tuned from a trained workdir, measured with every evaluator, summarise
 skipped when run again. The regularizer study shares the λ study's directory and reuses its runs."""
 import json
 import math
+import os
 
+import numpy as np
 import pytest
-from support import load_module
+from support import ROOT, load_module
 
 from isodiff_jax.analysis import oracle
 
@@ -64,3 +66,20 @@ def test_regularizer_study_reuses_the_lambda_runs_and_compares_kinds(study):
     assert summary["side_by_side"][0] == "lam0_p0.5" and (tmp / "study" / "regularizers.png").exists()
     saved = json.load(open(tmp / "study" / "regularizers.json"))
     assert script.main(argv)["runs"] == saved["runs"]  # finished: nothing trains
+
+
+def test_the_trend_of_rank_iso_is_read_from_its_noise():
+    """Growing or falling only when the slope over the second half is more than twice its
+    standard error; the committed λ study runs: λ = 0 wanders (flat), λ = 1e-2 falls."""
+    trend = load_module("experiments/lambda_study.py").trend
+    steps = np.arange(50, 1001, 50)
+    noise = np.random.default_rng(0).normal(0.0, 0.3, steps.shape)
+    points = lambda values: list(zip(steps.tolist(), values.tolist()))
+    assert trend(points(20 + noise)) == "flat"
+    assert trend(points(20 + 0.004 * steps + noise)) == "growing"
+    assert trend(points(20 - 0.004 * steps + noise)) == "falling"
+    assert trend(points(20 + 0.004 * steps)[:4]) == "flat"  # 2 points in the second half: no estimate
+    assert trend([(1, 2.0), (2, 2.0), (3, 2.0), (4, 2.0), (5, 2.0), (6, 2.0)]) == "flat"
+    committed = lambda lam: json.load(open(os.path.join(ROOT, "experiments", "results", "lambda",
+                                                        f"lam{lam}_p0.5.json")))["trajectory"]
+    assert trend(committed("0")) == "flat" and trend(committed("0.01")) == "falling"
