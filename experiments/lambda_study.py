@@ -298,9 +298,10 @@ def main(argv=None, measurers: dict | None = None) -> dict:
     if args.scratch:
         for weight in sorted({0.0} | ({best} if best is not None else set())):
             results.append(measured(Run(f"scratch_lam{weight:g}", weight, 0.5, from_scratch=True), args, measurers))
-    sweep = [r for r in results if r["p"] == 0.5 and not r["from_scratch"]]  # trends from the trajectories,
-    not_growing = [r["weight"] for r in sweep if trend(r["trajectory"]) != "growing"]  # also of older records
-    falling = [r["weight"] for r in sweep if trend(r["trajectory"]) == "falling"]
+    # trends from the trajectories, so that older records (with only the old flag) read the same
+    trends = [(r["weight"], trend(r["trajectory"])) for r in results if r["p"] == 0.5 and not r["from_scratch"]]
+    not_growing = [weight for weight, kind in trends if kind != "growing"]
+    falling = [weight for weight, kind in trends if kind == "falling"]
     summary = {"steps": args.steps, "lr": args.lr, "base": args.base, "best_lambda": best,
                "smallest_lambda_where_rank_iso_stops_growing": min(not_growing) if not_growing else None,
                "smallest_lambda_where_rank_iso_falls": min(falling) if falling else None,

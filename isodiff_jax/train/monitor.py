@@ -91,7 +91,6 @@ class Monitor:
             self.writer.close()
 
 
-
 def _drop_lines_after(path: str, step: int) -> None:
     """Removes the JSON lines of `path` logged after `step` (an interrupted run logged them after
     its last checkpoint); the file is replaced atomically, and left alone when nothing goes."""
