@@ -79,8 +79,8 @@ def test_distance_runs_inside_ppl_under_jit(alex):
     jitted = jax.jit(lambda *args: ppl.pair_values(sample, alex.distance, *args, 1e-2))(x0, x1, w)
     assert jitted.shape == (2,) and np.all(np.asarray(jitted) > 0)
     # d(x_a, x_b) / ε² of images 1e-2 apart: float32 rounding of the fused (jitted) and op-by-op
-    # programs differs by about 1e-5 relative
-    np.testing.assert_allclose(jitted, eager, rtol=1e-4)
+    # programs differs by about 1e-5 relative (1.03e-5 measured without XLA's optimisations)
+    np.testing.assert_allclose(jitted, eager, rtol=3e-5)
     evaluator = ppl.Ppl(lambda _, x: sample(x), image_shape=(32, 32, 3), num_samples=4, batch_size=4,
                         distance=alex.distance, distance_name=alex.name, seed=1)
     results = dict(evaluator.run(None))
