@@ -15,7 +15,8 @@ def get_config():
     d.split = "train"  # TFDS split
     d.resolution = 32  # images are resized and center-cropped to resolution × resolution
     d.random_flip = False  # random horizontal flips, decided by (seed, step, row)
-    d.prefetch = 3  # batches loaded ahead in a background thread
+    d.prefetch = 3  # batches loaded ahead (by each worker, with workers)
+    d.workers = 0  # loading processes (grain); 0: one background thread. Use 2-8 for JPEG folders / TFDS at 256²
     d.latent_cache = ""  # latent diffusion: a directory the data set's latents are encoded into once ("": each batch)
 
     c.model = m = ml_collections.ConfigDict()

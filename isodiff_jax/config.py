@@ -124,6 +124,8 @@ def _validate_data(config) -> None:
            f"a directory (required for data.name={d.name!r})")
     _check_positive_int(d.resolution, "data.resolution", 4)
     _check_positive_int(d.prefetch, "data.prefetch")
+    _check(isinstance(d.workers, int) and not isinstance(d.workers, bool) and d.workers >= 0, "data.workers",
+           d.workers, "an integer >= 0 (0: one loading thread)")
     _validate_latent_cache(config)
     _check(isinstance(config.seed, int) and 0 <= config.seed < 2**31, "seed", config.seed,
            "an integer in [0, 2**31)")
@@ -333,7 +335,8 @@ def train_settings(config) -> TrainSettings:
     return TrainSettings(
         num_steps=t.num_steps, global_batch_size=t.global_batch_size, seed=config.seed, gate_p=config.regularizer.p,
         grad_accum_steps=o.grad_accum_steps, ema_max_decay=o.ema_max_decay, init_from=t.init_from,
-        random_flip=config.data.random_flip, prefetch=config.data.prefetch, checkpoint_every=ck.every_steps,
+        random_flip=config.data.random_flip, prefetch=config.data.prefetch, workers=config.data.workers,
+        checkpoint_every=ck.every_steps,
         latent_cache=os.path.abspath(config.data.latent_cache) if config.data.latent_cache else "",
         checkpoint_keep=ck.keep, log_every=lg.log_every_steps, sample_every=lg.sample_every_steps,
         num_samples=lg.num_samples, sample_steps=lg.sample_steps, sample_eta=lg.sample_eta,
@@ -394,13 +397,13 @@ LATER_FIELDS = {"model.norm_eps": 1e-5, "model.flip_sin_to_cos": True, "model.fr
                 "autoencoder.block_out_channels": (128, 256, 512), "autoencoder.layers_per_block": 2,
                 "autoencoder.latent_channels": 3, "autoencoder.vq_embed_dim": 3, "autoencoder.num_vq_embeddings": 8192,
                 "autoencoder.norm_num_groups": 32, "autoencoder.act_fn": "silu", "autoencoder.mid_attention": True,
-                "autoencoder.scaling_factor": 1.0, "data.latent_cache": ""}
+                "autoencoder.scaling_factor": 1.0, "data.latent_cache": "", "data.workers": 0}
 
 # What a resumed run may change: how long it trains, how often it logs, saves and evaluates, where
 # it finds its data, and what the backward pass recomputes (model.remat: same values, less memory;
 # data.latent_cache: the same latents, encoded once). Every other field changes what is computed.
 RESUMABLE_CHANGES = ("training.num_steps", "training.init_from", "logging.", "checkpoint.", "evaluation.",
-                     "data.prefetch", "data.data_dir", "data.latent_cache", "model.remat")
+                     "data.prefetch", "data.workers", "data.data_dir", "data.latent_cache", "model.remat")
 
 
 def _flatten(values: dict, prefix: str = "") -> dict:

@@ -67,7 +67,10 @@ class UnreadableImageError(UserError, OSError):
 
     def __init__(self, path: str | os.PathLike, reason: object) -> None:
         super().__init__(f"cannot read image {path}: {reason}")
-        self.path = path
+        self.path, self.reason = path, reason
+
+    def __reduce__(self):  # rebuilt from (path, reason) when a loading process sends it back
+        return type(self), (self.path, str(self.reason))
 
 
 def _wide_to_uint8(values: np.ndarray) -> np.ndarray:

@@ -97,7 +97,7 @@ def build(directory: str, source: Source, encode: Callable, identity: dict, *, f
         for start in range(0, n, batch_size):
             indices = np.arange(start, min(start + batch_size, n))
             images = source.get(indices)[:, :, ::-1] if flip else source.get(indices)
-            images = images.astype(np.float32) / 127.5 - 1.0  # as pipeline.load_batch
+            images = pipeline.to_unit_range(images)
             padded = np.concatenate([images, np.zeros((batch_size - len(images), *images.shape[1:]), np.float32)])
             latents = np.asarray(encode(padded), np.float32)[:len(images)]
             if out is None:

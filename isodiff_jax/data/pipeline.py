@@ -25,7 +25,8 @@ from isodiff_jax.data.source import Source
 _PERMUTATION_STREAM, _FLIP_STREAM = 1, 2
 
 
-def _check_non_negative(**values: int) -> None:
+def check_non_negative(**values: int) -> None:
+    """ValueError naming the first of `values` that is negative."""
     for name, value in values.items():
         if value < 0:
             raise ValueError(f"{name} must be >= 0, got {value}")
@@ -43,7 +44,7 @@ def epoch_permutation(seed: int, epoch: int, num_examples: int) -> np.ndarray:
 
 def batch_indices(seed: int, step: int, global_batch: int, num_examples: int) -> np.ndarray:
     """Example indices of the global batch of `step`: (B,) int64."""
-    _check_non_negative(seed=seed, step=step)
+    check_non_negative(seed=seed, step=step)
     if global_batch < 1 or num_examples < 1:
         raise ValueError(f"global_batch and num_examples must be >= 1, got {global_batch}, "
                          f"{num_examples}")
@@ -58,7 +59,7 @@ def batch_indices(seed: int, step: int, global_batch: int, num_examples: int) ->
 
 def flip_mask(seed: int, step: int, global_batch: int) -> np.ndarray:
     """Which rows of the global batch of `step` to flip horizontally: bool (B,)."""
-    _check_non_negative(seed=seed, step=step)
+    check_non_negative(seed=seed, step=step)
     return np.random.default_rng([_FLIP_STREAM, seed, step]).random(global_batch) < 0.5
 
 
@@ -73,16 +74,27 @@ def process_rows(global_batch: int, process_index: int, process_count: int) -> s
     return slice(process_index * per_process, (process_index + 1) * per_process)
 
 
-def load_batch(source: Source, step: int, *, seed: int, global_batch: int, process_index: int = 0,
-               process_count: int = 1, random_flip: bool = False) -> np.ndarray:
-    """This process's part of the batch of `step`: float32 (B/P, R, R, 3) in [-1, 1]."""
+def load_images(source: Source, step: int, *, seed: int, global_batch: int, process_index: int = 0,
+                process_count: int = 1, random_flip: bool = False) -> np.ndarray:
+    """This process's part of the batch of `step` as the source gives it: uint8 (B/P, R, R, 3)."""
     rows = process_rows(global_batch, process_index, process_count)
     indices = batch_indices(seed, step, global_batch, len(source))[rows]
     images = source.get(indices)
     if random_flip:
         flip = flip_mask(seed, step, global_batch)[rows]
         images = np.where(flip[:, None, None, None], images[:, :, ::-1], images)
+    return images
+
+
+def to_unit_range(images: np.ndarray) -> np.ndarray:
+    """uint8 images -> float32 in [-1, 1]."""
     return images.astype(np.float32) / 127.5 - 1.0
+
+
+def load_batch(source: Source, step: int, **kwargs) -> np.ndarray:
+    """This process's part of the batch of `step`: float32 (B/P, R, R, 3) in [-1, 1]; `kwargs`
+    as `load_images` takes them."""
+    return to_unit_range(load_images(source, step, **kwargs))
 
 
 class _Failure:
@@ -105,7 +117,7 @@ class Prefetcher:
     def __init__(self, load: Callable[[int], Any], start_step: int, *, buffer_size: int = 2) -> None:
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
-        _check_non_negative(start_step=start_step)
+        check_non_negative(start_step=start_step)
         self.step = start_step  # the step of the batch that the next `next()` returns
         self.wait_seconds = 0.0
         self.load_seconds = 0.0
@@ -188,14 +200,21 @@ class Prefetcher:
 
 def prefetch_batches(source: Source, start_step: int, *, seed: int, global_batch: int,
                      process_index: int = 0, process_count: int = 1, random_flip: bool = False,
-                     buffer_size: int = 2) -> Prefetcher:
-    """A `Prefetcher` of `load_batch(source, step, ...)` from `start_step` on.
+                     buffer_size: int = 2, workers: int = 0):
+    """`load_batch(source, step, ...)` from `start_step` on, loaded ahead: by one thread
+    (`Prefetcher`, workers=0) or by `workers` processes (`workers.WorkerPrefetcher`, the same
+    batches and interface).
 
     Arguments are checked here, so a misconfiguration fails at construction, not at `next()`.
     """
+    from isodiff_jax.data import workers as worker_processes
+    workers = worker_processes.check_workers(workers)
     process_rows(global_batch, process_index, process_count)
     batch_indices(seed, start_step, global_batch, len(source))
-    load = functools.partial(load_batch, source, seed=seed, global_batch=global_batch,
+    load = functools.partial(load_images, source, seed=seed, global_batch=global_batch,
                              process_index=process_index, process_count=process_count,
                              random_flip=random_flip)
-    return Prefetcher(load, start_step, buffer_size=buffer_size)
+    if workers:  # uint8 between processes (4x fewer bytes than float32), converted here
+        return worker_processes.WorkerPrefetcher(load, start_step, workers=workers, buffer_size=buffer_size,
+                                                 finish=to_unit_range)
+    return Prefetcher(lambda step: to_unit_range(load(step)), start_step, buffer_size=buffer_size)

@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from isodiff_jax import checkpoint, diffusion, sharding
-from isodiff_jax.data import latent_cache, pipeline
+from isodiff_jax.data import latent_cache, pipeline, workers
 from isodiff_jax.errors import InvalidValue
 from isodiff_jax.isometry import Regularizer
 from isodiff_jax.spec import ModelSpec, Params
@@ -53,6 +53,7 @@ class TrainSettings:
     random_flip: bool = False
     latent_cache: str = ""  # latent diffusion: a directory of the data set's latents, made once ("": encode each batch)
     prefetch: int = 3
+    workers: int = 0  # loading processes (grain); 0: one thread
     checkpoint_every: int = 200
     checkpoint_keep: int = 3
     log_every: int = 20
@@ -326,15 +327,15 @@ def _train_locked(setup: TrainSetup, workdir: str, mesh: Mesh, evaluators, sourc
     return summary
 
 
-def input_batches(setup: TrainSetup, source, start: int, cache=None) -> pipeline.Prefetcher:
+def input_batches(setup: TrainSetup, source, start: int, cache=None) -> pipeline.Prefetcher | workers.WorkerPrefetcher:
     """This process's batches from step `start` on: images in [-1, 1], or with a latent cache
     (`latents.open_cache`) the latents of the same rows, flipped the same way."""
     s = setup.settings
     common = dict(seed=s.seed, global_batch=s.global_batch_size, process_index=jax.process_index(),
                   process_count=jax.process_count(), random_flip=s.random_flip, buffer_size=s.prefetch)
-    if cache is not None:
+    if cache is not None:  # latents are read, not decoded: one thread keeps up
         return latent_cache.prefetch_batches(cache, start, **common)
-    return pipeline.prefetch_batches(source, start, **common)
+    return pipeline.prefetch_batches(source, start, workers=s.workers, **common)
 
 
 def _summary_text(s: dict) -> str:

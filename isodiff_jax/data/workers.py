@@ -1,0 +1,106 @@
+"""Batches loaded ahead by worker processes (grain), for sources whose decoding is the bottleneck:
+JPEG/PNG folders and TFDS records at 256², where one thread decodes too few images per second.
+
+The batch of step s is `load(s)`, a pure function of (seed, s) as in `pipeline`. Grain maps
+steps to batches (`MapDataset.range(start, ∞).map(load)`) and `mp_prefetch` runs W processes:
+worker i loads steps start + i, start + i + W, …, and the main process returns them in step order.
+So the batches are exactly those of the thread prefetcher, bit for bit; a resumed run restarts at
+its step (the iterator's whole state is the step, which every checkpoint holds); and each process
+of a multi-process run loads only its own rows (`load` takes its process_index).
+
+The source is pickled to each worker once, at start. Worker start-up costs about a second per
+worker (a fresh Python process imports the package), so use workers for long runs on slow sources,
+and the thread (`workers=0`) for the built-in shapes and for tests.
+"""
+import functools
+import time
+from typing import Any, Callable, Self
+
+import numpy as np
+
+from isodiff_jax.data.pipeline import check_non_negative
+
+_END = 2**62  # the last step + 1 of the unbounded step range (grain needs a stop)
+
+
+def _timed(load: Callable[[int], Any], step: int) -> tuple[Any, float]:
+    start = time.perf_counter()
+    batch = load(step)
+    return batch, time.perf_counter() - start
+
+
+def _absl_flags_ready() -> None:
+    """Grain reads its options from absl flags, and refuses before they are parsed. A training
+    script that uses absl has parsed them; elsewhere (a notebook, a test) mark them parsed,
+    leaving every flag at its default, rather than reading sys.argv."""
+    from absl import flags
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
+
+
+class WorkerPrefetcher:
+    """Iterator over `load(step)` for step = start_step, start_step + 1, …, loaded by `workers`
+    processes, each keeping `buffer_size` batches ready.
+
+    The same interface as `pipeline.Prefetcher`: `step` (of the batch the next `next()` returns),
+    `wait_seconds` (time `next()` waited), `load_seconds` (time the workers spent loading, summed
+    over workers: over `workers` × elapsed time means the workers are the bottleneck), `close()`
+    and use as a context manager. An exception in `load` is raised by the `next()` that would
+    have returned its batch. `finish`, if given, is applied to each batch in this process, and
+    its time counts as waiting (e.g. uint8 -> float32, so that 4x fewer bytes cross processes).
+    """
+
+    def __init__(self, load: Callable[[int], Any], start_step: int, *, workers: int, buffer_size: int = 2,
+                 finish: Callable[[Any], Any] | None = None) -> None:
+        import grain  # imported here: the thread prefetcher does not need it
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1 (0 means the thread prefetcher), got {workers}")
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        check_non_negative(start_step=start_step)
+        _absl_flags_ready()
+        self.step = start_step
+        self.wait_seconds = 0.0
+        self.load_seconds = 0.0
+        steps = grain.MapDataset.range(start_step, _END).map(functools.partial(_timed, load))
+        options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer_size)
+        # No reading threads inside a worker: each loads one batch at a time into its buffer. (Grain's
+        # default, 16 threads reading 500 elements ahead, made each worker 10-60x slower here.)
+        serial = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+        self._iterator = iter(steps.to_iter_dataset(serial).mp_prefetch(options))
+        self._finish = finish
+        self._closed = False
+
+    def __iter__(self) -> Self:
+        return self
+
+    def __next__(self) -> Any:
+        if self._closed:
+            raise RuntimeError("WorkerPrefetcher is closed")
+        start = time.perf_counter()
+        batch, seconds = next(self._iterator)
+        if self._finish is not None:
+            batch = self._finish(batch)
+        self.wait_seconds += time.perf_counter() - start
+        self.load_seconds += seconds
+        self.step += 1
+        return batch
+
+    def close(self) -> None:
+        """Stops the worker processes; safe to call more than once."""
+        if not self._closed:
+            self._closed = True
+            self._iterator.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def check_workers(workers: int) -> int:
+    """`workers` as an int >= 0, or ValueError naming the problem."""
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
+        raise ValueError(f"workers must be an integer >= 0 (0: one loading thread), got {workers!r}")
+    return int(workers)
