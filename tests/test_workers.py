@@ -34,7 +34,7 @@ def test_workers_load_the_batches_of_the_thread_in_step_order(jpeg_folder):
     with pipeline.prefetch_batches(jpeg_folder, 5, workers=2, **kwargs) as batches:
         assert isinstance(batches, workers.WorkerPrefetcher)
         got = [next(batches) for _ in range(5)]
-        assert batches.step == 10 and batches.load_seconds > 0 and batches.wait_seconds > 0
+        assert batches.step == 10 and batches.worker_seconds > 0 and batches.wait_seconds > 0
     for want, have in zip(expected, got):
         assert have.dtype == np.float32 and have.shape == (4, 16, 16, 3)
         np.testing.assert_array_equal(have, want)

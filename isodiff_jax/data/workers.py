@@ -14,11 +14,11 @@ and the thread (`workers=0`) for the built-in shapes and for tests.
 """
 import functools
 import time
-from typing import Any, Callable, Self
+from typing import Any, Callable
 
 import numpy as np
 
-from isodiff_jax.data.pipeline import check_non_negative
+from isodiff_jax.data.pipeline import Prefetcher, check_non_negative
 
 _END = 2**62  # the last step + 1 of the unbounded step range (grain needs a stop)
 
@@ -38,16 +38,17 @@ def _absl_flags_ready() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-class WorkerPrefetcher:
-    """Iterator over `load(step)` for step = start_step, start_step + 1, …, loaded by `workers`
-    processes, each keeping `buffer_size` batches ready.
+class WorkerPrefetcher(Prefetcher):
+    """Iterator over `finish(load(step))` for step = start_step, start_step + 1, …: `load` runs in
+    `workers` processes, each keeping `buffer_size` batches ready, and `finish` (default: none) in
+    this process's prefetch thread, off the consumer's path (uint8 -> float32 there means 4x
+    fewer bytes cross processes, and the conversion overlaps the step).
 
-    The same interface as `pipeline.Prefetcher`: `step` (of the batch the next `next()` returns),
-    `wait_seconds` (time `next()` waited), `load_seconds` (time the workers spent loading, summed
-    over workers: over `workers` × elapsed time means the workers are the bottleneck), `close()`
-    and use as a context manager. An exception in `load` is raised by the `next()` that would
-    have returned its batch. `finish`, if given, is applied to each batch in this process, and
-    its time counts as waiting (e.g. uint8 -> float32, so that 4x fewer bytes cross processes).
+    A `pipeline.Prefetcher` whose thread takes the workers' batches, so the interface is the same:
+    `step`, `wait_seconds` (time `next()` waited), `load_seconds` (the thread's time per batch,
+    mostly waiting for the workers), `close()`, use as a context manager, and an exception in
+    `load` raised by the `next()` that would have returned its batch. `worker_seconds` sums the
+    workers' own loading time: near `workers` × elapsed time means the workers are the bottleneck.
     """
 
     def __init__(self, load: Callable[[int], Any], start_step: int, *, workers: int, buffer_size: int = 2,
@@ -59,44 +60,26 @@ class WorkerPrefetcher:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         check_non_negative(start_step=start_step)
         _absl_flags_ready()
-        self.step = start_step
-        self.wait_seconds = 0.0
-        self.load_seconds = 0.0
+        self.worker_seconds = 0.0
         steps = grain.MapDataset.range(start_step, _END).map(functools.partial(_timed, load))
         options = grain.MultiprocessingOptions(num_workers=workers, per_worker_buffer_size=buffer_size)
         # No reading threads inside a worker: each loads one batch at a time into its buffer. (Grain's
         # default, 16 threads reading 500 elements ahead, made each worker 10-60x slower here.)
         serial = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
-        self._iterator = iter(steps.to_iter_dataset(serial).mp_prefetch(options))
+        self._workers = iter(steps.to_iter_dataset(serial).mp_prefetch(options))
         self._finish = finish
-        self._closed = False
+        super().__init__(self._take, start_step, buffer_size=buffer_size)
 
-    def __iter__(self) -> Self:
-        return self
-
-    def __next__(self) -> Any:
-        if self._closed:
-            raise RuntimeError("WorkerPrefetcher is closed")
-        start = time.perf_counter()
-        batch, seconds = next(self._iterator)
-        if self._finish is not None:
-            batch = self._finish(batch)
-        self.wait_seconds += time.perf_counter() - start
-        self.load_seconds += seconds
-        self.step += 1
-        return batch
+    def _take(self, step: int) -> Any:
+        """The next batch from the workers (the batch of `step`: both advance one by one)."""
+        batch, seconds = next(self._workers)
+        self.worker_seconds += seconds
+        return batch if self._finish is None else self._finish(batch)
 
     def close(self) -> None:
-        """Stops the worker processes; safe to call more than once."""
-        if not self._closed:
-            self._closed = True
-            self._iterator.close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+        """Stops the prefetch thread and the worker processes; safe to call more than once."""
+        super().close()
+        self._workers.close()
 
 
 def check_workers(workers: int) -> int:
