@@ -107,7 +107,7 @@ def input_wait(source, *, workers: int, batch: int, batches: int, consume: float
         return (loader.wait_seconds - waited) / (time.perf_counter() - started)
 
 
-def main():
+def main(argv=None) -> list:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", type=int, default=512)
     parser.add_argument("--side", type=int, default=256)
@@ -117,7 +117,7 @@ def main():
     parser.add_argument("--consume", type=float, default=DEFAULT_CONSUME, help="images/s one accelerator takes")
     parser.add_argument("--out", default=os.path.join(ROOT, "runs", "bench_input"), help="where the data are made")
     parser.add_argument("--json", default="", help="also write the figures here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     counts = [int(w) for w in args.workers.split(",") if w.strip()]
     if args.images < args.batch or args.side < 8 or not counts or min(counts) < 0:
         parser.error("need --images >= --batch, --side >= 8 and worker counts >= 0")
@@ -154,6 +154,7 @@ def main():
         with open(args.json, "w") as f:
             json.dump({"images": args.images, "side": args.side, "batch": args.batch, "consume": args.consume,
                        "cores": os.cpu_count(), "rows": rows}, f, indent=2)
+    return rows
 
 
 if __name__ == "__main__":

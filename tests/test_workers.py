@@ -89,3 +89,16 @@ def test_the_training_loop_loads_with_the_configured_workers(jpeg_folder):
         got = next(batches)
     kwargs = dict(seed=config.seed, global_batch=config.training.global_batch_size, random_flip=True)
     np.testing.assert_array_equal(got, pipeline.load_batch(jpeg_folder, 3, **kwargs))
+
+
+def test_the_input_benchmark_runs_at_its_smallest(tmp_path, capsys):
+    """benchmarks/input.py makes its JPEG folder and TFDS copy and times the thread and a worker."""
+    from support import load_module
+    bench = load_module("benchmarks/input.py")
+    rows = bench.main(["--images", "8", "--side", "16", "--batch", "4", "--batches", "2", "--workers", "0,1",
+                       "--consume", "400", "--out", str(tmp_path), "--json", str(tmp_path / "input.json")])
+    assert [(r["source"], r["workers"]) for r in rows] == [
+        ("jpeg folder", 0), ("jpeg folder", 1), ("tfds array_record (png)", 0), ("tfds array_record (png)", 1)]
+    assert all(r["images_per_s"] > 0 and 0 <= r["input_wait_share"] < 1 for r in rows)
+    assert len(list((tmp_path / "jpeg_8x16").glob("*.jpg"))) == 8
+    assert "input wait" in capsys.readouterr().out
