@@ -15,15 +15,15 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 	$(PY) -m pip install --quiet --no-deps -e .
 	touch $@
 
-# The main job: train configs/shapes32.py into runs/shapes32 (resumes when run again).
+# The main job: train configs/shapes16_iso.py into runs/shapes16_iso (resumes when run again).
 run: install
-	$(PY) train.py --config configs/shapes32.py --workdir runs/shapes32
+	$(PY) train.py --config configs/shapes16_iso.py --workdir runs/shapes16_iso
 
 # Analysis of the main job: trains the shapes factor oracle once (runs/oracle), then runs every
-# metric on runs/shapes32 and writes runs/shapes32/analysis/ (metrics.json and PNG pictures).
+# metric on runs/shapes16_iso and writes runs/shapes16_iso/analysis/ (metrics.json and PNG pictures).
 analysis: install
-	test -e runs/oracle/oracle.json || $(PY) -m isodiff_jax.analysis.oracle --out runs/oracle --resolution 32
-	$(PY) -m isodiff_jax.analysis --workdir runs/shapes32 --oracle runs/oracle --out runs/shapes32/analysis
+	test -e runs/oracle16/oracle.json || $(PY) -m isodiff_jax.analysis.oracle --out runs/oracle16 --resolution 16
+	$(PY) -m isodiff_jax.analysis --workdir runs/shapes16_iso --oracle runs/oracle16 --out runs/shapes16_iso/analysis
 
 test: install
 	$(PY) -m pytest -q

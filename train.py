@@ -1,4 +1,4 @@
-"""Trains Isometric Diffusion: `python train.py --config configs/shapes32.py --workdir runs/shapes32`.
+"""Trains Isometric Diffusion: `python train.py --config configs/shapes16_iso.py --workdir runs/shapes16_iso`.
 
 Override any config field with `--config.section.field=value`. Running again with the same
 workdir resumes from its newest complete checkpoint. Several processes (multi-host): pass
@@ -22,8 +22,8 @@ import jax  # noqa: E402
 
 from isodiff_jax import errors, launch  # noqa: E402
 
-config_flags.DEFINE_config_file("config", "configs/shapes32.py", "experiment config file")
-flags.DEFINE_string("workdir", "runs/shapes32", "where checkpoints, logs and samples go")
+config_flags.DEFINE_config_file("config", "configs/shapes16_iso.py", "experiment config file")
+flags.DEFINE_string("workdir", "runs/shapes16_iso", "where checkpoints, logs and samples go")
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process runs)")
 flags.DEFINE_integer("num_processes", None, "number of processes (multi-process runs)")
 flags.DEFINE_integer("process_id", None, "this process's index (multi-process runs)")

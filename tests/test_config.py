@@ -6,7 +6,7 @@ import pytest
 
 from isodiff_jax import config as config_lib
 
-EXPERIMENTS = ("default", "shapes32", "shapes16", "cifar10", "celebahq256", "test", "bench_cpu32")
+EXPERIMENTS = ("default", "shapes32", "shapes16", "shapes16_iso", "cifar10", "celebahq256", "test", "bench_cpu32")
 
 
 def load(name):
