@@ -214,7 +214,7 @@ def prefetch_batches(source: Source, start_step: int, *, seed: int, global_batch
     load = functools.partial(load_images, source, seed=seed, global_batch=global_batch,
                              process_index=process_index, process_count=process_count,
                              random_flip=random_flip)
-    if workers:  # uint8 between processes (4x fewer bytes than float32), converted here
+    if workers:  # uint8 between processes (4x fewer bytes than float32), converted by the prefetch thread
         return worker_processes.WorkerPrefetcher(load, start_step, workers=workers, buffer_size=buffer_size,
                                                  finish=to_unit_range)
     return Prefetcher(lambda step: to_unit_range(load(step)), start_step, buffer_size=buffer_size)

@@ -1,5 +1,6 @@
-"""Batches loaded ahead by worker processes (grain), for sources whose decoding is the bottleneck:
-JPEG/PNG folders and TFDS records at 256², where one thread decodes too few images per second.
+"""Batches loaded ahead by worker processes (grain), for sources whose decoding can bound the step
+rate: JPEG/PNG folders and TFDS records at 256². One thread decodes on one core; W workers use
+W (docs/benchmarks.md, "Input at accelerator speed": 1.7-1.8x the thread with 2 workers on 2 cores).
 
 The batch of step s is `load(s)`, a pure function of (seed, s) as in `pipeline`. Grain maps
 steps to batches (`MapDataset.range(start, ∞).map(load)`) and `mp_prefetch` runs W processes:
@@ -8,8 +9,8 @@ So the batches are exactly those of the thread prefetcher, bit for bit; a resume
 its step (the iterator's whole state is the step, which every checkpoint holds); and each process
 of a multi-process run loads only its own rows (`load` takes its process_index).
 
-The source is pickled to each worker once, at start. Worker start-up costs about a second per
-worker (a fresh Python process imports the package), so use workers for long runs on slow sources,
+The source is pickled to each worker once, at start. The first batch takes 1-3 s (fresh Python
+processes import the package), so use workers for long runs on slow sources,
 and the thread (`workers=0`) for the built-in shapes and for tests.
 """
 import functools
