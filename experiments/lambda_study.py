@@ -119,7 +119,10 @@ def trend(points) -> str:
     t-statistic of its least-squares slope against the step (growing: t > 2, the slope more
     than twice its standard error). The logged values are means of single-probe estimates, so
     the slope's sign alone is noise: λ = 0's wandered between 19.7 and 20.7 with a positive
-    slope at t = 0.3. Fewer than 3 points in the second half read as flat."""
+    slope at t = 0.3. Fewer than 3 points in the second half read as flat; none at all (the
+    path-length step does not compute rank·L_iso) as "not logged"."""
+    if not points:
+        return "not logged"
     half = points[len(points) // 2:]
     if len(half) < 3:
         return "flat"

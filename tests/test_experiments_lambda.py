@@ -80,6 +80,7 @@ def test_the_trend_of_rank_iso_is_read_from_its_noise():
     assert trend(points(20 - 0.004 * steps + noise)) == "falling"
     assert trend(points(20 + 0.004 * steps)[:4]) == "flat"  # 2 points in the second half: no estimate
     assert trend([(1, 2.0), (2, 2.0), (3, 2.0), (4, 2.0), (5, 2.0), (6, 2.0)]) == "flat"
+    assert trend([]) == "not logged"  # path_length runs: their step has no rank·L_iso
     committed = lambda lam: json.load(open(os.path.join(ROOT, "experiments", "results", "lambda",
                                                         f"lam{lam}_p0.5.json")))["trajectory"]
     assert trend(committed("0")) == "flat" and trend(committed("0.01")) == "falling"
