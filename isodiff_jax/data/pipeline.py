@@ -115,9 +115,7 @@ class Prefetcher:
     """
 
     def __init__(self, load: Callable[[int], Any], start_step: int, *, buffer_size: int = 2) -> None:
-        if buffer_size < 1:
-            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
-        check_non_negative(start_step=start_step)
+        self.check_arguments(start_step, buffer_size)
         self.step = start_step  # the step of the batch that the next `next()` returns
         self.wait_seconds = 0.0
         self.load_seconds = 0.0
@@ -128,6 +126,13 @@ class Prefetcher:
         self._thread = threading.Thread(target=self._work, args=(start_step,), daemon=True,
                                         name="Prefetcher")
         self._thread.start()
+
+    @staticmethod
+    def check_arguments(start_step: int, buffer_size: int) -> None:
+        """ValueError for a negative start step or a buffer of fewer than one batch."""
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        check_non_negative(start_step=start_step)
 
     def _put(self, item: Any) -> bool:
         """Queues `item` unless closed first; the timeout lets `close()` end a blocked put."""

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from isodiff_jax.data.pipeline import Prefetcher, check_non_negative
+from isodiff_jax.data.pipeline import Prefetcher
 
 _END = 2**62  # the last step + 1 of the unbounded step range (grain needs a stop)
 
@@ -57,9 +57,7 @@ class WorkerPrefetcher(Prefetcher):
         import grain  # imported here: the thread prefetcher does not need it
         if workers < 1:
             raise ValueError(f"workers must be >= 1 (0 means the thread prefetcher), got {workers}")
-        if buffer_size < 1:
-            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
-        check_non_negative(start_step=start_step)
+        self.check_arguments(start_step, buffer_size)  # before any process starts
         _absl_flags_ready()
         self.worker_seconds = 0.0
         steps = grain.MapDataset.range(start_step, _END).map(functools.partial(_timed, load))
