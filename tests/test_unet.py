@@ -130,6 +130,25 @@ def test_attention_matches_reference_softmax_attention_and_its_derivatives():
     np.testing.assert_allclose(tangent, jax.jvp(reference, (q, k, v), (v, q, k))[1], rtol=1e-10, atol=1e-12)
 
 
+def test_attention_second_derivatives_match_the_reference():
+    """What the isometry loss differentiates: a function of the JVP and of the transposed
+    linearization, differentiated again with respect to q, k and v (float64, dense reference)."""
+    from isodiff_jax.unet import _softmax_attention
+    q, k, v, u, w = (jax.random.normal(jax.random.PRNGKey(i), (2, 6, 3, 4), jnp.float64) for i in range(5))
+    reference = lambda q, k, v: jnp.einsum(
+        "bhqk,bkhd->bqhd", jax.nn.softmax(jnp.einsum("bqhd,bkhd->bhqk", q, k), axis=-1), v)
+
+    def second_order(f):
+        def loss(q, k, v):
+            out, lin = jax.linearize(f, q, k, v)
+            pulled = jax.linear_transpose(lin, q, k, v)(w)
+            return jnp.sum(lin(u, w, u) ** 2) + sum(jnp.sum(jnp.tanh(p)) for p in pulled) + jnp.sum(out * w)
+        return jax.grad(loss, (0, 1, 2))(q, k, v)
+
+    for ours, ref in zip(second_order(_softmax_attention), second_order(reference)):
+        np.testing.assert_allclose(ours, ref, rtol=1e-10, atol=1e-12)
+
+
 def test_downsample_padding_zero_pads_only_bottom_and_right():
     """diffusers' Downsample2D with padding 0 (google's DDPM models): one zero row and column at
     the bottom and right, then a VALID stride-2 convolution; padding 1 pads every side."""
