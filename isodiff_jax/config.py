@@ -190,6 +190,8 @@ def _validate_diffusion(config) -> None:
         ok = all(isinstance(b, (int, float)) for b in (df.beta_start, df.beta_end))
         _check(ok and 0 < df.beta_start < df.beta_end < 1, "diffusion.beta_start/beta_end",
                (df.beta_start, df.beta_end), "0 < beta_start < beta_end < 1")
+    _check_choice(config, "diffusion.loss_weighting", diffusion.LOSS_WEIGHTINGS)
+    _check_finite(df.min_snr_gamma, "diffusion.min_snr_gamma", 0, "a finite γ > 0", strict=True)
 
 
 def _validate_objective(config) -> None:
@@ -346,7 +348,8 @@ def train_settings(config) -> TrainSettings:
 def train_setup(config) -> TrainSetup:
     """The loop's typed inputs (the config itself travels only as its JSON record)."""
     return TrainSetup(spec=model_spec(config), optimizer=optimizer(config), learning_rate=learning_rate(config),
-                      regularizer=regularizer(config), settings=train_settings(config), config_json=to_json(config))
+                      regularizer=regularizer(config), settings=train_settings(config), config_json=to_json(config),
+                      loss_weighting=config.diffusion.loss_weighting, min_snr_gamma=config.diffusion.min_snr_gamma)
 
 
 def regularizer(config) -> Optional[Regularizer]:
@@ -397,7 +400,8 @@ LATER_FIELDS = {"model.norm_eps": 1e-5, "model.flip_sin_to_cos": True, "model.fr
                 "autoencoder.block_out_channels": (128, 256, 512), "autoencoder.layers_per_block": 2,
                 "autoencoder.latent_channels": 3, "autoencoder.vq_embed_dim": 3, "autoencoder.num_vq_embeddings": 8192,
                 "autoencoder.norm_num_groups": 32, "autoencoder.act_fn": "silu", "autoencoder.mid_attention": True,
-                "autoencoder.scaling_factor": 1.0, "data.latent_cache": "", "data.workers": 0}
+                "autoencoder.scaling_factor": 1.0, "data.latent_cache": "", "data.workers": 0,
+                "diffusion.loss_weighting": "uniform", "diffusion.min_snr_gamma": 5.0}
 
 # What a resumed run may change: how long it trains, how often it logs, saves and evaluates, where
 # it finds its data, and what the backward pass recomputes (model.remat: same values, less memory;

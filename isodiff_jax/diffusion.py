@@ -21,6 +21,7 @@ import numpy as np
 from jax.typing import DTypeLike
 
 SCHEDULE_KINDS = ("linear", "cosine", "scaled_linear")
+LOSS_WEIGHTINGS = ("uniform", "min_snr")
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x (B, ...), t int32 (B,)) -> ε̂ (B, ...)
 
@@ -118,9 +119,37 @@ def q_sample(schedule: Schedule, x0: jax.Array, t: jax.Array, eps: jax.Array) ->
     return jnp.sqrt(abar_t) * x0 + jnp.sqrt(1 - abar_t) * eps
 
 
-def epsilon_loss(eps: jax.Array, eps_hat: jax.Array) -> jax.Array:
-    """The simple DDPM loss: mean of (ε − ε̂)² over every element. (B, ...) × 2 -> ()."""
-    return jnp.mean(jnp.square(eps - eps_hat))
+def epsilon_loss(eps: jax.Array, eps_hat: jax.Array, weights: jax.Array | None = None) -> jax.Array:
+    """The simple DDPM loss: mean of (ε − ε̂)² over every element. (B, ...) × 2 -> ().
+
+    weights: (B,) per-sample weights (`loss_weights` at each sample's t); the loss is then the
+    batch mean of weight × the sample's mean squared error (None: all 1)."""
+    if weights is None:
+        return jnp.mean(jnp.square(eps - eps_hat))
+    per_sample = jnp.mean(jnp.square(eps - eps_hat), axis=tuple(range(1, eps.ndim)))
+    return jnp.mean(weights.astype(per_sample.dtype) * per_sample)
+
+
+def snr(schedule: Schedule) -> jax.Array:
+    """(T,) signal-to-noise ratio ᾱ_t / (1 − ᾱ_t) of x_t, decreasing in t."""
+    abar = schedule.alphas_cumprod
+    return abar / (1 - abar)
+
+
+def loss_weights(schedule: Schedule, kind: str = "uniform", gamma: float = 5.0) -> jax.Array:
+    """(T,) weight of the ε-loss at each t.
+
+    "uniform": 1 (DDPM's simple loss). "min_snr": min(SNR_t, γ) / SNR_t, the ε-prediction form
+    of Min-SNR-γ weighting (Hang et al., ICCV 2023): steps whose SNR exceeds γ (little noise,
+    fine detail) are down-weighted to γ / SNR_t; noisier steps keep weight 1."""
+    if kind not in LOSS_WEIGHTINGS:
+        raise ValueError(f"unknown loss weighting {kind!r}; expected one of {LOSS_WEIGHTINGS}")
+    if kind == "uniform":
+        return jnp.ones_like(schedule.alphas_cumprod)
+    if not gamma > 0:
+        raise ValueError(f"min_snr gamma must be > 0, got {gamma}")
+    ratio = snr(schedule)
+    return jnp.minimum(ratio, gamma) / ratio
 
 
 def ddim_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:

@@ -64,6 +64,9 @@ def test_celebahq256_is_the_papers_setting():
     ("data.resolution", 30, "multiple of 2**(levels-1)"),
     ("training.global_batch_size", 30, "devices × grad_accum_steps = 4 × 1"),
     ("optim.grad_accum_steps", 0, "integer >= 1"),
+    ("diffusion.loss_weighting", "p2", "'min_snr'"),
+    ("diffusion.min_snr_gamma", 0.0, "finite γ > 0"),
+    ("diffusion.min_snr_gamma", float("nan"), "finite γ > 0"),
 ])
 def test_invalid_values_name_the_field(field, value, message):
     config = load("default")
@@ -131,6 +134,14 @@ def test_json_round_trip():
     config = load("celebahq256")
     back = config_lib.from_json(config_lib.to_json(config))
     assert back.to_dict() == config.to_dict()
+
+
+def test_the_loss_weighting_reaches_the_train_setup():
+    config = load("test")
+    assert config_lib.train_setup(config).loss_weighting == "uniform"
+    config.diffusion.loss_weighting, config.diffusion.min_snr_gamma = "min_snr", 2.0
+    setup = config_lib.train_setup(config)
+    assert (setup.loss_weighting, setup.min_snr_gamma) == ("min_snr", 2.0)
 
 
 def test_learning_rate_warms_up_then_decays():

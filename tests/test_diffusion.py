@@ -108,6 +108,36 @@ def test_epsilon_loss_is_mse():
     assert float(diffusion.epsilon_loss(eps, eps_hat)) == pytest.approx(np.mean((eps - 1) ** 2))
 
 
+def test_weighted_epsilon_loss_is_the_batch_mean_of_weighted_sample_mses():
+    eps, eps_hat = np.arange(24.0).reshape(2, 3, 4), np.ones((2, 3, 4))
+    weights = np.array([0.25, 2.0])
+    per_sample = np.mean((eps - 1) ** 2, axis=(1, 2))
+    assert float(diffusion.epsilon_loss(eps, eps_hat, weights)) == pytest.approx(np.mean(weights * per_sample))
+    assert float(diffusion.epsilon_loss(eps, eps_hat, np.ones(2))) == pytest.approx(np.mean((eps - 1) ** 2))
+
+
+@pytest.mark.parametrize("kind", diffusion.SCHEDULE_KINDS)
+def test_min_snr_weights_match_their_formula(kind):
+    """min(SNR_t, γ) / SNR_t in float64 from ᾱ_t; 1 wherever SNR_t <= γ, below 1 elsewhere."""
+    schedule = diffusion.make_schedule(kind, 1000, dtype=jnp.float64)
+    abar = np.asarray(schedule.alphas_cumprod)
+    ratio = abar / (1 - abar)
+    for gamma in (1.0, 5.0):
+        weights = np.asarray(diffusion.loss_weights(schedule, "min_snr", gamma))
+        np.testing.assert_allclose(weights, np.minimum(ratio, gamma) / ratio, rtol=1e-12)
+        assert np.all(weights[ratio <= gamma] == 1) and np.all(weights[ratio > gamma] < 1)
+        assert weights[0] == pytest.approx(gamma / ratio[0])  # the least noisy step is down-weighted most
+    np.testing.assert_array_equal(diffusion.loss_weights(schedule, "uniform"), np.ones(1000))
+
+
+def test_loss_weights_refuse_unknown_kinds_and_bad_gamma():
+    schedule = diffusion.make_schedule("linear", 10)
+    with pytest.raises(ValueError, match="'min_snr'"):
+        diffusion.loss_weights(schedule, "p2")
+    with pytest.raises(ValueError, match="gamma must be > 0"):
+        diffusion.loss_weights(schedule, "min_snr", 0.0)
+
+
 # --- DDIM: timesteps and exact identities ------------------------------------------------------
 
 

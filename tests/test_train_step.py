@@ -106,3 +106,19 @@ def test_gradient_accumulation_averages_micro_batches(setup):
     np.testing.assert_allclose(metrics["grad_norm"], optax.tree.norm(mean_grads), rtol=1e-8)
     with pytest.raises(ValueError, match="accum_steps=3"):
         train_step.make_train_step(model, schedule, optimizer, accum_steps=3)(state, x0, key)
+
+
+def test_loss_weights_over_t_weigh_each_samples_epsilon_loss(setup):
+    """t_weights (Min-SNR-γ) multiply each sample's ε-MSE at its own t; the regularizer is untouched."""
+    model, schedule, _, state, x0 = setup
+    weights = diffusion.loss_weights(schedule, "min_snr", 5.0)
+    key = jax.random.PRNGKey(8)
+    loss_fn = train_step.make_loss_fn(model, schedule, t_range=(0, 100), t_weights=weights)
+    loss, (_, metrics) = loss_fn(state.params, state.pl_mean, x0, key)
+    k_t, k_eps, _ = jax.random.split(key, 3)
+    t = jax.random.randint(k_t, x0.shape[:1], 0, 100)
+    eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+    eps_hat, _ = model.apply(state.params, diffusion.q_sample(schedule, x0, t, eps), t)
+    per_sample = np.mean((np.asarray(eps) - np.asarray(eps_hat)) ** 2, axis=(1, 2, 3))
+    np.testing.assert_allclose(loss, np.mean(np.asarray(weights)[np.asarray(t)] * per_sample), rtol=1e-10)
+    assert float(metrics["diffusion_loss"]) == float(loss) and np.all(np.asarray(weights)[np.asarray(t)] < 1)

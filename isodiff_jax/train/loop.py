@@ -74,6 +74,8 @@ class TrainSetup:
     regularizer: Optional[Regularizer]
     settings: TrainSettings
     config_json: str = "{}"  # the run's config, saved with every checkpoint as its record
+    loss_weighting: str = "uniform"  # of the ε-loss over t: diffusion.LOSS_WEIGHTINGS
+    min_snr_gamma: float = 5.0  # γ of "min_snr"
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -107,10 +109,12 @@ def step_kinds(setup: TrainSetup) -> dict:
 def make_step(setup: TrainSetup, regularized: bool):
     """The pure (state, x0) -> (state, metrics) step of one kind (randomness from the step key)."""
     regularizer, t_range = step_kinds(setup)[regularized]
-    s = setup.settings
-    fn = step_lib.make_train_step(setup.spec.unet, setup.spec.noise_schedule, setup.optimizer,
+    s, schedule = setup.settings, setup.spec.noise_schedule
+    t_weights = (None if setup.loss_weighting == "uniform" else
+                 diffusion.loss_weights(schedule, setup.loss_weighting, setup.min_snr_gamma))
+    fn = step_lib.make_train_step(setup.spec.unet, schedule, setup.optimizer,
                                   regularizer=regularizer, t_range=t_range, ema_max_decay=s.ema_max_decay,
-                                  accum_steps=s.grad_accum_steps)
+                                  accum_steps=s.grad_accum_steps, t_weights=t_weights)
     key = setup.keys()["step"]
     return lambda state, x0: fn(state, x0, key)
 

@@ -59,11 +59,12 @@ def _t_range(schedule: diffusion.Schedule, t_range) -> tuple[int, int]:
 
 
 def make_loss_fn(model: UNet, schedule: diffusion.Schedule, *, regularizer: Optional[Regularizer] = None,
-                 t_range: Optional[tuple[int, int]] = None) -> Callable:
+                 t_range: Optional[tuple[int, int]] = None, t_weights: Optional[jax.Array] = None) -> Callable:
     """The objective of method.md §4 as a pure function
     (params, pl_mean, x0 (B, H, W, C), key) -> (loss, (new pl_mean, metrics)); t ~ U{t_range}.
 
-    loss = ε-MSE + λ · regularizer, with the randomness (t, ε, probes) split from `key`. A
+    loss = ε-MSE + λ · regularizer, with the randomness (t, ε, probes) split from `key`; t_weights
+    (T,) weighs each sample's ε-MSE by its t (`diffusion.loss_weights`; None: uniform). A
     regularizer that needs only the encoder's linearization at x_t shares the encoder's forward
     pass with the diffusion loss."""
     lo, hi = _t_range(schedule, t_range)
@@ -85,7 +86,7 @@ def make_loss_fn(model: UNet, schedule: diffusion.Schedule, *, regularizer: Opti
                 encode = lambda x: model.apply(params, x, t, method=UNet.encode)
                 reg, pl_mean, metrics = regularizer(encode, x_t, k_reg, pl_mean)
         eps_hat = model.apply(params, h, skips, t, method=UNet.decode)
-        loss_eps = diffusion.epsilon_loss(eps, eps_hat)
+        loss_eps = diffusion.epsilon_loss(eps, eps_hat, None if t_weights is None else t_weights[t])
         metrics = {"diffusion_loss": loss_eps, **metrics}
         if regularizer is None:
             return loss_eps, (pl_mean, metrics)
@@ -97,7 +98,8 @@ def make_loss_fn(model: UNet, schedule: diffusion.Schedule, *, regularizer: Opti
 
 def make_train_step(model: UNet, schedule: diffusion.Schedule, optimizer: optax.GradientTransformation, *,
                     regularizer: Optional[Regularizer] = None, t_range: Optional[tuple[int, int]] = None,
-                    ema_max_decay: float = 0.9999, accum_steps: int = 1) -> Callable:
+                    ema_max_decay: float = 0.9999, accum_steps: int = 1,
+                    t_weights: Optional[jax.Array] = None) -> Callable:
     """A pure step (state, x0 (B, H, W, C), key) -> (state, metrics) on `make_loss_fn`'s objective.
 
     The step's randomness is fold_in(key, state.step), so it depends only on the root key and
@@ -109,7 +111,7 @@ def make_train_step(model: UNet, schedule: diffusion.Schedule, optimizer: optax.
     _t_range(schedule, t_range)
     if accum_steps < 1:
         raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
-    loss_fn = make_loss_fn(model, schedule, regularizer=regularizer, t_range=t_range)
+    loss_fn = make_loss_fn(model, schedule, regularizer=regularizer, t_range=t_range, t_weights=t_weights)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def accumulated(params, pl_mean, x0, key):
