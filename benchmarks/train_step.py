@@ -2,14 +2,17 @@
 
 Each variant runs in its own process so that its peak RSS is its own. Prints one line per variant:
 
-    variant=NAME median_s=… compile_s=… peak_rss_mb=… ratio_to_plain=… step_rss_mb=…
+    variant=NAME median_s=… compile_s=… peak_rss_mb=… ratio_to_plain=… compile_rss_mb=… step_rss_mb=…
 
-peak_rss_mb is the whole process's peak (XLA's compilation included); step_rss_mb is the peak
+peak_rss_mb is the whole process's peak (XLA's compilation included); compile_rss_mb is the
+process's peak at the end of compilation, before the step first runs; step_rss_mb is the peak
 while the compiled step runs, measured after releasing freed heap memory and resetting the
-kernel's high-water mark (Linux only; "n/a" elsewhere).
+kernel's high-water mark (Linux only; "n/a" elsewhere). Like the training loop, a worker hands
+freed heap memory back to the OS after compiling and after its first step (--no-release: it
+does not). --remat names the U-Net's rematerialisation policy (isodiff_jax.unet.REMAT_POLICIES).
 
 Usage: python benchmarks/train_step.py [--variants plain,sphere] [--iters N] [--devices D]
-       [--onednn] [--default-malloc] [--no-attention]
+       [--onednn] [--default-malloc] [--no-attention] [--remat POLICY] [--no-release]
 """
 import argparse
 import json
@@ -49,7 +52,7 @@ def _vm_hwm_mb():
     return int(line.split()[1]) / 1024
 
 
-def worker(name, iters, batch, devices, keep_memory, attention):
+def worker(name, iters, batch, devices, keep_memory, attention, remat, release):
     """Runs in a fresh process: compile, warm up, time `iters` steps; prints a JSON line."""
     from isodiff_jax import runtime
     if keep_memory:
@@ -64,8 +67,9 @@ def worker(name, iters, batch, devices, keep_memory, attention):
     from isodiff_jax.train import step as train_step
     from isodiff_jax.unet import UNet
 
-    model = UNet(**BENCH_MODEL) if attention else UNet(
-        **{**BENCH_MODEL, "attention_levels": (False, False, False), "mid_attention": False})
+    fields = {**BENCH_MODEL, "remat": remat}
+    model = UNet(**fields) if attention else UNet(
+        **{**fields, "attention_levels": (False, False, False), "mid_attention": False})
     schedule = diffusion.make_schedule("linear", 1000)
     optimizer = train_step.make_optimizer(1e-4, weight_decay=1e-6)
     reg = VARIANTS[name]
@@ -84,8 +88,14 @@ def worker(name, iters, batch, devices, keep_memory, attention):
     t0 = time.perf_counter()
     compiled = jitted.lower(state, x0, key).compile()
     compile_s = time.perf_counter() - t0
-    for _ in range(2):  # warm-up
+    compile_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if release:  # as the training loop does after compiling
+        runtime.release_freed_host_memory()
+    for i in range(2):  # warm-up
         state, metrics = compiled(state, x0, key)
+        if release and i == 0:  # as the training loop does after the first step
+            jax.block_until_ready(state)
+            runtime.release_freed_host_memory()
     jax.block_until_ready(state)
     process_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # before the reset
     can_reset = _release_and_reset_peak_rss()
@@ -98,7 +108,8 @@ def worker(name, iters, batch, devices, keep_memory, attention):
     assert all(bool(jnp.isfinite(v)) for v in jax.tree.leaves(metrics)), metrics
     peak_mb = max(process_peak_mb, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     print(json.dumps({"variant": name, "median_s": statistics.median(times), "compile_s": compile_s,
-                      "peak_rss_mb": peak_mb, "step_rss_mb": _vm_hwm_mb() if can_reset else None}))
+                      "peak_rss_mb": peak_mb, "compile_rss_mb": compile_peak_mb,
+                      "step_rss_mb": _vm_hwm_mb() if can_reset else None}))
 
 
 def main():
@@ -113,11 +124,15 @@ def main():
                         help="keep glibc's default malloc settings (see isodiff_jax/runtime.py)")
     parser.add_argument("--no-attention", action="store_true",
                         help="the same model without its attention blocks (to see what attention costs)")
+    parser.add_argument("--remat", default="none", help="the U-Net's remat policy (isodiff_jax.unet.REMAT_POLICIES)")
+    parser.add_argument("--no-release", action="store_true",
+                        help="skip the training loop's release of freed heap memory after compiling and after "
+                             "the first step (isodiff_jax.runtime.release_freed_host_memory)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.iters, args.batch, args.devices, not args.default_malloc,
-                      not args.no_attention)
+                      not args.no_attention, args.remat, not args.no_release)
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -130,9 +145,10 @@ def main():
     results = {}
     for name in names:
         cmd = [sys.executable, __file__, "--worker", name, "--iters", str(args.iters),
-               "--batch", str(args.batch), "--devices", str(args.devices)]
+               "--batch", str(args.batch), "--devices", str(args.devices), "--remat", args.remat]
         cmd += ["--default-malloc"] if args.default_malloc else []
         cmd += ["--no-attention"] if args.no_attention else []
+        cmd += ["--no-release"] if args.no_release else []
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
             sys.exit(f"variant {name} failed:\n{proc.stderr[-4000:]}")
@@ -141,7 +157,7 @@ def main():
         plain = results.get("plain")
         ratio = f"{r['median_s'] / plain['median_s']:.2f}" if plain else "n/a"
         print(f"variant={name} median_s={r['median_s']:.3f} compile_s={r['compile_s']:.1f} "
-              f"peak_rss_mb={r['peak_rss_mb']:.0f} ratio_to_plain={ratio} "
+              f"peak_rss_mb={r['peak_rss_mb']:.0f} ratio_to_plain={ratio} compile_rss_mb={r['compile_rss_mb']:.0f} "
               f"step_rss_mb={r['step_rss_mb'] or float('nan'):.0f}", flush=True)
 
 

@@ -6,6 +6,11 @@ step page-faults all of its activations back in: on a 2-core machine that made a
 op over a 33 MB attention matrix 5× slower (12 ms instead of 2.5 ms, benchmarks in
 docs/benchmarks.md). Keeping freed memory in the heap removes that cost; peak RSS is unchanged
 because XLA reuses the same sizes every step.
+
+The exception is the start of a run: the compiler's freed heap, and then the first execution's
+buffers, which the second execution's do not fit into, stayed resident, and the process peaked
+at 1.4-1.6× its steady memory. The training loop calls `release_freed_host_memory()` after
+compiling and after the first step of each kind; from then on the steps reuse the same blocks.
 """
 import ctypes
 import ctypes.util
@@ -28,3 +33,17 @@ def keep_freed_host_memory() -> bool:
     ok = mallopt(_M_MMAP_THRESHOLD, _KEEP) and mallopt(_M_TRIM_THRESHOLD, _KEEP)
     ok = ok and mallopt(_M_ARENA_MAX, 1)  # thread arenas would mmap blocks over 64 MiB
     return bool(ok and mallopt(_M_TOP_PAD, 64 << 20))
+
+
+def release_freed_host_memory() -> bool:
+    """Returns the heap's freed memory to the OS (glibc's `malloc_trim`); call it between
+    compiling and running, where the compiler's freed memory is no longer needed.
+
+    Returns False (and changes nothing) where the C library is not glibc.
+    """
+    try:
+        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return False
+    trim(0)
+    return True

@@ -57,13 +57,19 @@ def test_device_totals_record_the_first_step_with_non_finite_parameters():
 
 
 def test_the_loop_fetches_metrics_only_at_its_cadences(tmp_path, monkeypatch):
-    """Logging every 3 steps and saving every 6 of 6 steps: the host waits for the device twice."""
-    fetched = []
+    """Logging every 3 steps and saving every 6 of 6 steps: the host waits for the device twice
+    (and once per step kind, after its first step, to hand freed memory back)."""
+    fetched, released = [], []
     original = loop._Run._fetch
     monkeypatch.setattr(loop._Run, "_fetch", lambda self, done, *args: fetched.append(done) or
                         original(self, done, *args))
-    summary = launch.train(small_config(logging__log_every_steps=3, checkpoint__every_steps=6), str(tmp_path))
+    monkeypatch.setattr(loop.runtime, "release_freed_host_memory", lambda: released.append(True) or True)
+    config = small_config(logging__log_every_steps=3, checkpoint__every_steps=6)
+    summary = launch.train(config, str(tmp_path))
     assert fetched == [3, 6]
+    # the heap is handed back after compiling and after the first step of each kind, not again
+    kinds = {loop.regularized_step(config_lib.train_setup(config), step) for step in range(6)}
+    assert len(released) == 1 + len(kinds)
     assert np.isfinite(summary["metrics"]["loss"]) and summary["metrics"]["steps_per_s"] > 0
     logged = [json.loads(line) for line in open(tmp_path / "metrics.jsonl")]
     assert [line["step"] for line in logged] == [3, 6] and logged[-1]["loss"] == summary["metrics"]["loss"]
