@@ -13,6 +13,7 @@ does not). --remat names the U-Net's rematerialisation policy (isodiff_jax.unet.
 
 Usage: python benchmarks/train_step.py [--variants plain,sphere] [--iters N] [--devices D]
        [--onednn] [--default-malloc] [--no-attention] [--remat POLICY] [--no-release]
+       [--previous-attention]
 """
 import argparse
 import json
@@ -52,7 +53,7 @@ def _vm_hwm_mb():
     return int(line.split()[1]) / 1024
 
 
-def worker(name, iters, batch, devices, keep_memory, attention, remat, release):
+def worker(name, iters, batch, devices, keep_memory, attention, remat, release, previous_attention):
     """Runs in a fresh process: compile, warm up, time `iters` steps; prints a JSON line."""
     from isodiff_jax import runtime
     if keep_memory:
@@ -65,7 +66,13 @@ def worker(name, iters, batch, devices, keep_memory, attention, remat, release):
 
     from isodiff_jax import diffusion
     from isodiff_jax.train import step as train_step
+    from isodiff_jax import unet
     from isodiff_jax.unet import UNet
+
+    if previous_attention:  # the attention the step used before 2026-11-30 (benchmarks/attention.py)
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from attention import previous_attention as attention_fn
+        unet._softmax_attention = attention_fn
 
     fields = {**BENCH_MODEL, "remat": remat}
     model = UNet(**fields) if attention else UNet(
@@ -125,6 +132,8 @@ def main():
     parser.add_argument("--no-attention", action="store_true",
                         help="the same model without its attention blocks (to see what attention costs)")
     parser.add_argument("--remat", default="none", help="the U-Net's remat policy (isodiff_jax.unet.REMAT_POLICIES)")
+    parser.add_argument("--previous-attention", action="store_true",
+                        help="the attention implementation replaced on 2026-11-30 (benchmarks/attention.py)")
     parser.add_argument("--no-release", action="store_true",
                         help="skip the training loop's release of freed heap memory after compiling and after "
                              "the first step (isodiff_jax.runtime.release_freed_host_memory)")
@@ -132,7 +141,7 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return worker(args.worker, args.iters, args.batch, args.devices, not args.default_malloc,
-                      not args.no_attention, args.remat, not args.no_release)
+                      not args.no_attention, args.remat, not args.no_release, args.previous_attention)
     names = args.variants.split(",")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
@@ -149,6 +158,7 @@ def main():
         cmd += ["--default-malloc"] if args.default_malloc else []
         cmd += ["--no-attention"] if args.no_attention else []
         cmd += ["--no-release"] if args.no_release else []
+        cmd += ["--previous-attention"] if args.previous_attention else []
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode:
             sys.exit(f"variant {name} failed:\n{proc.stderr[-4000:]}")
