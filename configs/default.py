@@ -80,7 +80,8 @@ def get_config():
     o.weight_decay = 0.0  # AdamW decoupled weight decay
     o.clip_norm = 1.0  # gradient clipping by global norm
     o.grad_accum_steps = 1  # micro-batches per step (the global batch is split into this many)
-    o.ema_max_decay = 0.9999  # EMA decay min(max, 1 − (1 + step)^(−3/4))
+    o.ema_max_decay = 0.9999  # EMA decay min(max, 1 − (1 + step)^(−ema_power))
+    o.ema_power = 0.75  # the EMA averages over about the last (1 + step)^ema_power steps
 
     c.training = t = ml_collections.ConfigDict()
     t.num_steps = 1200  # optimizer steps

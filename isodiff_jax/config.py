@@ -213,6 +213,7 @@ def _validate_objective(config) -> None:
     _check_finite(o.weight_decay, "optim.weight_decay", 0, "a finite number >= 0")
     _check_finite(o.clip_norm, "optim.clip_norm", 0, "a finite norm > 0", strict=True)
     _check(0 <= o.ema_max_decay < 1, "optim.ema_max_decay", o.ema_max_decay, "a decay in [0, 1)")
+    _check_finite(o.ema_power, "optim.ema_power", 0, "a finite power > 0", strict=True)
     _check_positive_int(o.grad_accum_steps, "optim.grad_accum_steps")
 
 
@@ -336,7 +337,8 @@ def train_settings(config) -> TrainSettings:
     t, o, ck, lg = config.training, config.optim, config.checkpoint, config.logging
     return TrainSettings(
         num_steps=t.num_steps, global_batch_size=t.global_batch_size, seed=config.seed, gate_p=config.regularizer.p,
-        grad_accum_steps=o.grad_accum_steps, ema_max_decay=o.ema_max_decay, init_from=t.init_from,
+        grad_accum_steps=o.grad_accum_steps, ema_max_decay=o.ema_max_decay, ema_power=o.ema_power,
+        init_from=t.init_from,
         random_flip=config.data.random_flip, prefetch=config.data.prefetch, workers=config.data.workers,
         checkpoint_every=ck.every_steps,
         latent_cache=os.path.abspath(config.data.latent_cache) if config.data.latent_cache else "",
@@ -401,7 +403,7 @@ LATER_FIELDS = {"model.norm_eps": 1e-5, "model.flip_sin_to_cos": True, "model.fr
                 "autoencoder.latent_channels": 3, "autoencoder.vq_embed_dim": 3, "autoencoder.num_vq_embeddings": 8192,
                 "autoencoder.norm_num_groups": 32, "autoencoder.act_fn": "silu", "autoencoder.mid_attention": True,
                 "autoencoder.scaling_factor": 1.0, "data.latent_cache": "", "data.workers": 0,
-                "diffusion.loss_weighting": "uniform", "diffusion.min_snr_gamma": 5.0}
+                "diffusion.loss_weighting": "uniform", "diffusion.min_snr_gamma": 5.0, "optim.ema_power": 0.75}
 
 # What a resumed run may change: how long it trains, how often it logs, saves and evaluates, where
 # it finds its data, and what the backward pass recomputes (model.remat: same values, less memory;

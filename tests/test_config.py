@@ -67,6 +67,7 @@ def test_celebahq256_is_the_papers_setting():
     ("diffusion.loss_weighting", "p2", "'min_snr'"),
     ("diffusion.min_snr_gamma", 0.0, "finite γ > 0"),
     ("diffusion.min_snr_gamma", float("nan"), "finite γ > 0"),
+    ("optim.ema_power", 0.0, "finite power > 0"),
 ])
 def test_invalid_values_name_the_field(field, value, message):
     config = load("default")
@@ -142,6 +143,13 @@ def test_the_loss_weighting_reaches_the_train_setup():
     config.diffusion.loss_weighting, config.diffusion.min_snr_gamma = "min_snr", 2.0
     setup = config_lib.train_setup(config)
     assert (setup.loss_weighting, setup.min_snr_gamma) == ("min_snr", 2.0)
+
+
+def test_the_ema_power_reaches_the_train_settings():
+    config = load("test")
+    assert config_lib.train_settings(config).ema_power == 0.75  # 1 − (1 + step)^(−3/4), as before
+    config.optim.ema_power = 0.9
+    assert config_lib.train_settings(config).ema_power == 0.9
 
 
 def test_learning_rate_warms_up_then_decays():

@@ -122,3 +122,20 @@ def test_loss_weights_over_t_weigh_each_samples_epsilon_loss(setup):
     per_sample = np.mean((np.asarray(eps) - np.asarray(eps_hat)) ** 2, axis=(1, 2, 3))
     np.testing.assert_allclose(loss, np.mean(np.asarray(weights)[np.asarray(t)] * per_sample), rtol=1e-10)
     assert float(metrics["diffusion_loss"]) == float(loss) and np.all(np.asarray(weights)[np.asarray(t)] < 1)
+
+
+def test_the_ema_warm_up_follows_its_power(setup):
+    """decay_s = min(max, 1 − (1 + s)^(−power)); step 0 copies the parameters, step 1 mixes."""
+    for power in (0.5, 0.75, 0.9):
+        for step in (0, 1, 10, 1800):
+            expected = min(0.9999, 1 - (1 + step) ** -power)
+            assert float(train_step.ema_decay(step, 0.9999, power)) == pytest.approx(expected, rel=1e-12)
+    assert float(train_step.ema_decay(10**9, 0.99, 0.9)) == pytest.approx(0.99)
+    model, schedule, optimizer, state, x0 = setup
+    step = jax.jit(train_step.make_train_step(model, schedule, optimizer, ema_power=0.5))
+    first, _ = step(state, x0, jax.random.PRNGKey(9))
+    second, _ = step(first, x0, jax.random.PRNGKey(9))
+    decay = 1 - 2 ** -0.5
+    expected = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, first.ema_params, second.params)
+    chex.assert_trees_all_close(first.ema_params, first.params, rtol=0, atol=0)
+    chex.assert_trees_all_close(second.ema_params, expected, rtol=1e-12)

@@ -49,6 +49,7 @@ class TrainSettings:
     gate_p: float = 0.5  # steps with t < pT are plain, t >= pT regularized
     grad_accum_steps: int = 1
     ema_max_decay: float = 0.9999
+    ema_power: float = 0.75  # EMA warm-up: decay 1 − (1 + step)^(−power), up to ema_max_decay
     init_from: str = ""  # a workdir whose EMA parameters start the run
     random_flip: bool = False
     latent_cache: str = ""  # latent diffusion: a directory of the data set's latents, made once ("": encode each batch)
@@ -114,7 +115,7 @@ def make_step(setup: TrainSetup, regularized: bool):
                  diffusion.loss_weights(schedule, setup.loss_weighting, setup.min_snr_gamma))
     fn = step_lib.make_train_step(setup.spec.unet, schedule, setup.optimizer,
                                   regularizer=regularizer, t_range=t_range, ema_max_decay=s.ema_max_decay,
-                                  accum_steps=s.grad_accum_steps, t_weights=t_weights)
+                                  ema_power=s.ema_power, accum_steps=s.grad_accum_steps, t_weights=t_weights)
     key = setup.keys()["step"]
     return lambda state, x0: fn(state, x0, key)
 

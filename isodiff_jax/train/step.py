@@ -46,9 +46,10 @@ def state_from_params(params, optimizer) -> TrainState:
                       opt_state=optimizer.init(params), pl_mean=jnp.zeros((), jnp.float32))
 
 
-def ema_decay(step, max_decay):
-    """Warm-up EMA decay min(max_decay, 1 − (1 + step)^(−3/4))."""
-    return jnp.minimum(max_decay, 1.0 - (1.0 + step) ** -0.75)
+def ema_decay(step, max_decay, power: float = 0.75):
+    """Warm-up EMA decay min(max_decay, 1 − (1 + step)^(−power)): the EMA averages over about
+    the last (1 + step)^power steps, a window that grows with the run (power 3/4 by default)."""
+    return jnp.minimum(max_decay, 1.0 - (1.0 + step) ** -power)
 
 
 def _t_range(schedule: diffusion.Schedule, t_range) -> tuple[int, int]:
@@ -98,7 +99,7 @@ def make_loss_fn(model: UNet, schedule: diffusion.Schedule, *, regularizer: Opti
 
 def make_train_step(model: UNet, schedule: diffusion.Schedule, optimizer: optax.GradientTransformation, *,
                     regularizer: Optional[Regularizer] = None, t_range: Optional[tuple[int, int]] = None,
-                    ema_max_decay: float = 0.9999, accum_steps: int = 1,
+                    ema_max_decay: float = 0.9999, ema_power: float = 0.75, accum_steps: int = 1,
                     t_weights: Optional[jax.Array] = None) -> Callable:
     """A pure step (state, x0 (B, H, W, C), key) -> (state, metrics) on `make_loss_fn`'s objective.
 
@@ -140,7 +141,7 @@ def make_train_step(model: UNet, schedule: diffusion.Schedule, optimizer: optax.
         (loss, (pl_mean, metrics)), grads = accumulated(state.params, state.pl_mean, x0, key)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        decay = ema_decay(state.step, ema_max_decay)
+        decay = ema_decay(state.step, ema_max_decay, ema_power)
         ema = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, state.ema_params, params)
         new_state = state.replace(step=state.step + 1, params=params, ema_params=ema,
                                   opt_state=opt_state, pl_mean=pl_mean)
