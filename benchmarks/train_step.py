@@ -37,13 +37,14 @@ BENCH_MODEL = dict(block_out_channels=(64, 128, 128), attention_levels=(False, T
 
 def _release_and_reset_peak_rss():
     """Returns freed heap memory to the OS and resets VmHWM; False where that is unsupported."""
-    import ctypes
+    from isodiff_jax import runtime
+    if not runtime.release_freed_host_memory():
+        return False
     try:
-        ctypes.CDLL(None).malloc_trim(0)
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")
         return True
-    except (OSError, AttributeError):
+    except OSError:
         return False
 
 

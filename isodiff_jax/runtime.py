@@ -24,11 +24,8 @@ def keep_freed_host_memory() -> bool:
 
     Returns False (and changes nothing) where the C library is not glibc.
     """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError, TypeError):
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         return False
     ok = mallopt(_M_MMAP_THRESHOLD, _KEEP) and mallopt(_M_TRIM_THRESHOLD, _KEEP)
     ok = ok and mallopt(_M_ARENA_MAX, 1)  # thread arenas would mmap blocks over 64 MiB
@@ -41,9 +38,16 @@ def release_freed_host_memory() -> bool:
 
     Returns False (and changes nothing) where the C library is not glibc.
     """
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
-    except (OSError, AttributeError, TypeError):
+    trim = _libc_function("malloc_trim")
+    if trim is None:
         return False
     trim(0)
     return True
+
+
+def _libc_function(name: str):
+    """The C library's function `name`, or None where there is no such library or function."""
+    try:
+        return getattr(ctypes.CDLL(ctypes.util.find_library("c")), name)
+    except (OSError, AttributeError, TypeError):
+        return None
