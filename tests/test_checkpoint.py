@@ -40,11 +40,13 @@ def empty_newer_step(workdir, step):
 
 
 def garble_chunks(workdir, step):
-    """Overwrites the middle of every data file with other bytes of the same length."""
+    """Overwrites 64 bytes in every KiB of every data file with other bytes of the same length, so
+    that every chunk is hit whatever layout the asynchronous save gave the files (one spot in
+    the middle of each file missed the parameters' chunks in some runs)."""
     for path in glob.glob(os.path.join(state_dir(workdir, step), "ocdbt.process_*", "d", "*")):
         data = bytearray(open(path, "rb").read())
-        middle = len(data) // 2
-        data[middle:middle + 64] = bytes((b + 97) % 256 for b in data[middle:middle + 64])
+        for start in range(0, len(data), 1024):
+            data[start:start + 64] = bytes((b + 97) % 256 for b in data[start:start + 64])
         open(path, "wb").write(bytes(data))
 
 
