@@ -338,6 +338,7 @@ def train_settings(config) -> TrainSettings:
     return TrainSettings(
         num_steps=t.num_steps, global_batch_size=t.global_batch_size, seed=config.seed, gate_p=config.regularizer.p,
         grad_accum_steps=o.grad_accum_steps, ema_max_decay=o.ema_max_decay, ema_power=o.ema_power,
+        loss_weighting=config.diffusion.loss_weighting, min_snr_gamma=config.diffusion.min_snr_gamma,
         init_from=t.init_from,
         random_flip=config.data.random_flip, prefetch=config.data.prefetch, workers=config.data.workers,
         checkpoint_every=ck.every_steps,
@@ -350,8 +351,7 @@ def train_settings(config) -> TrainSettings:
 def train_setup(config) -> TrainSetup:
     """The loop's typed inputs (the config itself travels only as its JSON record)."""
     return TrainSetup(spec=model_spec(config), optimizer=optimizer(config), learning_rate=learning_rate(config),
-                      regularizer=regularizer(config), settings=train_settings(config), config_json=to_json(config),
-                      loss_weighting=config.diffusion.loss_weighting, min_snr_gamma=config.diffusion.min_snr_gamma)
+                      regularizer=regularizer(config), settings=train_settings(config), config_json=to_json(config))
 
 
 def regularizer(config) -> Optional[Regularizer]:

@@ -139,10 +139,10 @@ def test_json_round_trip():
 
 def test_the_loss_weighting_reaches_the_train_setup():
     config = load("test")
-    assert config_lib.train_setup(config).loss_weighting == "uniform"
+    assert config_lib.train_setup(config).settings.loss_weighting == "uniform"
     config.diffusion.loss_weighting, config.diffusion.min_snr_gamma = "min_snr", 2.0
-    setup = config_lib.train_setup(config)
-    assert (setup.loss_weighting, setup.min_snr_gamma) == ("min_snr", 2.0)
+    settings = config_lib.train_setup(config).settings
+    assert (settings.loss_weighting, settings.min_snr_gamma) == ("min_snr", 2.0)
 
 
 def test_the_ema_power_reaches_the_train_settings():

@@ -50,6 +50,8 @@ class TrainSettings:
     grad_accum_steps: int = 1
     ema_max_decay: float = 0.9999
     ema_power: float = 0.75  # EMA warm-up: decay 1 − (1 + step)^(−power), up to ema_max_decay
+    loss_weighting: str = "uniform"  # of the ε-loss over t: diffusion.LOSS_WEIGHTINGS
+    min_snr_gamma: float = 5.0  # γ of "min_snr"
     init_from: str = ""  # a workdir whose EMA parameters start the run
     random_flip: bool = False
     latent_cache: str = ""  # latent diffusion: a directory of the data set's latents, made once ("": encode each batch)
@@ -75,8 +77,6 @@ class TrainSetup:
     regularizer: Optional[Regularizer]
     settings: TrainSettings
     config_json: str = "{}"  # the run's config, saved with every checkpoint as its record
-    loss_weighting: str = "uniform"  # of the ε-loss over t: diffusion.LOSS_WEIGHTINGS
-    min_snr_gamma: float = 5.0  # γ of "min_snr"
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -111,8 +111,8 @@ def make_step(setup: TrainSetup, regularized: bool):
     """The pure (state, x0) -> (state, metrics) step of one kind (randomness from the step key)."""
     regularizer, t_range = step_kinds(setup)[regularized]
     s, schedule = setup.settings, setup.spec.noise_schedule
-    t_weights = (None if setup.loss_weighting == "uniform" else
-                 diffusion.loss_weights(schedule, setup.loss_weighting, setup.min_snr_gamma))
+    t_weights = (None if s.loss_weighting == "uniform" else
+                 diffusion.loss_weights(schedule, s.loss_weighting, s.min_snr_gamma))
     fn = step_lib.make_train_step(setup.spec.unet, schedule, setup.optimizer,
                                   regularizer=regularizer, t_range=t_range, ema_max_decay=s.ema_max_decay,
                                   ema_power=s.ema_power, accum_steps=s.grad_accum_steps, t_weights=t_weights)
