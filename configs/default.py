@@ -10,8 +10,8 @@ def get_config():
     c.seed = 0  # root of every random key and of the data order
 
     c.data = d = ml_collections.ConfigDict()
-    d.name = "shapes"  # "shapes" (built in), "folder" (images under data_dir) or a TFDS name, e.g. "cifar10"
-    d.data_dir = ""  # TFDS data_dir or the image folder; unused by "shapes"
+    d.name = "shapes"  # "shapes" or "digits" (built in), "folder" (images under data_dir) or a TFDS name, e.g. "cifar10"
+    d.data_dir = ""  # TFDS data_dir or the image folder; unused by "shapes" and "digits"
     d.split = "train"  # TFDS split
     d.resolution = 32  # images are resized and center-cropped to resolution × resolution
     d.random_flip = False  # random horizontal flips, decided by (seed, step, row)

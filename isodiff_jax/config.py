@@ -119,8 +119,8 @@ def diffusion_side(config) -> int:
 def _validate_data(config) -> None:
     d = config.data
     _check(_known_dataset(d.name), "data.name", d.name,
-           "'shapes', 'folder' or a TFDS data set name such as 'cifar10' or 'celeb_a_hq/256'")
-    _check(d.name == "shapes" or bool(d.data_dir), "data.data_dir", d.data_dir,
+           "'shapes', 'digits', 'folder' or a TFDS data set name such as 'cifar10' or 'celeb_a_hq/256'")
+    _check(d.name in data.BUILT_IN or bool(d.data_dir), "data.data_dir", d.data_dir,
            f"a directory (required for data.name={d.name!r})")
     _check_positive_int(d.resolution, "data.resolution", 4)
     _check_positive_int(d.prefetch, "data.prefetch")

@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from isodiff_jax import data
-from isodiff_jax.data import folder, pipeline, shapes, tfds_source
+from isodiff_jax.data import digits, folder, pipeline, shapes, tfds_source
 from isodiff_jax.errors import UserError
 
 # ---------------------------------------------------------------- shapes
@@ -482,7 +482,7 @@ def test_missing_tfds_data_says_where_and_how(tmp_path):
 
 
 def test_make_source_names_and_misconfigurations(tmp_path):
-    assert [data.source_kind(n) for n in ("shapes", "folder", "cifar10")] == list(data.DATASETS)
+    assert [data.source_kind(n) for n in ("shapes", "digits", "folder", "cifar10")] == list(data.DATASETS)
     shapes_source = data.make_source("shapes", resolution=8, seed=1, size=20)
     assert isinstance(shapes_source, shapes.ShapesSource) and len(shapes_source) == 20
     assert len(data.make_source("shapes", resolution=8, seed=1)) == shapes.DEFAULT_SIZE
@@ -490,10 +490,40 @@ def test_make_source_names_and_misconfigurations(tmp_path):
         ("folder", {}, "needs data_dir"),
         ("cifar10", {}, "needs data_dir"),
         ("cifar10", {"data_dir": tmp_path, "size": 5}, "size"),
-        ("shapes", {"data_dir": tmp_path}, "generated"),
+        ("shapes", {"data_dir": tmp_path}, "built in"),
+        ("digits", {"data_dir": tmp_path}, "built in"),
+        ("digits", {"size": 5}, "size"),
         ("shapes", {"split": "test"}, "split"),
         ("tfds", {"data_dir": tmp_path}, "kind"),
         ("", {}, "non-empty"),
     ]:
         with pytest.raises(ValueError, match=match):
             data.make_source(name, resolution=8, seed=0, **options)
+
+
+# ---------------------------------------------------------------- digits
+
+
+def test_digits_are_the_scikit_learn_scans_upsampled():
+    from sklearn.datasets import load_digits
+    source = data.make_source("digits", resolution=16, seed=3)
+    assert len(source) == digits.NUM_EXAMPLES == 1797
+    images = source.get(np.array([0, 5, 1796]))
+    assert images.shape == (3, 16, 16, 3) and images.dtype == np.uint8
+    np.testing.assert_array_equal(images[..., 0], images[..., 2])  # grey in every channel
+    scans = load_digits()
+    np.testing.assert_array_equal(source.labels(np.array([0, 5, 1796])), scans.target[[0, 5, 1796]])
+    # 2× bilinear upsampling: each 2×2 block's mean follows the 8×8 scan (white strokes on black)
+    blocks = images[0, :, :, 0].reshape(8, 2, 8, 2).mean(axis=(1, 3))
+    assert np.corrcoef(blocks.ravel(), scans.images[0].ravel())[0, 1] > 0.95
+    assert images.max() == 255 and images.min() == 0
+    with pytest.raises(IndexError):
+        source.get(np.array([1797]))
+
+
+def test_a_digits_config_trains_without_data_dir():
+    from configs import digits16
+    from isodiff_jax import config as config_lib
+    c = digits16.get_config()
+    config_lib.validate(c, 1)
+    assert config_lib.model_spec(c).data.source().get(np.array([0])).shape == (1, 16, 16, 3)
