@@ -179,7 +179,7 @@ def _ddim_sigma(eta: float, abar_t: jax.Array, abar_prev: jax.Array) -> jax.Arra
 
 def ddim_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, num_steps: int, *, eta: float = 0.0,
                 key: jax.Array | None = None, clip_x0: float | None = None,
-                return_path: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+                return_path: bool = False, from_step: int = 0) -> jax.Array | tuple[jax.Array, jax.Array]:
     """DDIM sampling (Song et al. 2021) from x_T down to x_0 in `num_steps` steps, as a `lax.scan`.
 
     Args:
@@ -192,16 +192,21 @@ def ddim_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, num_steps: in
       key: PRNG key, required when η > 0; step i draws its noise from `fold_in(key, i)`.
       clip_x0: if given, the predicted x0 is clipped to [−clip_x0, clip_x0] at every step.
       return_path: also return the points the steps start from.
+      from_step: static; start at step i of the S (x_T is then a point at timestep
+        `ddim_timesteps(T, S)[::-1][i]`, e.g. an edited x_t) and run the S − i remaining steps,
+        exactly as the last S − i steps of a run from the top.
     Returns:
       x_0: (B, ...) in x_T's dtype. The last step targets ᾱ = 1, so it is that step's x0_hat.
-      With return_path, (x_0, path): path (S, B, ...) holds x at the timesteps
-      `ddim_timesteps(T, S)[::-1]`, path[0] = x_T.
+      With return_path, (x_0, path): path (S − from_step, B, ...) holds x at the timesteps
+      `ddim_timesteps(T, S)[::-1][from_step:]`, path[0] = x_T.
     """
     eta = float(eta)
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
     if eta > 0 and key is None:
         raise ValueError(f"a PRNG key is required when eta > 0 (got eta={eta})")
+    if not 0 <= from_step < num_steps:
+        raise ValueError(f"from_step must be in [0, {num_steps}), got {from_step}")
     ts = ddim_timesteps(schedule.num_timesteps, num_steps)[::-1]
     abar = schedule.alphas_cumprod.astype(x_T.dtype)
     abar_t = abar[ts]
@@ -223,6 +228,7 @@ def ddim_sample(eps_fn: EpsFn, schedule: Schedule, x_T: jax.Array, num_steps: in
         return jnp.sqrt(a_prev) * x0_hat + eps_scale * eps_dir + sigma * z, keep(x)
 
     steps = (jnp.arange(num_steps), jnp.asarray(ts, jnp.int32), abar_t, abar_prev)
+    steps = tuple(a[from_step:] for a in steps)
     x_0, path = jax.lax.scan(step, x_T, steps)
     return (x_0, path) if return_path else x_0
 

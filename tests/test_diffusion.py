@@ -177,6 +177,18 @@ def test_ddim_path_starts_at_x_T_and_follows_each_step():
     np.testing.assert_allclose(path[1], jnp.sqrt(a_next) * x0_hat + jnp.sqrt(1 - a_next) * eps_hat, rtol=1e-12)
 
 
+def test_ddim_from_a_middle_step_finishes_the_run_from_the_top():
+    schedule = _float64_schedule()
+    x = jax.random.normal(jax.random.key(3), (2, 4), jnp.float64)
+    eps_fn = lambda x, t: 0.3 * x + 1e-3 * t[:, None]
+    x_0, path = diffusion.ddim_sample(eps_fn, schedule, x, 5, return_path=True)
+    rest, rest_path = diffusion.ddim_sample(eps_fn, schedule, path[2], 5, from_step=2, return_path=True)
+    np.testing.assert_allclose(rest, x_0, rtol=1e-12)
+    np.testing.assert_allclose(rest_path, path[2:], rtol=1e-12)
+    with pytest.raises(ValueError, match="from_step"):
+        diffusion.ddim_sample(eps_fn, schedule, x, 5, from_step=5)
+
+
 def test_ddim_with_a_pair_of_eps_moves_only_the_predicted_x0():
     """Asyrp's step: the first ε̂ predicts x0, the second gives the direction term."""
     schedule = _float64_schedule()

@@ -62,7 +62,7 @@ def precision(original: dict, edited: list, target: str) -> dict:
             "precision": float(mean_change[target] / total) if total > 0 else float("nan")}
 
 
-def _eps_with_h_shift(spec: ModelSpec, params, x, t, shift, h_edit: str = "asyrp"):
+def eps_with_h_shift(spec: ModelSpec, params, x, t, shift, h_edit: str = "asyrp"):
     """ε̂ with the middle block's output moved by `shift` (B or 1, h shape). h_edit "asyrp": the
     pair (shifted ε̂, unshifted ε̂), so that DDIM moves only its predicted x0 (method.md §5; one
     encoder pass, two decoder passes); "both": the shifted ε̂ alone, in both terms of the step."""
@@ -101,7 +101,7 @@ class Editor:
         self.h_shape = spec.h_shape
 
         def decode(params, x_T, shifts):
-            eps_fn = lambda x, t: _eps_with_h_shift(spec, params, x, t, shifts[step_of_t[t[0]]][None], h_edit)
+            eps_fn = lambda x, t: eps_with_h_shift(spec, params, x, t, shifts[step_of_t[t[0]]][None], h_edit)
             return spec.to_images(params, diffusion.ddim_sample(eps_fn, schedule, x_T, sample_steps,
                                                                 clip_x0=spec.clip_x0))
 

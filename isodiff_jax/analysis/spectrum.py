@@ -201,11 +201,13 @@ def _gkl_step(lin, carry, j, key, *, x, out, tol: float):
     return us.at[j].set(u_j), vs.at[j + 1].set(v_next), coeffs, scale
 
 
-def bidiagonalize_fn(fn: Callable, x, *, num_iters: int, params_like=None) -> Callable:
+def bidiagonalize_fn(fn: Callable, x, *, num_iters: int, params_like=None, bases: bool = False) -> Callable:
     """The map (params, x (B, ...), key) -> (alpha, beta), each (B, num_iters): the coefficients
     of num_iters Golub–Kahan–Lanczos steps (`_gkl_step`) on the Jacobian of fn(params, ·) for
     every sample at once; the upper bidiagonal matrix has diagonal alpha and superdiagonal
-    beta[:, :-1]. fn(params, x (B, ...)) -> (B, ...).
+    beta[:, :-1]. fn(params, x (B, ...)) -> (B, ...). With bases, (alpha, beta, us, vs): also the
+    Lanczos vectors, us (q, B, max(m, n)) and vs (q, B, min(m, n)), with L vs = us B (L as in
+    `_gkl_step`), from which `directions.local_basis` makes singular vectors.
 
     x and params_like give the shapes; the parameters are an argument, so new ones compile
     nothing. The linearization and one step are jitted (compiled at the first call) and the
@@ -227,8 +229,8 @@ def bidiagonalize_fn(fn: Callable, x, *, num_iters: int, params_like=None) -> Ca
         lin, carry = linearize(params, x), init(x, key)
         for j in range(num_iters):
             carry = step(lin, carry, j, key)
-        coeffs = carry[2]
-        return coeffs[0].T, coeffs[1].T
+        us, vs, coeffs, _ = carry
+        return (coeffs[0].T, coeffs[1].T) + ((us, vs[:num_iters]) if bases else ())
     return run
 
 

@@ -1,0 +1,189 @@
+"""Pullback directions (the "local basis" of Park et al., NeurIPS 2023; method.md §6b).
+
+At a noisy sample x_t, J = ∂e(x_t)/∂x_t pulls h-space's Euclidean metric back to x: JᵀJ. Its top
+right singular vectors v_1 … v_k (in x) are the directions that move h the most, with
+singular values s_1 ≥ … ≥ s_k; u_i = J v_i / s_i are their images in h.
+
+`local_basis` computes them matrix-free: the Golub–Kahan–Lanczos bidiagonalization of
+`spectrum.bidiagonalize_fn` (full reorthogonalization), whose Lanczos vectors times the singular
+vectors of the small bidiagonal matrix are the Ritz vectors. `PullbackEditing` edits along
+them, x_t + α σ_t v_i decoded by DDIM from t to 0 (in h: u_i added to h at every DDIM step from
+t down, Asyrp-style), and scores each direction with a reader (`edit_scores`): which attribute
+it moves (purity), how many distinct attributes the top k cover, and whether the change is
+monotone and linear in α.
+"""
+from typing import Callable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from isodiff_jax import diffusion
+from isodiff_jax.analysis import edit_scores, editing, spectrum
+from isodiff_jax.spec import ModelSpec
+
+ALPHAS = (-2.0, -1.0, -0.5, 0.5, 1.0, 2.0)
+SPACES = ("xt", "h")
+
+
+def ritz_vectors(alpha, beta, us, vs, *, k: int, x_is_u: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k singular values (B, k) and right singular vectors (B, k, n) of each sample's
+    Jacobian from a bidiagonalization (`spectrum.bidiagonalize_fn(..., bases=True)`).
+
+    With L V = U B (B bidiagonal, B = P Σ Qᵀ), L's right singular vectors are V Q and its left
+    ones U P. L = Jᵀ when m ≤ n (x_is_u: J's right vectors, in x, are then U P), else L = J
+    (J's right vectors are V Q)."""
+    alpha, beta = np.asarray(alpha, np.float64), np.asarray(beta, np.float64)
+    batch, q = alpha.shape
+    mats = np.zeros((batch, q, q))
+    idx = np.arange(q)
+    mats[:, idx, idx] = alpha
+    mats[:, idx[:-1], idx[1:]] = beta[:, :-1]
+    p, s, qt = np.linalg.svd(mats)
+    small = p[:, :, :k] if x_is_u else np.swapaxes(qt, 1, 2)[:, :, :k]  # (B, q, k)
+    basis = np.asarray(us if x_is_u else vs, np.float64)  # (q, B, n)
+    return s[:, :k], np.einsum("qbn,bqk->bkn", basis, small)
+
+
+def local_basis_fn(fn: Callable, x, *, k: int, num_iters: int | None = None, params_like=None) -> Callable:
+    """The map (params, x (B, ...), key) -> (s (B, k), v (B, k, ...)) of `local_basis` for
+    fn(params, x (B, ...)) -> (B, ...), jitted once for x's shape (new parameters compile nothing)."""
+    m, n = spectrum.map_dims(lambda x: jax.eval_shape(fn, params_like, x), x)
+    d = min(m, n)
+    if not 1 <= k <= d:
+        raise ValueError(f"k must be in [1, min(m, n) = {d}], got {k}")
+    num_iters = min(d, max(4 * k, 64)) if num_iters is None else num_iters
+    if not k <= num_iters <= d:
+        raise ValueError(f"num_iters must be in [k = {k}, min(m, n) = {d}], got {num_iters}")
+    run = spectrum.bidiagonalize_fn(fn, x, num_iters=num_iters, params_like=params_like, bases=True)
+
+    def basis(params, x, key):
+        alpha, beta, us, vs = (np.asarray(a) for a in run(params, x, key))
+        s, v = ritz_vectors(alpha, beta, us, vs, k=k, x_is_u=m <= n)
+        return s, v.reshape(x.shape[0], k, *x.shape[1:])
+    return basis
+
+
+def local_basis(encode: Callable, x, key, *, k: int, num_iters: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The top-k singular values and right singular vectors of each sample's Jacobian of encode.
+
+    Args: encode, a per-sample map from a batch (B, ...) to (B, ...); x (B, ...); key (the
+    Lanczos start vectors); k; num_iters Lanczos iterations, k ≤ q ≤ min(m, n), default
+    min(min(m, n), max(4k, 64)) (q = min(m, n) is exact up to rounding; the top values converge
+    first, so the default is ample for k ≤ 16 on the models here: see the tests).
+    Returns: s (B, k) float64, descending; v (B, k, *x.shape[1:]) float64, each v[b, i] a unit
+    vector, orthogonal to the others of its sample, its sign arbitrary.
+    """
+    return local_basis_fn(lambda _, x: encode(x), x, k=k, num_iters=num_iters)(None, x, key)
+
+
+def summarize_directions(per_direction: Sequence[dict], alphas, names: Sequence[str], prefix: str) -> dict:
+    """Scores of the top-k directions (one `edit_scores.alpha_response` dict each, on the same
+    B samples): per direction i, prefix + f"v{i+1}_<score>" and the share of samples whose
+    dominant attribute is each name (prefix + f"v{i+1}_moves_<name>"); over all, the mean
+    purity, linearity, monotone and target change, and coverage, the number of distinct dominant
+    attributes among the k directions per sample (mean over samples; at most min(k, #names))."""
+    out = {}
+    for i, scores in enumerate(per_direction):
+        for key, value in edit_scores.summarize(scores, alphas, f"{prefix}v{i + 1}_").items():
+            out[key] = value
+        for j, name in enumerate(names):
+            out[f"{prefix}v{i + 1}_moves_{name}"] = float(np.mean(scores["dominant"] == j))
+    for key in ("purity", "linearity", "monotone", "target_change"):
+        out[prefix + key] = float(np.nanmean([out[f"{prefix}v{i + 1}_{key}"] for i in range(len(per_direction))]))
+    dominant = np.stack([scores["dominant"] for scores in per_direction])  # (k, B)
+    out[prefix + "coverage"] = float(np.mean([len(set(column)) for column in dominant.T]))
+    return out
+
+
+class PullbackEditing:
+    """Evaluator: edits along the top-k pullback directions of the encoder at each timestep t of
+    `timesteps` (each a DDIM timestep of `sample_steps`) and scores them with `reader`.
+
+    x_t is the deterministic DDIM path's point at t from fixed x_T ~ N(0, I) (num_samples of
+    them); the original image is the same DDIM run continued from x_t. Edits:
+      xt: x_t + α σ_t v_i, σ_t = sqrt(1 − ᾱ_t) (the noise's std at t, so α counts noise stds);
+      h:  h + α ρ u_i at every DDIM step from t down (the shifted h enters only the predicted
+          x0, as in `editing`), u_i = J v_i / s_i, ρ the RMS of h's coordinates at x_t.
+    Yields pullback_{space}_t{t}_<score> (see `summarize_directions`; also the mean singular
+    values s{i}), and pullback_{space}_<score> averaged over t, plus ("pullback_strips",
+    {t: (k, len(alphas) + 1, H, W, C)}) of the first sample's x_t edits for pictures. Built once;
+    `run(params)` compiles nothing for new parameters.
+    """
+
+    def __init__(self, spec: ModelSpec, reader, *, timesteps: Sequence[int], k: int = 6, num_samples: int = 16,
+                 alphas: Sequence[float] = ALPHAS, sample_steps: int = 20, num_iters: int | None = None,
+                 seed: int = 0):
+        schedule = spec.noise_schedule
+        descending = diffusion.ddim_timesteps(schedule.num_timesteps, sample_steps)[::-1]
+        missing = [t for t in timesteps if t not in descending]
+        if missing:
+            raise ValueError(f"timesteps {missing} are not DDIM timesteps of {sample_steps} steps "
+                             f"(those are {sorted(descending.tolist())})")
+        self.spec, self.reader, self.k, self.alphas = spec, reader, k, tuple(alphas)
+        self.steps = {int(t): int(np.flatnonzero(descending == t)[0]) for t in timesteps}
+        self.sigma = {t: float(np.sqrt(1 - schedule.alphas_cumprod[t])) for t in self.steps}
+        self.x_T = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (num_samples, *spec.image_shape)))
+        self.key = jax.random.PRNGKey(seed + 1)
+        self._path = jax.jit(lambda params, x_T: diffusion.ddim_sample(
+            lambda x, t: spec.eps(params, x, t), schedule, x_T, sample_steps, clip_x0=spec.clip_x0,
+            return_path=True)[1])
+        params_like = spec.abstract_params()
+        self._basis, self._decode, self._encode_jvp = {}, {}, {}
+        for t, i in self.steps.items():
+            encode = lambda params, x, t=t: spec.encode(params, x, jnp.full((x.shape[0],), t, jnp.int32))
+            self._basis[t] = local_basis_fn(encode, self.x_T, k=k, num_iters=num_iters, params_like=params_like)
+            self._decode[t] = jax.jit(self._decoder(i, sample_steps))
+            self._encode_jvp[t] = jax.jit(lambda params, x, v, encode=encode: jax.jvp(
+                lambda y: encode(params, y), (x,), (v,)))
+
+    def _decoder(self, from_step: int, sample_steps: int):
+        spec, schedule = self.spec, self.spec.noise_schedule
+
+        def decode(params, x_t, h_shift):
+            eps = lambda x, t: editing.eps_with_h_shift(spec, params, x, t, h_shift)
+            return spec.to_images(params, diffusion.ddim_sample(eps, schedule, x_t, sample_steps, clip_x0=spec.clip_x0,
+                                                                from_step=from_step))
+        return decode
+
+    def _at(self, params, t: int, x_t) -> tuple[dict, np.ndarray]:
+        s, v = self._basis[t](params, x_t, self.key)
+        v32 = jnp.asarray(v, jnp.float32)
+        h, _ = self._encode_jvp[t](params, x_t, v32[:, 0])
+        rms = float(np.sqrt(np.mean(np.square(np.asarray(h)))))
+        zero = jnp.zeros_like(h)
+        original_images = np.asarray(self._decode[t](params, x_t, zero))
+        original = self.reader.read(original_images)
+        scores = {space: [] for space in SPACES}
+        strips = []
+        for i in range(self.k):
+            h, u = self._encode_jvp[t](params, x_t, v32[:, i])
+            u = u / jnp.asarray(s[:, i], u.dtype).reshape(-1, *([1] * (u.ndim - 1)))
+            edits = {"xt": lambda a: self._decode[t](params, x_t + a * self.sigma[t] * v32[:, i], zero),
+                     "h": lambda a: self._decode[t](params, x_t, a * rms * u)}
+            for space in SPACES:
+                images = [np.asarray(edits[space](a)) for a in self.alphas]
+                edited = [self.reader.read(im) for im in images]
+                scores[space].append(edit_scores.alpha_response(self.reader, original, edited, self.alphas))
+                if space == "xt":
+                    below = sum(a < 0 for a in self.alphas)
+                    strips.append(np.stack([im[0] for im in images[:below]] + [original_images[0]]
+                                           + [im[0] for im in images[below:]]))
+        values = {f"s{i + 1}": float(np.mean(s[:, i])) for i in range(self.k)}
+        return {space: {**summarize, **values} for space, summarize in
+                ((sp, summarize_directions(scores[sp], self.alphas, self.reader.names, "")) for sp in SPACES)}, \
+            np.stack(strips)
+
+    def run(self, params) -> Iterator:
+        paths = np.asarray(self._path(params, self.x_T))  # (S, B, ...)
+        means, strips = {}, {}
+        for t, i in self.steps.items():
+            values, strips[t] = self._at(params, t, jnp.asarray(paths[i]))
+            for space, scores in values.items():
+                for name, value in scores.items():
+                    yield f"pullback_{space}_t{t}_{name}", value
+                    means.setdefault(f"pullback_{space}_{name}", []).append(value)
+        for name, values in means.items():
+            yield name, float(np.mean(values))
+        yield "pullback_strips", strips
+

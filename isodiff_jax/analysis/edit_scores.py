@@ -1,0 +1,164 @@
+"""Scores of linear edits (method.md §6b), whatever made the edit: purity, linearity, composition.
+
+An edit is read by a *reader*, which turns images into named attributes and measures, per
+attribute, the signed change between two readings on a common scale:
+
+- `FactorReader` (shapes, through the factor oracle): the six factors, with `factors.change`'s
+  [0, 1] scale and a sign (hues: the signed circular difference × 2; scale, x, y: Δ / range;
+  shape: 0 or 1, unsigned);
+- `ClassReader` (digits, through a classifier): the probability of each class; a class's change
+  counts only where it gains probability (mass moves from one class to another, so the losses
+  repeat the gains).
+
+From the magnitudes m_f ≥ 0 of an edit's changes:
+    purity      = max_f m_f / Σ_f m_f       (1: one attribute moves; 1/F for an even spread)
+    dominant    = argmax_f m_f
+and along α ∈ a grid (α = 0 the unedited image, change 0), per sample, for the attribute f
+that the edit targets (or its dominant one):
+    linearity   = R² of the least-squares line through (α, signed change of f)
+    monotone    = 1 when the signed change of f is monotone in α (non-decreasing or non-increasing)
+    unintended  = Σ_{g ≠ f} m_g at each |α|
+and for two directions a, b with signed changes Δ(a), Δ(b), Δ(a + b):
+    additivity error = Σ_f |Δ_f(a + b) − Δ_f(a) − Δ_f(b)| / Σ_f (|Δ_f(a)| + |Δ_f(b)|)
+"""
+from typing import Callable, Sequence
+
+import numpy as np
+
+from isodiff_jax.analysis import factors
+from isodiff_jax.data import shapes
+
+
+class FactorReader:
+    """The shapes factors read by the factor oracle (`oracle.Oracle`)."""
+
+    def __init__(self, oracle):
+        self.oracle, self.names = oracle, shapes.FACTORS
+
+    def read(self, images) -> dict:
+        return self.oracle.predict(images)
+
+    def signed_change(self, before: dict, after: dict) -> dict:
+        """{name: (B,) signed change}, on factors.change's scale (|signed| = factors.change)."""
+        out = {}
+        for name in self.names:
+            a, b = np.asarray(before[name], np.float64), np.asarray(after[name], np.float64)
+            if name == "shape":
+                out[name] = (a != b).astype(np.float64)
+            elif name in factors.HUES:
+                out[name] = 2.0 * (np.mod(b - a + 0.5, 1.0) - 0.5)
+            else:
+                low, high = shapes.FACTOR_RANGES[name]
+                out[name] = (b - a) / (high - low)
+        return out
+
+    def magnitude(self, signed: dict) -> dict:
+        return {name: np.abs(v) for name, v in signed.items()}
+
+
+class ClassReader:
+    """Class probabilities read by a classifier with `probabilities(images) -> (B, C)`."""
+
+    def __init__(self, classifier, names: Sequence[str]):
+        self.classifier, self.names = classifier, tuple(names)
+
+    def read(self, images) -> dict:
+        p = np.asarray(self.classifier.probabilities(images), np.float64)
+        return {name: p[:, i] for i, name in enumerate(self.names)}
+
+    def signed_change(self, before: dict, after: dict) -> dict:
+        return {name: np.asarray(after[name]) - np.asarray(before[name]) for name in self.names}
+
+    def magnitude(self, signed: dict) -> dict:
+        return {name: np.maximum(v, 0.0) for name, v in signed.items()}
+
+
+def _stack(per_name: dict, names) -> np.ndarray:
+    """{name: (..., B)} -> (..., B, F) in the order of names."""
+    return np.stack([np.asarray(per_name[n], np.float64) for n in names], axis=-1)
+
+
+def purity(magnitudes) -> np.ndarray:
+    """magnitudes (..., F) ≥ 0 -> max / sum (...); NaN where nothing moved."""
+    m = np.asarray(magnitudes, np.float64)
+    total = m.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(total > 0, m.max(axis=-1) / total, np.nan)
+
+
+def line_r2(alphas, values) -> np.ndarray:
+    """R² of the least-squares line through (alphas (A,), values (A, B)) per column -> (B,);
+    1 for a constant response that is exactly on its line (no variance to explain)."""
+    a = np.asarray(alphas, np.float64)[:, None]
+    v = np.asarray(values, np.float64)
+    da, dv = a - a.mean(axis=0), v - v.mean(axis=0)
+    ss_tot = np.sum(dv * dv, axis=0)
+    slope = np.sum(da * dv, axis=0) / np.sum(da * da)
+    ss_res = np.sum((dv - slope * da) ** 2, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(ss_tot > 0, 1.0 - ss_res / ss_tot, 1.0)
+
+
+def monotone(values) -> np.ndarray:
+    """1.0 where the column (A, B) never goes both up and down along its rows, else 0.0 -> (B,)."""
+    steps = np.diff(np.asarray(values, np.float64), axis=0)
+    return (np.all(steps >= 0, axis=0) | np.all(steps <= 0, axis=0)).astype(np.float64)
+
+
+def alpha_response(reader, original: dict, edited: Sequence[dict], alphas: Sequence[float],
+                   target: str | None = None) -> dict:
+    """Scores of one direction edited at each α of `alphas` (α ≠ 0; sorted) on B samples.
+
+    original: the reading of the unedited images; edited: one reading per α. target: the
+    attribute the direction is for; None takes, per sample, the attribute with the largest total
+    change over the α (the direction's dominant one). Returns per-sample arrays (B,): purity
+    (at each α, averaged over α), linearity, monotone, dominant (index into reader.names),
+    target_change (mean |Δ| of the target), unintended (A, B) at each α, and precision
+    (Σ target / Σ all over the α, the editing precision of `editing.precision`, per sample).
+    """
+    alphas = np.asarray(alphas, np.float64)
+    if np.any(alphas == 0) or np.any(np.diff(alphas) <= 0):
+        raise ValueError(f"alphas must be ascending and non-zero, got {alphas.tolist()}")
+    signed = _stack({n: np.stack([reader.signed_change(original, e)[n] for e in edited]) for n in reader.names},
+                    reader.names)  # (A, B, F)
+    magnitudes = _stack({n: np.stack([reader.magnitude(reader.signed_change(original, e))[n] for e in edited])
+                         for n in reader.names}, reader.names)
+    total = magnitudes.sum(axis=0)  # (B, F)
+    index = (np.full(total.shape[0], reader.names.index(target)) if target is not None
+             else np.argmax(total, axis=-1))
+    rows = np.arange(total.shape[0])
+    with_zero = np.sort(np.concatenate([alphas, [0.0]]))
+    response = np.insert(signed[:, rows, index], int(np.searchsorted(alphas, 0.0)), 0.0, axis=0)  # (A+1, B)
+    target_m = magnitudes[:, rows, index]  # (A, B)
+    all_m = magnitudes.sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        precision = np.where(all_m.sum(axis=0) > 0, target_m.sum(axis=0) / all_m.sum(axis=0), np.nan)
+    return {"purity": np.nanmean(purity(magnitudes), axis=0) if np.any(all_m > 0) else np.full(len(rows), np.nan),
+            "linearity": line_r2(with_zero, response), "monotone": monotone(response), "dominant": index,
+            "target_change": target_m.mean(axis=0), "unintended": all_m - target_m, "precision": precision}
+
+
+def additivity_error(reader, original: dict, edit_a: dict, edit_b: dict, edit_ab: dict) -> np.ndarray:
+    """Per sample (B,): Σ_f |Δ_f(a+b) − Δ_f(a) − Δ_f(b)| / Σ_f (|Δ_f(a)| + |Δ_f(b)|), on signed
+    changes from the unedited reading (NaN where neither edit moved anything)."""
+    change = lambda e: _stack(reader.signed_change(original, e), reader.names)
+    da, db, dab = change(edit_a), change(edit_b), change(edit_ab)
+    scale = np.abs(da).sum(axis=-1) + np.abs(db).sum(axis=-1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(scale > 0, np.abs(dab - da - db).sum(axis=-1) / scale, np.nan)
+
+
+def summarize(scores: dict, alphas: Sequence[float], prefix: str) -> dict:
+    """Means over samples of `alpha_response`'s arrays, named prefix + score; unintended at each
+    |α| (averaged over ±α) as prefix + "unintended_a{|α|}"."""
+    out = {prefix + k: float(np.nanmean(scores[k]))
+           for k in ("purity", "linearity", "monotone", "target_change", "precision")}
+    alphas = np.asarray(alphas, np.float64)
+    for size in sorted(set(np.abs(alphas))):
+        out[prefix + f"unintended_a{size:g}"] = float(np.mean(scores["unintended"][np.abs(alphas) == size]))
+    return out
+
+
+def edit_grid(decode: Callable, alphas: Sequence[float]) -> list:
+    """[decode(α) for α in alphas]: the images of one direction at every α."""
+    return [decode(float(a)) for a in alphas]

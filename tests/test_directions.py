@@ -1,0 +1,117 @@
+"""Pullback directions (local basis) against dense float64 SVDs, and the edit scores on closed cases."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from isodiff_jax.analysis import directions, edit_scores
+from isodiff_jax.unet import UNet
+
+
+def _orthogonal(rng, size):
+    q, r = np.linalg.qr(rng.standard_normal((size, size)))
+    return q * np.sign(np.diag(r))
+
+
+def _dense_svd(fn, x):
+    """(s (B, k), right singular vectors (B, k, n)) of each sample's Jacobian, float64 SVD of jacfwd."""
+    flat = x.reshape(x.shape[0], -1)
+    jac = jax.vmap(jax.jacfwd(lambda v: fn(v.reshape(1, *x.shape[1:])).reshape(-1)))(flat)
+    _, s, vt = np.linalg.svd(np.asarray(jac, np.float64))
+    return s, vt
+
+
+def _assert_same_vectors(v, reference, k, cos=1 - 1e-8):
+    """Unit, mutually orthogonal, and equal to the reference up to sign."""
+    v = v.reshape(v.shape[0], k, -1)
+    gram = np.einsum("bin,bjn->bij", v, v)
+    np.testing.assert_allclose(gram, np.broadcast_to(np.eye(k), gram.shape), atol=1e-6)
+    overlap = np.abs(np.einsum("bkn,bkn->bk", v, reference[:, :k]))
+    assert np.all(overlap > cos), overlap.min()
+
+
+@pytest.mark.parametrize("m,n", [(5, 12), (12, 5)])  # L = Jᵀ (vectors from U) and L = J (from V)
+def test_local_basis_of_a_designed_linear_map(m, n):
+    rng = np.random.default_rng(0)
+    d = min(m, n)
+    s = np.array([9.0, 7.0, 5.0, 3.0, 2.0][:d])
+    u, v = _orthogonal(rng, m)[:, :d], _orthogonal(rng, n)[:, :d]
+    a = jnp.asarray(u @ np.diag(s) @ v.T)
+    fn = lambda x: x.reshape(x.shape[0], -1) @ a.T
+    x = jnp.asarray(rng.standard_normal((3, n)))
+    got_s, got_v = directions.local_basis(fn, x, jax.random.PRNGKey(0), k=3)
+    assert got_s.shape == (3, 3) and got_v.shape == (3, 3, n)
+    np.testing.assert_allclose(got_s, np.broadcast_to(s[:3], (3, 3)), rtol=1e-12)
+    _assert_same_vectors(got_v, np.broadcast_to(v.T, (3, d, n)), 3, cos=1 - 1e-12)
+
+
+def test_local_basis_of_a_nonlinear_map_matches_dense_svd():
+    key = jax.random.PRNGKey(3)
+    w1 = jax.random.normal(key, (48, 32), jnp.float64) / np.sqrt(48)
+    w2 = jax.random.normal(jax.random.fold_in(key, 1), (32, 20), jnp.float64) / np.sqrt(32)
+    fn = lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
+    x = jax.random.normal(jax.random.PRNGKey(4), (2, 4, 4, 3), jnp.float64)
+    s_ref, v_ref = _dense_svd(fn, x)
+    s, v = directions.local_basis(fn, x, jax.random.PRNGKey(5), k=4, num_iters=20)  # all 20: exact
+    np.testing.assert_allclose(s, s_ref[:, :4], rtol=1e-10)
+    _assert_same_vectors(v, v_ref, 4)
+    s_part, v_part = directions.local_basis(fn, x, jax.random.PRNGKey(5), k=2, num_iters=12)  # partial Lanczos
+    np.testing.assert_allclose(s_part, s_ref[:, :2], rtol=1e-6)
+    _assert_same_vectors(v_part, v_ref, 2, cos=1 - 1e-4)
+
+
+def test_local_basis_of_a_unet_encoder_matches_dense_svd():
+    """The real encoder (float32, h 4×4×16 = 256 > n = 192), against the float64 SVD of its
+    dense Jacobian; the default iteration count (64 of 192) gives the top 4."""
+    model = UNet(block_out_channels=(8, 16), attention_levels=(False, False), layers_per_block=1, norm_num_groups=4)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
+    params = model.init(jax.random.PRNGKey(1), x, jnp.array([0, 0]))
+    encode = lambda x: model.apply(params, x, jnp.full((x.shape[0],), 700), method=UNet.encode)
+    s_ref, v_ref = _dense_svd(encode, x)
+    s, v = directions.local_basis(encode, x, jax.random.PRNGKey(2), k=4)
+    np.testing.assert_allclose(s, s_ref[:, :4], rtol=2e-5)
+    _assert_same_vectors(v, v_ref, 4, cos=1 - 1e-5)
+
+
+def test_local_basis_rejects_bad_k():
+    fn = lambda x: x[:, :3]
+    with pytest.raises(ValueError, match="k must be in"):
+        directions.local_basis(fn, jnp.ones((2, 5)), jax.random.PRNGKey(0), k=4)
+
+
+class _Reader(edit_scores.FactorReader):
+    def __init__(self):
+        super().__init__(oracle=None)
+
+
+def _reading(x, y, scale=0.4):
+    b = len(x)
+    return {"shape": np.zeros(b, np.int32), "object_hue": np.full(b, 0.1), "background_hue": np.full(b, 0.6),
+            "scale": np.full(b, scale), "x": np.asarray(x, float), "y": np.asarray(y, float)}
+
+
+def test_alpha_response_of_a_pure_linear_edit_and_of_a_mixed_one():
+    reader, alphas = _Reader(), (-2.0, -1.0, 1.0, 2.0)
+    original = _reading([0.5, 0.5], [0.5, 0.5])
+    pure = [_reading([0.5 + 0.02 * a] * 2, [0.5, 0.5]) for a in alphas]
+    scores = edit_scores.alpha_response(reader, original, pure, alphas)
+    assert reader.names[scores["dominant"][0]] == "x"
+    np.testing.assert_allclose(scores["purity"], 1.0)
+    np.testing.assert_allclose(scores["linearity"], 1.0)
+    np.testing.assert_allclose(scores["monotone"], 1.0)
+    np.testing.assert_allclose(scores["unintended"], 0.0)
+    np.testing.assert_allclose(scores["target_change"], 0.05 * 1.5)  # mean |0.02 α| / 0.4
+    mixed = [_reading([0.5 + 0.02 * abs(a)] * 2, [0.5 + 0.02 * a] * 2) for a in alphas]  # x folds, y is linear
+    scores = edit_scores.alpha_response(reader, original, mixed, alphas, target="x")
+    np.testing.assert_allclose(scores["purity"], 0.5)
+    np.testing.assert_allclose(scores["precision"], 0.5)
+    np.testing.assert_allclose(scores["monotone"], 0.0)
+    assert np.all(scores["linearity"] < 0.01)  # |α| has no linear trend on a symmetric grid
+
+
+def test_additivity_error_is_zero_for_additive_edits_and_one_when_the_sum_does_nothing():
+    reader = _Reader()
+    original = _reading([0.5], [0.5])
+    a, b = _reading([0.56], [0.5]), _reading([0.5], [0.44])
+    assert edit_scores.additivity_error(reader, original, a, b, _reading([0.56], [0.44]))[0] == pytest.approx(0.0)
+    assert edit_scores.additivity_error(reader, original, a, b, original)[0] == pytest.approx(1.0)
