@@ -90,7 +90,7 @@ def summarize_directions(per_direction: Sequence[dict], alphas, names: Sequence[
         for j, name in enumerate(names):
             out[f"{prefix}v{i + 1}_moves_{name}"] = float(np.mean(scores["dominant"] == j))
     for key in ("purity", "linearity", "monotone", "target_change"):
-        out[prefix + key] = float(np.nanmean([out[f"{prefix}v{i + 1}_{key}"] for i in range(len(per_direction))]))
+        out[prefix + key] = float(edit_scores.nanmean([out[f"{prefix}v{i + 1}_{key}"] for i in range(len(per_direction))]))
     dominant = np.stack([scores["dominant"] for scores in per_direction])  # (k, B)
     out[prefix + "coverage"] = float(np.mean([len(set(column)) for column in dominant.T]))
     return out

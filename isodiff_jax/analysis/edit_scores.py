@@ -21,7 +21,8 @@ that the edit targets (or its dominant one):
 and for two directions a, b with signed changes Δ(a), Δ(b), Δ(a + b):
     additivity error = Σ_f |Δ_f(a + b) − Δ_f(a) − Δ_f(b)| / Σ_f (|Δ_f(a)| + |Δ_f(b)|)
 """
-from typing import Callable, Sequence
+import warnings
+from typing import Sequence
 
 import numpy as np
 
@@ -30,10 +31,14 @@ from isodiff_jax.data import shapes
 
 
 class FactorReader:
-    """The shapes factors read by the factor oracle (`oracle.Oracle`)."""
+    """The shapes factors read by the factor oracle (`oracle.Oracle`); `names` a subset of
+    shapes.FACTORS to score (e.g. the continuous ones, for an oracle too brief to read shapes)."""
 
-    def __init__(self, oracle):
-        self.oracle, self.names = oracle, shapes.FACTORS
+    def __init__(self, oracle, names: Sequence[str] = shapes.FACTORS):
+        unknown = sorted(set(names) - set(shapes.FACTORS))
+        if unknown or not names:
+            raise ValueError(f"names must be a non-empty subset of {shapes.FACTORS}, got {tuple(names)}")
+        self.oracle, self.names = oracle, tuple(names)
 
     def read(self, images) -> dict:
         return self.oracle.predict(images)
@@ -76,6 +81,13 @@ class ClassReader:
 def _stack(per_name: dict, names) -> np.ndarray:
     """{name: (..., B)} -> (..., B, F) in the order of names."""
     return np.stack([np.asarray(per_name[n], np.float64) for n in names], axis=-1)
+
+
+def nanmean(values, axis=None):
+    """np.nanmean, NaN (without a warning) where every value is NaN."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(values, axis=axis)
 
 
 def purity(magnitudes) -> np.ndarray:
@@ -133,7 +145,7 @@ def alpha_response(reader, original: dict, edited: Sequence[dict], alphas: Seque
     all_m = magnitudes.sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
         precision = np.where(all_m.sum(axis=0) > 0, target_m.sum(axis=0) / all_m.sum(axis=0), np.nan)
-    return {"purity": np.nanmean(purity(magnitudes), axis=0) if np.any(all_m > 0) else np.full(len(rows), np.nan),
+    return {"purity": nanmean(purity(magnitudes), axis=0),
             "linearity": line_r2(with_zero, response), "monotone": monotone(response), "dominant": index,
             "target_change": target_m.mean(axis=0), "unintended": all_m - target_m, "precision": precision}
 
@@ -151,14 +163,10 @@ def additivity_error(reader, original: dict, edit_a: dict, edit_b: dict, edit_ab
 def summarize(scores: dict, alphas: Sequence[float], prefix: str) -> dict:
     """Means over samples of `alpha_response`'s arrays, named prefix + score; unintended at each
     |α| (averaged over ±α) as prefix + "unintended_a{|α|}"."""
-    out = {prefix + k: float(np.nanmean(scores[k]))
+    out = {prefix + k: float(nanmean(scores[k]))
            for k in ("purity", "linearity", "monotone", "target_change", "precision")}
     alphas = np.asarray(alphas, np.float64)
     for size in sorted(set(np.abs(alphas))):
         out[prefix + f"unintended_a{size:g}"] = float(np.mean(scores["unintended"][np.abs(alphas) == size]))
     return out
 
-
-def edit_grid(decode: Callable, alphas: Sequence[float]) -> list:
-    """[decode(α) for α in alphas]: the images of one direction at every α."""
-    return [decode(float(a)) for a in alphas]

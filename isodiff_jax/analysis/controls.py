@@ -1,0 +1,149 @@
+"""Latent spaces whose disentanglement is known, to show that a measure can tell (method.md §6b).
+
+Each control has a latent x ~ N(0, I_6) (as x_T is Gaussian), a decoder x -> image (the shapes
+renderer, through a factor code z) and a representation h = e(x) (what probes and pullback
+directions read, as h-space does for a model):
+
+    axes     z = x                       h = D z      disentangled, axis-aligned
+    rotated  z = Rᵀ x  (R fixed random)  h = D z      disentangled, no preferred latent axes
+    mixed    z = Q₂ √2 sin(2.5 Q₁ x + φ) h = D x      entangled: a fixed nonlinear mix
+
+D = diag(SCALES) has distinct entries, so each control's Jacobian has distinct singular values
+and its local basis is unique. The factor code z maps to the six factors as the data set's own:
+shape = ⌊3 Φ(z₀)⌋, object hue = Φ(z₁)/4 (a quarter of the wheel), background hue = ½ + Φ(z₂)/4
+(a separate quarter, so that every pair stays ≥ 0.25 apart as in `shapes`, yet the two hues are
+independent coordinates), scale, x, y = low + (high − low) Φ(z₃…₅); Φ the normal CDF.
+
+`measure(control, oracle)` runs every disentanglement measure of the study on one control: the
+supervised editing precision of `editing` with its linearity and composition, the held-out
+linear probes of `probe`, and the purity, coverage and linearity of the pullback directions of
+`directions`, all read through the same factor oracle as a model's images.
+"""
+import dataclasses
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.special import ndtr
+
+from isodiff_jax.analysis import directions, edit_scores, editing, factors, probe
+from isodiff_jax.data import shapes
+
+CONTROLS = ("axes", "rotated", "mixed")
+POSITIVE = ("axes", "rotated")
+LATENT_DIM = 6
+SCALES = (3.0, 2.6, 2.2, 1.8, 1.4, 1.0)
+ALPHAS = (-2.0, -1.5, -1.0, -0.5, 0.5, 1.0, 1.5, 2.0)  # edits, in units of the latent's std along the direction
+COMPOSE_ALPHA = 1.0
+PAIRS = (("scale", "x"), ("x", "y"), ("object_hue", "y"), ("background_hue", "scale"))
+
+
+def _orthogonal(rng, size: int) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((size, size)))
+    return q * np.sign(np.diag(r))
+
+
+@dataclasses.dataclass(frozen=True)
+class Control:
+    """One control latent space (see the module docstring); `seed` fixes R, Q₁, Q₂ and φ."""
+    kind: str
+    resolution: int = 16
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in CONTROLS:
+            raise ValueError(f"kind must be one of {CONTROLS}, got {self.kind!r}")
+
+    def _matrices(self):
+        rng = np.random.default_rng(self.seed)
+        return _orthogonal(rng, LATENT_DIM), _orthogonal(rng, LATENT_DIM), rng.uniform(0, 2 * np.pi, LATENT_DIM)
+
+    def code(self, x):
+        """latent (B, 6) -> factor code z (B, 6); works on NumPy and JAX arrays."""
+        q1, q2, phase = self._matrices()
+        if self.kind == "axes":
+            return x
+        if self.kind == "rotated":
+            return x @ q1  # z = Rᵀ x with R = q1 (rows: z_b = x_b q1)
+        sin = jnp.sin if isinstance(x, jax.Array) else np.sin
+        return np.sqrt(2.0) * sin(2.5 * x @ q1.T + phase) @ q2.T
+
+    def encode(self, x):
+        """latent (B, 6) -> h (B, 6), differentiable (JAX)."""
+        x = jnp.asarray(x)
+        return (x if self.kind == "mixed" else self.code(x)) * jnp.asarray(SCALES, x.dtype)
+
+    def factors_of(self, x) -> dict:
+        """latent (B, 6) -> the six factors (dict of (B,) arrays, as `shapes.sample_factors`)."""
+        u = ndtr(np.asarray(self.code(np.asarray(x, np.float64)), np.float64))
+        out = {"shape": np.minimum(np.floor(3 * u[:, 0]), 2).astype(np.int32),
+               "object_hue": u[:, 1] / 4, "background_hue": 0.5 + u[:, 2] / 4}
+        for i, name in enumerate(("scale", "x", "y"), start=3):
+            low, high = shapes.FACTOR_RANGES[name]
+            out[name] = low + (high - low) * u[:, i]
+        return out
+
+    def decode(self, x) -> np.ndarray:
+        """latent (B, 6) -> images (B, R, R, 3) in [-1, 1]."""
+        return shapes.render(self.factors_of(x), self.resolution).astype(np.float32) / 127.5 - 1.0
+
+
+def _supervised(control: Control, reader, x_label, x_edit, original) -> Iterator:
+    """Editing precision, linearity and composition of the oracle-labelled mean-difference
+    directions in the latent (`editing.direction`), as `linearity.Supervised` does for a model."""
+    labels = reader.read(control.decode(x_label))
+    shifts = {}
+    for name in factors.CONTINUOUS:
+        d, sigma = editing.direction(x_label, editing.edit_coordinate(labels, name))
+        shifts[name] = sigma * d
+        edited = [reader.read(control.decode(x_edit + a * shifts[name])) for a in ALPHAS]
+        scores = edit_scores.alpha_response(reader, original, edited, ALPHAS, target=name)
+        yield from edit_scores.summarize(scores, ALPHAS, f"supervised_{name}_").items()
+    yield from _composition(control, reader, x_edit, original, shifts, "supervised")
+
+
+def _composition(control, reader, x_edit, original, shifts: dict, prefix: str) -> Iterator:
+    errors = []
+    for a, b in PAIRS:
+        read = lambda shift: reader.read(control.decode(x_edit + COMPOSE_ALPHA * shift))
+        errors.append(edit_scores.additivity_error(reader, original, read(shifts[a]), read(shifts[b]),
+                                                   read(shifts[a] + shifts[b])))
+    yield f"{prefix}_additivity_error", float(edit_scores.nanmean(errors))
+
+
+def _pullback(control: Control, reader, x_edit, original) -> Iterator:
+    s, v = directions.local_basis(control.encode, jnp.asarray(x_edit), jax.random.PRNGKey(0), k=LATENT_DIM)
+    v = np.asarray(v)
+    per_direction = []
+    for i in range(LATENT_DIM):
+        edited = [reader.read(control.decode(x_edit + a * v[:, i])) for a in ALPHAS]
+        per_direction.append(edit_scores.alpha_response(reader, original, edited, ALPHAS))
+    yield from directions.summarize_directions(per_direction, ALPHAS, reader.names, "pullback_").items()
+    shifts = {"v1": v[:, 0], "v2": v[:, 1]}
+    read = lambda shift: reader.read(control.decode(x_edit + COMPOSE_ALPHA * shift))
+    error = edit_scores.additivity_error(reader, original, read(shifts["v1"]), read(shifts["v2"]),
+                                         read(shifts["v1"] + shifts["v2"]))
+    yield "pullback_additivity_error", float(edit_scores.nanmean(error))
+
+
+def measure(control: Control, reader, *, num_label: int = 256, num_edit: int = 64, num_probe: int = 768,
+            seed: int = 0) -> dict:
+    """Every disentanglement measure of the study on `control`, read through `reader` (an
+    `edit_scores.FactorReader` of the factor oracle, as for a model): {name: value}. Probes fit on
+    3/4 of num_probe latents (ground-truth factors) and score the rest."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), 3)
+    x_label, x_edit, x_probe = (np.asarray(jax.random.normal(k, (n, LATENT_DIM)), np.float64)
+                                for k, n in zip(keys, (num_label, num_edit, num_probe)))
+    original = reader.read(control.decode(x_edit))
+    out = dict(_supervised(control, reader, x_label, x_edit, original))
+    out.update(_pullback(control, reader, x_edit, original))
+    h, truth = np.asarray(control.encode(x_probe)), control.factors_of(x_probe)
+    n = 3 * num_probe // 4
+    scores = probe.probe_scores(h[:n], {k: v[:n] for k, v in truth.items()}, h[n:],
+                                {k: v[n:] for k, v in truth.items()})
+    out.update({f"probe_{k}": v for k, v in scores.items()})
+    out["probe_r2"] = float(np.mean([v for k, v in scores.items() if k.startswith("r2_")]))
+    for key in ("precision", "linearity", "monotone"):
+        out[f"supervised_{key}"] = float(np.mean([out[f"supervised_{f}_{key}"] for f in factors.CONTINUOUS]))
+    return out
