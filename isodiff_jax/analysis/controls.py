@@ -34,9 +34,7 @@ CONTROLS = ("axes", "rotated", "mixed")
 POSITIVE = ("axes", "rotated")
 LATENT_DIM = 6
 SCALES = (3.0, 2.6, 2.2, 1.8, 1.4, 1.0)
-ALPHAS = (-2.0, -1.5, -1.0, -0.5, 0.5, 1.0, 1.5, 2.0)  # edits, in units of the latent's std along the direction
-COMPOSE_ALPHA = 1.0
-PAIRS = (("scale", "x"), ("x", "y"), ("object_hue", "y"), ("background_hue", "scale"))
+ALPHAS = edit_scores.ALPHAS
 
 
 def _orthogonal(rng, size: int) -> np.ndarray:
@@ -89,27 +87,16 @@ class Control:
         return shapes.render(self.factors_of(x), self.resolution).astype(np.float32) / 127.5 - 1.0
 
 
-def _supervised(control: Control, reader, x_label, x_edit, original) -> Iterator:
+def _supervised(control: Control, reader, x_label, x_edit, original) -> dict:
     """Editing precision, linearity and composition of the oracle-labelled mean-difference
-    directions in the latent (`editing.direction`), as `linearity.Supervised` does for a model."""
+    directions in the latent (`editing.direction`), as `linearity.SupervisedEdits` does for a model."""
     labels = reader.read(control.decode(x_label))
     shifts = {}
     for name in factors.CONTINUOUS:
         d, sigma = editing.direction(x_label, editing.edit_coordinate(labels, name))
         shifts[name] = sigma * d
-        edited = [reader.read(control.decode(x_edit + a * shifts[name])) for a in ALPHAS]
-        scores = edit_scores.alpha_response(reader, original, edited, ALPHAS, target=name)
-        yield from edit_scores.summarize(scores, ALPHAS, f"supervised_{name}_").items()
-    yield from _composition(control, reader, x_edit, original, shifts, "supervised")
-
-
-def _composition(control, reader, x_edit, original, shifts: dict, prefix: str) -> Iterator:
-    errors = []
-    for a, b in PAIRS:
-        read = lambda shift: reader.read(control.decode(x_edit + COMPOSE_ALPHA * shift))
-        errors.append(edit_scores.additivity_error(reader, original, read(shifts[a]), read(shifts[b]),
-                                                   read(shifts[a] + shifts[b])))
-    yield f"{prefix}_additivity_error", float(edit_scores.nanmean(errors))
+    read = lambda shift: reader.read(control.decode(x_edit + shift))
+    return edit_scores.supervised_family(reader, original, read, shifts, prefix="supervised_")
 
 
 def _pullback(control: Control, reader, x_edit, original) -> Iterator:
@@ -120,10 +107,8 @@ def _pullback(control: Control, reader, x_edit, original) -> Iterator:
         edited = [reader.read(control.decode(x_edit + a * v[:, i])) for a in ALPHAS]
         per_direction.append(edit_scores.alpha_response(reader, original, edited, ALPHAS))
     yield from directions.summarize_directions(per_direction, ALPHAS, reader.names, "pullback_").items()
-    shifts = {"v1": v[:, 0], "v2": v[:, 1]}
-    read = lambda shift: reader.read(control.decode(x_edit + COMPOSE_ALPHA * shift))
-    error = edit_scores.additivity_error(reader, original, read(shifts["v1"]), read(shifts["v2"]),
-                                         read(shifts["v1"] + shifts["v2"]))
+    read = lambda shift: reader.read(control.decode(x_edit + shift))
+    error = edit_scores.composition_error(reader, original, read, v[:, 0], v[:, 1])
     yield "pullback_additivity_error", float(edit_scores.nanmean(error))
 
 
@@ -136,7 +121,7 @@ def measure(control: Control, reader, *, num_label: int = 256, num_edit: int = 6
     x_label, x_edit, x_probe = (np.asarray(jax.random.normal(k, (n, LATENT_DIM)), np.float64)
                                 for k, n in zip(keys, (num_label, num_edit, num_probe)))
     original = reader.read(control.decode(x_edit))
-    out = dict(_supervised(control, reader, x_label, x_edit, original))
+    out = _supervised(control, reader, x_label, x_edit, original)
     out.update(_pullback(control, reader, x_edit, original))
     h, truth = np.asarray(control.encode(x_probe)), control.factors_of(x_probe)
     n = 3 * num_probe // 4
@@ -144,6 +129,4 @@ def measure(control: Control, reader, *, num_label: int = 256, num_edit: int = 6
                                 {k: v[n:] for k, v in truth.items()})
     out.update({f"probe_{k}": v for k, v in scores.items()})
     out["probe_r2"] = float(np.mean([v for k, v in scores.items() if k.startswith("r2_")]))
-    for key in ("precision", "linearity", "monotone"):
-        out[f"supervised_{key}"] = float(np.mean([out[f"supervised_{f}_{key}"] for f in factors.CONTINUOUS]))
     return out

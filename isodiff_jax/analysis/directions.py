@@ -85,8 +85,7 @@ def summarize_directions(per_direction: Sequence[dict], alphas, names: Sequence[
     attributes among the k directions per sample (mean over samples; at most min(k, #names))."""
     out = {}
     for i, scores in enumerate(per_direction):
-        for key, value in edit_scores.summarize(scores, alphas, f"{prefix}v{i + 1}_").items():
-            out[key] = value
+        out.update(edit_scores.summarize(scores, alphas, f"{prefix}v{i + 1}_"))
         for j, name in enumerate(names):
             out[f"{prefix}v{i + 1}_moves_{name}"] = float(np.mean(scores["dominant"] == j))
     for key in ("purity", "linearity", "monotone", "target_change"):
@@ -146,33 +145,42 @@ class PullbackEditing:
                                                                 from_step=from_step))
         return decode
 
-    def _at(self, params, t: int, x_t) -> tuple[dict, np.ndarray]:
-        s, v = self._basis[t](params, x_t, self.key)
-        v32 = jnp.asarray(v, jnp.float32)
-        h, _ = self._encode_jvp[t](params, x_t, v32[:, 0])
-        rms = float(np.sqrt(np.mean(np.square(np.asarray(h)))))
-        zero = jnp.zeros_like(h)
-        original_images = np.asarray(self._decode[t](params, x_t, zero))
-        original = self.reader.read(original_images)
-        scores = {space: [] for space in SPACES}
-        strips = []
+    def _edits(self, params, t: int, x_t, s, v) -> dict:
+        """{space: [decode(α) for direction i]} with decode(α) -> images edited along direction i."""
+        zero = jnp.zeros((x_t.shape[0], *self.spec.h_shape), jnp.float32)
+        rms = float(np.sqrt(np.mean(np.square(np.asarray(self._encode_jvp[t](params, x_t, v[:, 0])[0])))))
+        edits = {space: [] for space in SPACES}
         for i in range(self.k):
-            h, u = self._encode_jvp[t](params, x_t, v32[:, i])
+            _, u = self._encode_jvp[t](params, x_t, v[:, i])
             u = u / jnp.asarray(s[:, i], u.dtype).reshape(-1, *([1] * (u.ndim - 1)))
-            edits = {"xt": lambda a: self._decode[t](params, x_t + a * self.sigma[t] * v32[:, i], zero),
-                     "h": lambda a: self._decode[t](params, x_t, a * rms * u)}
-            for space in SPACES:
-                images = [np.asarray(edits[space](a)) for a in self.alphas]
-                edited = [self.reader.read(im) for im in images]
-                scores[space].append(edit_scores.alpha_response(self.reader, original, edited, self.alphas))
+            edits["xt"].append(lambda a, i=i: self._decode[t](params, x_t + a * self.sigma[t] * v[:, i], zero))
+            edits["h"].append(lambda a, u=u: self._decode[t](params, x_t, a * rms * u))
+        return edits
+
+    def _at(self, params, t: int, x_t) -> tuple[dict, np.ndarray]:
+        """({space: scores}, strips (k, len(alphas) + 1, H, W, C) of the first sample's x_t edits)."""
+        s, v = self._basis[t](params, x_t, self.key)
+        v = jnp.asarray(v, jnp.float32)
+        original_images = np.asarray(self._decode[t](params, x_t, jnp.zeros((x_t.shape[0], *self.spec.h_shape))))
+        original = self.reader.read(original_images)
+        below, values, strips = sum(a < 0 for a in self.alphas), {}, []
+        for space, decoders in self._edits(params, t, x_t, s, v).items():
+            per_direction = []
+            for decode in decoders:
+                images = [np.asarray(decode(a)) for a in self.alphas]
+                per_direction.append(edit_scores.alpha_response(self.reader, original, [self.reader.read(im) for im in images],
+                                                                self.alphas))
                 if space == "xt":
-                    below = sum(a < 0 for a in self.alphas)
                     strips.append(np.stack([im[0] for im in images[:below]] + [original_images[0]]
                                            + [im[0] for im in images[below:]]))
-        values = {f"s{i + 1}": float(np.mean(s[:, i])) for i in range(self.k)}
-        return {space: {**summarize, **values} for space, summarize in
-                ((sp, summarize_directions(scores[sp], self.alphas, self.reader.names, "")) for sp in SPACES)}, \
-            np.stack(strips)
+            values[space] = summarize_directions(per_direction, self.alphas, self.reader.names, "")
+            values[space].update({f"s{i + 1}": float(np.mean(s[:, i])) for i in range(self.k)})
+        if self.k >= 2:  # v_1 + v_2 against the two edits alone, in x_t
+            read = lambda shift: self.reader.read(np.asarray(self._decode[t](
+                params, x_t + self.sigma[t] * shift, jnp.zeros((x_t.shape[0], *self.spec.h_shape)))))
+            values["xt"]["additivity_error"] = float(edit_scores.nanmean(
+                edit_scores.composition_error(self.reader, original, read, v[:, 0], v[:, 1])))
+        return values, np.stack(strips)
 
     def run(self, params) -> Iterator:
         paths = np.asarray(self._path(params, self.x_T))  # (S, B, ...)

@@ -22,12 +22,16 @@ and for two directions a, b with signed changes Δ(a), Δ(b), Δ(a + b):
     additivity error = Σ_f |Δ_f(a + b) − Δ_f(a) − Δ_f(b)| / Σ_f (|Δ_f(a)| + |Δ_f(b)|)
 """
 import warnings
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
 from isodiff_jax.analysis import factors
 from isodiff_jax.data import shapes
+
+ALPHAS = (-2.0, -1.5, -1.0, -0.5, 0.5, 1.0, 1.5, 2.0)  # supervised edits, in stds of the latents along the direction
+COMPOSE_ALPHA = 1.0  # α of each edit in a composition
+PAIRS = (("scale", "x"), ("x", "y"), ("object_hue", "y"), ("background_hue", "scale"))  # composed shapes factors
 
 
 class FactorReader:
@@ -126,7 +130,8 @@ def alpha_response(reader, original: dict, edited: Sequence[dict], alphas: Seque
     change over the α (the direction's dominant one). Returns per-sample arrays (B,): purity
     (at each α, averaged over α), linearity, monotone, dominant (index into reader.names),
     target_change (mean |Δ| of the target), unintended (A, B) at each α, and precision
-    (Σ target / Σ all over the α, the editing precision of `editing.precision`, per sample).
+    (Σ target / Σ all over the α, the editing precision of `editing.precision`, per sample),
+    response (A + 1, B): the signed change of the target at each α with α = 0 inserted.
     """
     alphas = np.asarray(alphas, np.float64)
     if np.any(alphas == 0) or np.any(np.diff(alphas) <= 0):
@@ -147,7 +152,8 @@ def alpha_response(reader, original: dict, edited: Sequence[dict], alphas: Seque
         precision = np.where(all_m.sum(axis=0) > 0, target_m.sum(axis=0) / all_m.sum(axis=0), np.nan)
     return {"purity": nanmean(purity(magnitudes), axis=0),
             "linearity": line_r2(with_zero, response), "monotone": monotone(response), "dominant": index,
-            "target_change": target_m.mean(axis=0), "unintended": all_m - target_m, "precision": precision}
+            "target_change": target_m.mean(axis=0), "unintended": all_m - target_m, "precision": precision,
+            "response": response}
 
 
 def additivity_error(reader, original: dict, edit_a: dict, edit_b: dict, edit_ab: dict) -> np.ndarray:
@@ -162,11 +168,41 @@ def additivity_error(reader, original: dict, edit_a: dict, edit_b: dict, edit_ab
 
 def summarize(scores: dict, alphas: Sequence[float], prefix: str) -> dict:
     """Means over samples of `alpha_response`'s arrays, named prefix + score; unintended at each
-    |α| (averaged over ±α) as prefix + "unintended_a{|α|}"."""
+    |α| (averaged over ±α) as prefix + "unintended_a{|α|}"; prefix + "response": the mean signed
+    response at each α of the sorted grid with 0 (a list, for the linearity curves)."""
     out = {prefix + k: float(nanmean(scores[k]))
            for k in ("purity", "linearity", "monotone", "target_change", "precision")}
     alphas = np.asarray(alphas, np.float64)
     for size in sorted(set(np.abs(alphas))):
         out[prefix + f"unintended_a{size:g}"] = float(np.mean(scores["unintended"][np.abs(alphas) == size]))
+    out[prefix + "response"] = [float(v) for v in np.mean(scores["response"], axis=1)]
     return out
 
+
+
+def supervised_family(reader, original: dict, read: Callable, shifts: dict, *, alphas: Sequence[float] = ALPHAS,
+                      pairs=PAIRS, compose_alpha: float = COMPOSE_ALPHA, prefix: str = "") -> dict:
+    """Scores of one labelled direction per attribute, edited additively.
+
+    read(shift) -> the reading of the edited images (shift added to the latent: x_T, h, a
+    control's latent); shifts {attribute: unit shift (one std along the direction)}. Returns
+    `summarize` per attribute (prefix + attribute + "_" + score), their means (prefix +
+    precision / linearity / monotone) and the mean additivity error over `pairs` at
+    compose_alpha (prefix + "additivity_error")."""
+    out = {}
+    for name, shift in shifts.items():
+        edited = [read(a * shift) for a in alphas]
+        out.update(summarize(alpha_response(reader, original, edited, alphas, target=name), alphas,
+                             f"{prefix}{name}_"))
+    for key in ("precision", "linearity", "monotone"):
+        out[prefix + key] = float(np.mean([out[f"{prefix}{name}_{key}"] for name in shifts]))
+    errors = [composition_error(reader, original, read, shifts[a], shifts[b], compose_alpha) for a, b in pairs]
+    out[prefix + "additivity_error"] = float(nanmean(errors))
+    return out
+
+
+def composition_error(reader, original: dict, read: Callable, shift_a, shift_b, alpha: float = COMPOSE_ALPHA):
+    """`additivity_error` (B,) of the edits α shift_a, α shift_b and α (shift_a + shift_b), with
+    read(shift) -> the reading of the images edited by shift."""
+    return additivity_error(reader, original, read(alpha * shift_a), read(alpha * shift_b),
+                            read(alpha * (shift_a + shift_b)))

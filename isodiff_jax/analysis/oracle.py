@@ -34,6 +34,19 @@ CONTINUOUS = CIRCULAR + LINEAR
 NUM_OUTPUTS = len(shapes.SHAPE_NAMES) + 2 * len(CIRCULAR) + len(LINEAR)
 
 
+def conv_features(x, channels: Sequence[int], features: int):
+    """The oracle's trunk, called inside a compact module's __call__ (its layers are that module's):
+    images (B, R, R, C) -> features (B, F)."""
+    for i, c in enumerate(channels):
+        x = nn.relu(nn.Conv(c, (3, 3), name=f"conv{i}a")(x))
+        x = nn.relu(nn.Conv(c, (3, 3), name=f"conv{i}b")(x))
+        if i < len(channels) - 1:
+            x = nn.avg_pool(x, (2, 2), (2, 2))
+    # keep where things are: flatten a coarse 4×4 map rather than pooling globally
+    x = jax.image.resize(x, (x.shape[0], 4, 4, x.shape[-1]), "linear")
+    return nn.relu(nn.Dense(features, name="features")(x.reshape(x.shape[0], -1)))
+
+
 class OracleNet(nn.Module):
     """images (B, R, R, 3) in [-1, 1] -> (shape logits (B, 3), regression (B, 7), features (B, F))."""
     channels: Sequence[int] = (32, 64, 128)
@@ -41,14 +54,7 @@ class OracleNet(nn.Module):
 
     @nn.compact
     def __call__(self, x):
-        for i, c in enumerate(self.channels):
-            x = nn.relu(nn.Conv(c, (3, 3), name=f"conv{i}a")(x))
-            x = nn.relu(nn.Conv(c, (3, 3), name=f"conv{i}b")(x))
-            if i < len(self.channels) - 1:
-                x = nn.avg_pool(x, (2, 2), (2, 2))
-        # keep where things are: flatten a coarse 4×4 map rather than pooling globally
-        x = jax.image.resize(x, (x.shape[0], 4, 4, x.shape[-1]), "linear")
-        features = nn.relu(nn.Dense(self.features, name="features")(x.reshape(x.shape[0], -1)))
+        features = conv_features(x, self.channels, self.features)
         out = nn.Dense(NUM_OUTPUTS, name="head")(features)
         k = len(shapes.SHAPE_NAMES)
         return out[:, :k], out[:, k:], features

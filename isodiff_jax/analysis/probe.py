@@ -77,23 +77,17 @@ def probe_scores(train_h, train_factors: dict, test_h, test_factors: dict, *, ri
     return {**scores, "ridge": ridge}
 
 
-class LinearProbe:
-    """Evaluator: yields ("probe_t{t}_<score>", value) per timestep and ("probe_r2", the mean R²
-    over the continuous factors and timesteps), ("probe_shape_accuracy", mean over timesteps).
+class NoisedH:
+    """h = pool(e_θ(x_t, t)) of fixed images (N, ...) noised to x_t at any t, flattened: (N, D).
 
-    encode(params, x (B, R, R, 3), t int32 (B,)) -> h; images come from `shapes` with
-    `image_seed` and their noise from `seed`; to_x0(params, images) -> x0 is what is noised (latent
-    diffusion: the autoencoder's latents of the images, `ModelSpec.to_x0`; None: the images); ridge None chooses the penalty per timestep
-    (reported as probe_t{t}_ridge). Built once; `run(params)` compiles nothing for new parameters.
-    """
+    to_x0(params, images) -> x0 is what is noised (latent diffusion: the autoencoder's latents,
+    `ModelSpec.to_x0`; None: the images). Jitted once; `__call__(params, t)` compiles nothing for
+    new parameters or t."""
 
-    def __init__(self, encode: Callable, schedule: diffusion.Schedule, *, resolution: int,
-                 timesteps: Sequence[int], num_train: int = 512, num_test: int = 256, pool: int = 1,
-                 ridge: float | None = None, batch_size: int = 64, image_seed: int = 5, seed: int = 0,
-                 mesh: Optional[Mesh] = None, to_x0: Optional[Callable] = None):
-        self.images, self.factors = oracle_lib.images_of(image_seed, np.arange(num_train + num_test), resolution)
-        self.timesteps, self.num_train, self.ridge, self.batch_size = tuple(timesteps), num_train, ridge, batch_size
-        self.key, self.mesh = jax.random.PRNGKey(seed), mesh
+    def __init__(self, encode: Callable, schedule: diffusion.Schedule, images, *, pool: int = 1,
+                 batch_size: int = 64, seed: int = 0, mesh: Optional[Mesh] = None,
+                 to_x0: Optional[Callable] = None):
+        self.images, self.batch_size, self.key, self.mesh = images, batch_size, jax.random.PRNGKey(seed), mesh
 
         def features(params, images, t, k):
             x0 = images if to_x0 is None else to_x0(params, images)
@@ -103,11 +97,31 @@ class LinearProbe:
             return h.reshape(h.shape[0], -1)
         self._features = jax.jit(features)
 
-    def _h(self, params, t) -> np.ndarray:
+    def __call__(self, params, t) -> np.ndarray:
         return np.concatenate([
             sharding.to_host(self._features(params, sharding.put_rows(self.images[i:i + self.batch_size], self.mesh),
                                             t, np.asarray(jax.random.fold_in(self.key, i))))
             for i in range(0, len(self.images), self.batch_size)])
+
+
+class LinearProbe:
+    """Evaluator: yields ("probe_t{t}_<score>", value) per timestep and ("probe_r2", the mean R²
+    over the continuous factors and timesteps), ("probe_shape_accuracy", mean over timesteps).
+
+    encode(params, x (B, R, R, 3), t int32 (B,)) -> h; images come from `shapes` with
+    `image_seed` and their noise from `seed`; to_x0 as `NoisedH`; ridge None chooses the penalty
+    per timestep (reported as probe_t{t}_ridge). Built once; `run(params)` compiles nothing for
+    new parameters.
+    """
+
+    def __init__(self, encode: Callable, schedule: diffusion.Schedule, *, resolution: int,
+                 timesteps: Sequence[int], num_train: int = 512, num_test: int = 256, pool: int = 1,
+                 ridge: float | None = None, batch_size: int = 64, image_seed: int = 5, seed: int = 0,
+                 mesh: Optional[Mesh] = None, to_x0: Optional[Callable] = None):
+        images, self.factors = oracle_lib.images_of(image_seed, np.arange(num_train + num_test), resolution)
+        self.timesteps, self.num_train, self.ridge = tuple(timesteps), num_train, ridge
+        self._h = NoisedH(encode, schedule, images, pool=pool, batch_size=batch_size, seed=seed, mesh=mesh,
+                          to_x0=to_x0)
 
     def run(self, params) -> Iterator:
         n = self.num_train
@@ -123,3 +137,39 @@ class LinearProbe:
             accuracies.append(scores["shape_accuracy"])
         yield "probe_r2", float(np.mean(r2s))
         yield "probe_shape_accuracy", float(np.mean(accuracies))
+
+
+def class_probe_accuracy(train_h, train_labels, test_h, test_labels, *, num_classes: int,
+                         ridge: float | None = None) -> tuple[float, float]:
+    """(held-out accuracy, penalty) of a ridge probe from h to one-hot labels (argmax decides);
+    the penalty is chosen on the training rows when ridge is None."""
+    targets = np.eye(num_classes)[np.asarray(train_labels)]
+    ridge = choose_ridge(train_h, targets) if ridge is None else ridge
+    predicted = ridge_fit_predict(train_h, targets, test_h, ridge=ridge)
+    return float(np.mean(np.argmax(predicted, axis=1) == np.asarray(test_labels))), ridge
+
+
+class ClassProbe:
+    """Evaluator: a ridge probe from h (images noised to each t) to class labels, fitted on the
+    first num_train images and scored on the rest: yields probe_t{t}_class_accuracy and
+    probe_class_accuracy (mean over timesteps). images (N, ...) in [-1, 1], labels (N,) ints.
+    Built once; `run(params)` compiles nothing for new parameters."""
+
+    def __init__(self, encode: Callable, schedule: diffusion.Schedule, images, labels, *, num_classes: int,
+                 timesteps: Sequence[int], num_train: int, pool: int = 1, batch_size: int = 64, seed: int = 0,
+                 mesh: Optional[Mesh] = None):
+        if not 2 <= num_train < len(images):
+            raise ValueError(f"num_train must leave test images: 2 <= num_train < {len(images)}, got {num_train}")
+        self.labels, self.num_classes = np.asarray(labels), num_classes
+        self.timesteps, self.num_train = tuple(timesteps), num_train
+        self._h = NoisedH(encode, schedule, images, pool=pool, batch_size=batch_size, seed=seed, mesh=mesh)
+
+    def run(self, params) -> Iterator:
+        n, accuracies = self.num_train, []
+        for t in self.timesteps:
+            h = self._h(params, t)
+            accuracy, _ = class_probe_accuracy(h[:n], self.labels[:n], h[n:], self.labels[n:],
+                                               num_classes=self.num_classes)
+            accuracies.append(accuracy)
+            yield f"probe_t{t}_class_accuracy", accuracy
+        yield "probe_class_accuracy", float(np.mean(accuracies))
