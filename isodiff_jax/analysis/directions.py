@@ -122,7 +122,8 @@ class PullbackEditing:
         self.spec, self.reader, self.k, self.alphas = spec, reader, k, tuple(alphas)
         self.steps = {int(t): int(np.flatnonzero(descending == t)[0]) for t in timesteps}
         self.sigma = {t: float(np.sqrt(1 - schedule.alphas_cumprod[t])) for t in self.steps}
-        self.x_T = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (num_samples, *spec.image_shape)))
+        self.x_T = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (num_samples, *spec.image_shape),
+                                                jnp.float32))
         self.key = jax.random.PRNGKey(seed + 1)
         self._path = jax.jit(lambda params, x_T: diffusion.ddim_sample(
             lambda x, t: spec.eps(params, x, t), schedule, x_T, sample_steps, clip_x0=spec.clip_x0,

@@ -10,6 +10,7 @@ of two composed edits.
 from typing import Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from isodiff_jax.analysis import edit_scores, editing, factors
@@ -30,8 +31,8 @@ class SupervisedEdits:
         self.reader, self.batch_size = reader, batch_size
         self.image_shape = spec.image_shape
         k_label, k_edit = jax.random.split(jax.random.PRNGKey(seed))
-        self.x_label = np.asarray(jax.random.normal(k_label, (num_label, *spec.image_shape)))
-        self.x_edit = np.asarray(jax.random.normal(k_edit, (num_edit, *spec.image_shape)))
+        self.x_label = np.asarray(jax.random.normal(k_label, (num_label, *spec.image_shape), jnp.float32))
+        self.x_edit = np.asarray(jax.random.normal(k_edit, (num_edit, *spec.image_shape), jnp.float32))
 
     def run(self, params) -> Iterator:
         editor, reader = self.editor, self.reader

@@ -1,0 +1,363 @@
+"""Issue 22: does isometric regularization make the latent space more disentangled?
+
+Every measure is first run on controls whose answer is known (`analysis/controls.py`: factors on
+axes, rotated, and a nonlinear mix), then on trained models:
+
+- shapes, from scratch for --steps (the λ study's scratch pair): λ = 0 against --best_lambda
+  (the λ study's best, 1), for every seed of --seeds, so each difference has a standard error;
+- digits (scikit-learn's real scans, configs/digits16.py), the same pair for --digits_seeds;
+- with --finetune, the λ study's fine-tunes of its base model at λ = 0, 0.1 and 1.
+
+Each model gets: geometry (exact rank·L_iso, dense MCN, mRTL / floor), quality (fd_oracle and the
+confident share; on digits the digit classifier's), the linear probes from h, the supervised
+edits' precision, linearity and composition in x_T and h (shapes), and the purity, coverage,
+linearity and composition of the top-6 pullback directions at t = 500, 700, 900 (on digits their
+class purity). Seeds share compiled programs: evaluators are built for the spec with data seed 0.
+
+    .venv/bin/python experiments/disentanglement.py                 # about 3 hours on 2 CPU cores
+    .venv/bin/python experiments/disentanglement.py --train_only    # the training alone
+
+Resumable: runs train in runs/experiments/disentanglement/<name>/ (resumed if interrupted); each
+run's measurements go to --results/<name>.json and are not recomputed; the controls to
+controls.json. Writes --results/summary.json (per metric: mean ± standard error over seeds of
+λ = 0, of the regularized runs and of their paired difference), the pullback pictures and the
+linearity curves under --pictures, and prints the tables.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import lambda_study  # noqa: E402  (a sibling script: the λ study's run recipe)
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One trained model of the study: data set, regularizer weight λ (sphere loss, p = 0.5), seed
+    (initialisation, data order and every step's randomness), from scratch or fine-tuned from the
+    λ study's base model."""
+    data: str
+    weight: float
+    seed: int
+    from_scratch: bool = True
+
+    @property
+    def name(self) -> str:
+        start = "scratch" if self.from_scratch else "finetune"
+        return f"{self.data}_{start}_lam{self.weight:g}_seed{self.seed}"
+
+
+def run_config(run: Run, args):
+    """The λ study's recipe for this run (--config, configs/shapes16.py, with its from-scratch or
+    fine-tuning schedule) on the run's data set and seed. Seed 0 on shapes is the λ study's own
+    scratch_lam{λ} / lam{λ}_p0.5 run; on digits it is configs/digits16.py."""
+    study_args = argparse.Namespace(config=args.config, steps=args.steps, checkpoint_every=250,
+                                    grid_steps=100, quick=args.quick, lr=1e-4, base=args.base)
+    c = lambda_study.run_config(lambda_study.Run(run.name, run.weight, 0.5, from_scratch=run.from_scratch),
+                                study_args)
+    c.seed, c.data.name = run.seed, run.data
+    return c
+
+
+def train(run: Run, args) -> str:
+    """Trains (or resumes, or finds finished) one run; returns its workdir."""
+    from isodiff_jax import launch
+    workdir = os.path.join(args.out, run.name)
+    launch.train(run_config(run, args), workdir)
+    return workdir
+
+
+def canonical(spec):
+    """The spec with the data seed set to 0: the seeds of a sweep share every compiled program
+    (the evaluators' real images are then the same draws for every seed)."""
+    return dataclasses.replace(spec, data=dataclasses.replace(spec.data, seed=0))
+
+
+def options(quick: bool):
+    from isodiff_jax.analysis.options import Options
+    if quick:
+        return Options(num_pairs=4, timesteps=(50,), num_samples=8, num_fd_samples=16, sample_steps=4,
+                       fd_sample_steps=4, spectrum_method="matrix_free", spectrum_iters=8, num_label=16,
+                       num_edit=4, h_min_t=50)
+    return Options(num_pairs=32, timesteps=(500, 700, 900), num_samples=32, num_fd_samples=512, sample_steps=20,
+                   fd_sample_steps=100, fd_sample_eta=1.0, spectrum_method="dense")
+
+
+class Measurer:
+    """Every evaluator of the study for one model (the canonical spec), built once."""
+
+    def __init__(self, spec, args):
+        from isodiff_jax.analysis import directions, edit_scores, linearity, suite
+        self.spec, o = spec, options(args.quick)
+        shapes = spec.data.name == "shapes"
+        self.suite = suite.Suite(spec, ("mrtl", "mcn", "fd", "edit", "probe") if shapes else ("mrtl", "mcn"), o,
+                                 suite.load_resources(args.oracle) if shapes else suite.Resources())
+        self.rank_iso = lambda_study.ExactRankIso(spec, o.timesteps, 4 if args.quick else 8)
+        pullback = dict(timesteps=o.timesteps, k=2 if args.quick else 6, num_samples=2 if args.quick else 12,
+                        sample_steps=o.sample_steps, num_iters=8 if args.quick else None)
+        self.extra = []
+        if shapes:
+            reader = edit_scores.FactorReader(self.suite.evaluators["edit"].oracle)
+            self.extra.append(linearity.SupervisedEdits(spec, reader, num_label=o.num_label, num_edit=o.num_edit,
+                                                        sample_steps=o.sample_steps, h_min_t=o.h_min_t))
+        else:
+            from isodiff_jax.analysis import digit_classifier
+            classifier = digit_classifier.load(args.classifier)
+            reader = edit_scores.ClassReader(classifier, digit_classifier.CLASS_NAMES)
+            self.extra += [DigitsQuality(spec, classifier, o), digits_probe(spec, o, args.quick)]
+        self.extra.append(directions.PullbackEditing(spec, reader, **pullback))
+
+    def measure(self, workdir: str) -> dict:
+        from isodiff_jax.analysis import load
+        spec, params, step = load.load(workdir)
+        if canonical(spec) != self.spec:
+            raise ValueError(f"{workdir} holds another model than the measurer's: {spec}")
+        values = dict(self.suite.run(params))
+        for evaluator in self.extra:
+            values.update(evaluator.run(params))
+        strips = values.pop("pullback_strips")
+        np.savez_compressed(os.path.join(workdir, "pullback_strips.npz"), **{f"t{t}": v for t, v in strips.items()})
+        kept = {k: v for k, v in values.items() if isinstance(v, (float, list))}
+        kept.update(self.rank_iso.run(params))
+        return {"step": step, "metrics": kept}
+
+
+class DigitsQuality:
+    """fd_classifier (Fréchet distance in the digit classifier's features, beside two real sets)
+    and classifier_confident_fraction of DDIM samples (the shapes study's fd settings)."""
+
+    def __init__(self, spec, classifier, o):
+        from isodiff_jax.analysis import quality, suite
+        self.classifier = classifier
+        sample = suite.sampler(spec, o.fd_sample_steps or o.sample_steps, o.fd_sample_eta)
+        self.generator = quality.Generator(sample, image_shape=spec.image_shape, num=o.num_fd_samples, seed=o.seed)
+        self.real = classifier.features(suite.real_images(spec, 2 * o.num_fd_samples, o.seed + 2))
+
+    def run(self, params):
+        from isodiff_jax.analysis import quality
+        generated = self.generator.generate(params)
+        yield from quality.frechet_distances("fd_classifier", self.classifier.features(generated), self.real)
+        yield "classifier_confident_fraction", quality.confident_fraction(self.classifier.probabilities(generated))
+
+
+def digits_probe(spec, o, quick: bool):
+    """A class probe from h, fitted on the classifier's training scans, scored on the held-out ones
+    (quick: 72 and 24 scans)."""
+    from isodiff_jax.analysis import probe
+    from isodiff_jax.data import digits
+    source = digits.DigitsSource(spec.data.resolution)
+    indices = np.arange(96 if quick else digits.NUM_EXAMPLES)
+    train = 72 if quick else digits.TEST_START
+    images = source.get(indices).astype(np.float32) / 127.5 - 1.0
+    return probe.ClassProbe(spec.encode, spec.noise_schedule, images, source.labels(indices),
+                            num_classes=digits.NUM_CLASSES, timesteps=o.timesteps, num_train=train, seed=o.seed)
+
+
+def measured(run: Run, args, measurers: dict) -> dict:
+    """Trains (or resumes) and measures one run unless its record exists in --results."""
+    from isodiff_jax import checkpoint
+    path = os.path.join(args.results, f"{run.name}.json")
+    if os.path.exists(path):
+        return json.load(open(path))
+    started = time.perf_counter()
+    workdir = train(run, args)
+    spec = canonical(checkpoint.read_spec(workdir)[0])
+    if spec not in measurers:
+        measurers[spec] = Measurer(spec, args)
+    result = {**dataclasses.asdict(run), "name": run.name, **measurers[spec].measure(workdir),
+              "seconds": time.perf_counter() - started}
+    write_json(path, result)
+    return result
+
+
+def write_json(path: str, value) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(value, f, indent=2)
+    os.replace(path + ".tmp", path)
+
+
+def control_results(args) -> dict:
+    """Every measure on the three controls (controls.json in --results), read by the oracle."""
+    path = os.path.join(args.results, "controls.json")
+    if os.path.exists(path):
+        return json.load(open(path))
+    from isodiff_jax.analysis import controls, edit_scores, oracle
+    reader = edit_scores.FactorReader(oracle.load(args.oracle))
+    sizes = dict(num_label=32, num_edit=8, num_probe=128) if args.quick else {}
+    result = {kind: controls.measure(controls.Control(kind, resolution=reader.oracle.resolution), reader, **sizes)
+              for kind in controls.CONTROLS}
+    write_json(path, result)
+    return result
+
+
+def paired(results: list, data: str, names) -> dict:
+    """Per metric: mean ± standard error over seeds of λ = 0, of the regularized runs, and of their
+    paired difference (regularized − λ = 0, same seed), with the number of seeds."""
+    by_seed = {}
+    for r in results:
+        if r["data"] == data and r["from_scratch"]:
+            by_seed.setdefault(r["seed"], {})["zero" if r["weight"] == 0 else "reg"] = r["metrics"]
+    pairs = [v for v in by_seed.values() if len(v) == 2]
+    out = {}
+    for name in [n for n in names if pairs and n in pairs[0]["zero"]]:
+        zero = np.array([p["zero"].get(name, np.nan) for p in pairs], np.float64)
+        reg = np.array([p["reg"].get(name, np.nan) for p in pairs], np.float64)
+        se = lambda v: float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+        out[name] = {"lambda0": float(np.mean(zero)), "lambda0_se": se(zero), "regularized": float(np.mean(reg)),
+                     "regularized_se": se(reg), "difference": float(np.mean(reg - zero)), "difference_se": se(reg - zero),
+                     "seeds": len(pairs)}
+    return out
+
+
+GEOMETRY = ("rank_iso_t500", "rank_iso_t700", "rank_iso_t900", "t500_mcn", "t700_mcn", "t900_mcn", "mrtl_over_floor")
+SHAPES_KEYS = GEOMETRY + (
+    "fd_oracle", "oracle_confident_fraction", "edit_xT_precision", "edit_h_precision", "probe_r2",
+    "probe_shape_accuracy", "linear_xT_precision", "linear_xT_linearity", "linear_xT_monotone",
+    "linear_xT_additivity_error", "linear_h_precision", "linear_h_linearity", "linear_h_monotone",
+    "linear_h_additivity_error", "pullback_xt_purity", "pullback_xt_coverage", "pullback_xt_linearity",
+    "pullback_xt_monotone", "pullback_xt_additivity_error", "pullback_h_purity", "pullback_h_coverage",
+    "pullback_h_linearity", "pullback_h_monotone")
+DIGITS_KEYS = GEOMETRY + (
+    "fd_classifier", "classifier_confident_fraction", "probe_class_accuracy", "pullback_xt_purity",
+    "pullback_xt_coverage", "pullback_xt_linearity", "pullback_xt_monotone", "pullback_xt_additivity_error",
+    "pullback_h_purity", "pullback_h_coverage")
+
+
+def table(stats: dict) -> str:
+    lines = ["| metric | λ = 0 | regularized | difference (reg − 0) | seeds |", "| --- | --- | --- | --- | --- |"]
+    for name, v in stats.items():
+        lines.append(f"| {name} | {v['lambda0']:.4g} ± {v['lambda0_se']:.2g} | {v['regularized']:.4g} ± "
+                     f"{v['regularized_se']:.2g} | {v['difference']:+.4g} ± {v['difference_se']:.2g} | {v['seeds']} |")
+    return "\n".join(lines)
+
+
+def planned_runs(args) -> list:
+    """The key pair (λ = 0 and --best_lambda from scratch on shapes) for every seed, the digits pair
+    for --digits_seeds, then the λ study's fine-tunes (λ = 0, 0.1, 1) when --finetune is on."""
+    floats = lambda text: [float(v) for v in text.split(",") if v.strip()]
+    ints = lambda text: [int(v) for v in text.split(",") if v.strip()]
+    runs = []
+    for seed in ints(args.seeds):
+        runs += [Run("shapes", 0.0, seed), Run("shapes", args.best_lambda, seed)]
+        if seed in ints(args.digits_seeds):
+            runs += [Run("digits", 0.0, seed), Run("digits", args.best_lambda, seed)]
+    if args.finetune:
+        runs += [Run("shapes", w, 0, from_scratch=False) for w in floats(args.finetune_lambdas)]
+    return runs
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/experiments/disentanglement")
+    p.add_argument("--config", default="configs/shapes16.py", help="the model and recipe (the λ study's)")
+    p.add_argument("--steps", type=int, default=1000, help="training steps of every run (the λ study's)")
+    p.add_argument("--seeds", default="0,1,2", help="seeds of the key pair (λ = 0 against --best_lambda)")
+    p.add_argument("--digits_seeds", default="0", help="seeds of the digits pair")
+    p.add_argument("--best_lambda", type=float, default=1.0, help="the λ study's best λ")
+    p.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=False,
+                   help="also the λ study's fine-tunes of its base model (--base)")
+    p.add_argument("--finetune_lambdas", default="0,0.1,1")
+    p.add_argument("--base", default="runs/experiments/base_model/run", help="the λ study's base model")
+    p.add_argument("--oracle", default="runs/oracle16", help="the 16 px factor oracle (trained when missing)")
+    p.add_argument("--classifier", default="runs/digits_classifier", help="the digit classifier (trained when missing)")
+    p.add_argument("--results", default="experiments/results/disentanglement",
+                   help="where each run's measurements and the summary are written (committed)")
+    p.add_argument("--pictures", default="docs/images", help="where the pictures are written")
+    p.add_argument("--train_only", action="store_true", help="train the runs, measure nothing")
+    p.add_argument("--quick", action="store_true", help="tiny runs and measurements (for the test)")
+    return p
+
+
+def prepare(args) -> None:
+    """The oracle and the digit classifier, trained once when missing."""
+    from isodiff_jax.analysis import digit_classifier, oracle
+    if not os.path.exists(os.path.join(args.oracle, "oracle.json")):
+        o = oracle.train(16, steps=150 if args.quick else 3000, progress=not args.quick)
+        oracle.save(o, args.oracle, oracle.evaluate(o, seed=2, num=256 if args.quick else 2048))
+    if not os.path.exists(os.path.join(args.classifier, "classifier.json")):
+        c = digit_classifier.train(16, steps=100 if args.quick else 1500, progress=not args.quick)
+        digit_classifier.save(c, args.classifier, digit_classifier.evaluate(c))
+
+
+def main(argv=None, measurers: dict | None = None) -> dict:
+    args = parser().parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    runs = planned_runs(args)
+    if args.train_only:
+        for run in runs:
+            started = time.perf_counter()
+            train(run, args)
+            print(f"{run.name}: trained ({time.perf_counter() - started:.0f} s)", flush=True)
+        return {}
+    prepare(args)
+    summary = {"controls": control_results(args)}
+    measurers = {} if measurers is None else measurers
+    results = []
+    for run in runs:
+        results.append(measured(run, args, measurers))
+        print(f"{run.name}: measured", flush=True)
+    summary["shapes"] = paired(results, "shapes", SHAPES_KEYS)
+    summary["digits"] = paired(results, "digits", DIGITS_KEYS)
+    summary["runs"] = [r["name"] for r in results]
+    summary["pictures"] = pictures(results, args)
+    write_json(os.path.join(args.results, "summary.json"), summary)
+    for data in ("shapes", "digits"):
+        print(f"\n{data} (from scratch, λ = 0 against λ = {args.best_lambda:g}):\n" + table(summary[data]))
+    return summary
+
+
+def pictures(results: list, args) -> list:
+    """Top-k pullback x_t edits of each seed-0 model (rows = directions, columns = α) at each t,
+    and the supervised linearity curves of the shapes pair (seed 0)."""
+    from isodiff_jax.analysis import directions, pictures as pictures_lib
+    os.makedirs(args.pictures, exist_ok=True)
+    paths = []
+    for r in results:
+        if r["seed"] != 0:
+            continue
+        strips = np.load(os.path.join(args.out, r["name"], "pullback_strips.npz"))
+        for key in strips.files:
+            rows = [f"v{i + 1} (s={r['metrics'][f'pullback_xt_{key}_s{i + 1}']:.2f})" for i in range(len(strips[key]))]
+            path = os.path.join(args.pictures, f"pullback_{r['name']}_{key}.png")
+            paths.append(pictures_lib.editing(path, strips[key], rows, directions.ALPHAS,
+                                              f"{r['name']}: pullback directions at {key} (x_t + α σ_t v_i)"))
+    shapes_pair = [r for r in results if r["data"] == "shapes" and r["seed"] == 0 and r["from_scratch"]]
+    if shapes_pair:
+        paths.append(linearity_curves(shapes_pair, os.path.join(args.pictures, "linearity_curves.png")))
+    return [os.path.relpath(p, args.pictures) for p in paths]
+
+
+def linearity_curves(runs: list, path: str) -> str:
+    """The edited factor's mean signed response against α, per factor, in x_T and h, one line per run."""
+    from matplotlib.figure import Figure
+    from isodiff_jax.analysis import edit_scores, factors
+    alphas = sorted(edit_scores.ALPHAS + (0.0,))
+    fig = Figure(figsize=(3 * len(factors.CONTINUOUS), 5.5), layout="tight")
+    axes = fig.subplots(2, len(factors.CONTINUOUS), squeeze=False)
+    for row, space in enumerate(("xT", "h")):
+        for col, name in enumerate(factors.CONTINUOUS):
+            ax = axes[row, col]
+            for r in runs:
+                ax.plot(alphas, r["metrics"][f"linear_{space}_{name}_response"], marker="o",
+                        label=f"λ={r['weight']:g} (R² {r['metrics'][f'linear_{space}_{name}_linearity']:.2f})")
+            ax.axhline(0, color="grey", lw=0.5)
+            ax.set_title(f"{name}, edit in {space}", fontsize=9)
+            ax.set_xlabel("α")
+            ax.legend(fontsize=7)
+        axes[row, 0].set_ylabel("signed change of the factor")
+    fig.savefig(path, dpi=90)
+    return path
+
+
+if __name__ == "__main__":
+    main()
