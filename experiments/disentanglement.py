@@ -8,10 +8,11 @@ axes, rotated, and a nonlinear mix), then on trained models:
 - digits (scikit-learn's real scans, configs/digits16.py), the same pair for --digits_seeds;
 - with --finetune, the λ study's fine-tunes of its base model at λ = 0, 0.1 and 1.
 
-Each model gets: geometry (exact rank·L_iso, dense MCN, mRTL / floor), quality (fd_oracle and the
-confident share; on digits the digit classifier's), the linear probes from h, the supervised
-edits' precision, linearity and composition in x_T and h (shapes), and the purity, coverage,
-linearity and composition of the top-6 pullback directions at t = 500, 700, 900 (on digits their
+Each model gets: geometry (exact rank·L_iso, mRTL / floor, the top singular values of the
+encoder), quality (fd_oracle and the confident share on 256 samples; on digits the digit
+classifier's), the linear probes from h, the supervised edits' precision, linearity and
+composition in x_T and h (shapes), and the purity, consistency, coverage,
+linearity and composition of the top-4 pullback directions at t = 500 and 900 (on digits their
 class purity). Seeds share compiled programs: evaluators are built for the spec with data seed 0.
 
     .venv/bin/python experiments/disentanglement.py                 # about 3 hours on 2 CPU cores
@@ -88,8 +89,12 @@ def options(quick: bool):
         return Options(num_pairs=4, timesteps=(50,), num_samples=8, num_fd_samples=16, sample_steps=4,
                        fd_sample_steps=4, spectrum_method="matrix_free", spectrum_iters=8, num_label=16,
                        num_edit=4, h_min_t=50)
-    return Options(num_pairs=32, timesteps=(500, 700, 900), num_samples=32, num_fd_samples=512, sample_steps=20,
-                   fd_sample_steps=100, fd_sample_eta=1.0, spectrum_method="dense")
+    return Options(num_pairs=32, timesteps=(500, 700, 900), num_samples=32, num_fd_samples=256, sample_steps=20,
+                   fd_sample_steps=100, fd_sample_eta=1.0, num_label=128, num_edit=16)
+
+
+PULLBACK_TIMESTEPS = (500, 900)  # the pullback directions' t (each costs ~2 min per model on 2 cores)
+PULLBACK_ALPHAS = (-2.0, -1.0, 1.0, 2.0)
 
 
 class Measurer:
@@ -99,14 +104,15 @@ class Measurer:
         from isodiff_jax.analysis import directions, edit_scores, linearity, suite
         self.spec, o = spec, options(args.quick)
         shapes = spec.data.name == "shapes"
-        self.suite = suite.Suite(spec, ("mrtl", "mcn", "fd", "edit", "probe") if shapes else ("mrtl", "mcn"), o,
+        self.suite = suite.Suite(spec, ("mrtl", "fd", "probe") if shapes else ("mrtl",), o,
                                  suite.load_resources(args.oracle) if shapes else suite.Resources())
-        self.rank_iso = lambda_study.ExactRankIso(spec, o.timesteps, 4 if args.quick else 8)
-        pullback = dict(timesteps=o.timesteps, k=2 if args.quick else 6, num_samples=2 if args.quick else 12,
-                        sample_steps=o.sample_steps, num_iters=8 if args.quick else None)
+        self.rank_iso = lambda_study.ExactRankIso(spec, o.timesteps, 4)
+        pullback = dict(timesteps=o.timesteps if args.quick else PULLBACK_TIMESTEPS, k=2 if args.quick else 4,
+                        num_samples=2 if args.quick else 8, alphas=PULLBACK_ALPHAS, sample_steps=o.sample_steps,
+                        num_iters=8 if args.quick else None)
         self.extra = []
         if shapes:
-            reader = edit_scores.FactorReader(self.suite.evaluators["edit"].oracle)
+            reader = edit_scores.FactorReader(self.suite.evaluators["fd"].oracle)
             self.extra.append(linearity.SupervisedEdits(spec, reader, num_label=o.num_label, num_edit=o.num_edit,
                                                         sample_steps=o.sample_steps, h_min_t=o.h_min_t))
         else:
@@ -163,13 +169,19 @@ def digits_probe(spec, o, quick: bool):
 
 
 def measured(run: Run, args, measurers: dict) -> dict:
-    """Trains (or resumes) and measures one run unless its record exists in --results."""
+    """Trains (or resumes) and measures one run unless its record exists in --results; with
+    --measure_only, None for a run not trained to --steps (another process may be training it)."""
     from isodiff_jax import checkpoint
     path = os.path.join(args.results, f"{run.name}.json")
     if os.path.exists(path):
         return json.load(open(path))
     started = time.perf_counter()
-    workdir = train(run, args)
+    if args.measure_only:
+        workdir = os.path.join(args.out, run.name)
+        if not os.path.isdir(os.path.join(workdir, "checkpoints", str(args.steps))):
+            return None  # not trained to the end yet
+    else:
+        workdir = train(run, args)
     spec = canonical(checkpoint.read_spec(workdir)[0])
     if spec not in measurers:
         measurers[spec] = Measurer(spec, args)
@@ -187,15 +199,20 @@ def write_json(path: str, value) -> None:
 
 
 def control_results(args) -> dict:
-    """Every measure on the three controls (controls.json in --results), read by the oracle."""
+    """Every measure on the three controls of each data set (controls.json in --results), read by
+    the oracle (shapes) and the digit classifier (digits)."""
     path = os.path.join(args.results, "controls.json")
     if os.path.exists(path):
         return json.load(open(path))
-    from isodiff_jax.analysis import controls, edit_scores, oracle
+    from isodiff_jax.analysis import controls, digit_classifier, edit_scores, oracle
     reader = edit_scores.FactorReader(oracle.load(args.oracle))
-    sizes = dict(num_label=32, num_edit=8, num_probe=128) if args.quick else {}
-    result = {kind: controls.measure(controls.Control(kind, resolution=reader.oracle.resolution), reader, **sizes)
-              for kind in controls.CONTROLS}
+    classes = edit_scores.ClassReader(digit_classifier.load(args.classifier), digit_classifier.CLASS_NAMES)
+    sizes = dict(num_edit=8, num_probe=128) if args.quick else {}
+    result = {"shapes": {kind: controls.measure(controls.Control(kind, resolution=reader.oracle.resolution), reader,
+                                                **sizes, **(dict(num_label=32) if args.quick else {}))
+                         for kind in controls.CONTROLS},
+              "digits": {kind: controls.measure_digits(controls.Control(kind, data="digits"), classes, **sizes)
+                         for kind in controls.CONTROLS}}
     write_json(path, result)
     return result
 
@@ -219,18 +236,20 @@ def paired(results: list, data: str, names) -> dict:
     return out
 
 
-GEOMETRY = ("rank_iso_t500", "rank_iso_t700", "rank_iso_t900", "t500_mcn", "t700_mcn", "t900_mcn", "mrtl_over_floor")
+GEOMETRY = ("rank_iso_t500", "rank_iso_t700", "rank_iso_t900", "mrtl_over_floor", "pullback_xt_t500_s1",
+            "pullback_xt_t500_s4")
 SHAPES_KEYS = GEOMETRY + (
-    "fd_oracle", "oracle_confident_fraction", "edit_xT_precision", "edit_h_precision", "probe_r2",
+    "fd_oracle", "oracle_confident_fraction", "probe_r2",
     "probe_shape_accuracy", "linear_xT_precision", "linear_xT_linearity", "linear_xT_monotone",
     "linear_xT_additivity_error", "linear_h_precision", "linear_h_linearity", "linear_h_monotone",
-    "linear_h_additivity_error", "pullback_xt_purity", "pullback_xt_coverage", "pullback_xt_linearity",
-    "pullback_xt_monotone", "pullback_xt_additivity_error", "pullback_h_purity", "pullback_h_coverage",
-    "pullback_h_linearity", "pullback_h_monotone")
+    "linear_h_additivity_error", "pullback_xt_purity", "pullback_xt_coverage", "pullback_xt_consistency",
+    "pullback_xt_linearity", "pullback_xt_monotone", "pullback_xt_additivity_error", "pullback_h_purity",
+    "pullback_h_coverage", "pullback_h_consistency", "pullback_h_linearity", "pullback_h_monotone")
 DIGITS_KEYS = GEOMETRY + (
     "fd_classifier", "classifier_confident_fraction", "probe_class_accuracy", "pullback_xt_purity",
-    "pullback_xt_coverage", "pullback_xt_linearity", "pullback_xt_monotone", "pullback_xt_additivity_error",
-    "pullback_h_purity", "pullback_h_coverage")
+    "pullback_xt_coverage", "pullback_xt_consistency", "pullback_xt_linearity", "pullback_xt_monotone",
+    "pullback_xt_additivity_error", "pullback_h_purity", "pullback_h_coverage", "pullback_h_consistency",
+    "pullback_h_monotone")
 
 
 def table(stats: dict) -> str:
@@ -274,6 +293,8 @@ def parser() -> argparse.ArgumentParser:
                    help="where each run's measurements and the summary are written (committed)")
     p.add_argument("--pictures", default="docs/images", help="where the pictures are written")
     p.add_argument("--train_only", action="store_true", help="train the runs, measure nothing")
+    p.add_argument("--measure_only", action="store_true",
+                   help="measure the runs trained to --steps, train nothing (beside a --train_only process)")
     p.add_argument("--quick", action="store_true", help="tiny runs and measurements (for the test)")
     return p
 
@@ -304,8 +325,10 @@ def main(argv=None, measurers: dict | None = None) -> dict:
     measurers = {} if measurers is None else measurers
     results = []
     for run in runs:
-        results.append(measured(run, args, measurers))
-        print(f"{run.name}: measured", flush=True)
+        result = measured(run, args, measurers)
+        if result is not None:
+            results.append(result)
+            print(f"{run.name}: measured", flush=True)
     summary["shapes"] = paired(results, "shapes", SHAPES_KEYS)
     summary["digits"] = paired(results, "digits", DIGITS_KEYS)
     summary["runs"] = [r["name"] for r in results]
@@ -319,7 +342,7 @@ def main(argv=None, measurers: dict | None = None) -> dict:
 def pictures(results: list, args) -> list:
     """Top-k pullback x_t edits of each seed-0 model (rows = directions, columns = α) at each t,
     and the supervised linearity curves of the shapes pair (seed 0)."""
-    from isodiff_jax.analysis import directions, pictures as pictures_lib
+    from isodiff_jax.analysis import pictures as pictures_lib
     os.makedirs(args.pictures, exist_ok=True)
     paths = []
     for r in results:
@@ -329,7 +352,7 @@ def pictures(results: list, args) -> list:
         for key in strips.files:
             rows = [f"v{i + 1} (s={r['metrics'][f'pullback_xt_{key}_s{i + 1}']:.2f})" for i in range(len(strips[key]))]
             path = os.path.join(args.pictures, f"pullback_{r['name']}_{key}.png")
-            paths.append(pictures_lib.editing(path, strips[key], rows, directions.ALPHAS,
+            paths.append(pictures_lib.editing(path, strips[key], rows, PULLBACK_ALPHAS,
                                               f"{r['name']}: pullback directions at {key} (x_t + α σ_t v_i)"))
     shapes_pair = [r for r in results if r["data"] == "shapes" and r["seed"] == 0 and r["from_scratch"]]
     if shapes_pair:

@@ -51,8 +51,9 @@ def test_the_key_pair_has_standard_errors_and_the_controls_are_recorded(study):
     assert stats["seeds"] == 2 and math.isfinite(stats["difference_se"])
     assert stats["difference"] == pytest.approx(stats["regularized"] - stats["lambda0"])
     assert summary["digits"]["probe_class_accuracy"]["seeds"] == 1
-    assert set(summary["controls"]) == {"axes", "rotated", "mixed"}
-    assert summary["controls"]["axes"]["probe_r2"] > summary["controls"]["mixed"]["probe_r2"]
+    assert set(summary["controls"]["shapes"]) == set(summary["controls"]["digits"]) == {"axes", "rotated", "mixed"}
+    assert summary["controls"]["shapes"]["axes"]["probe_r2"] > summary["controls"]["shapes"]["mixed"]["probe_r2"]
+    assert math.isfinite(summary["controls"]["digits"]["rotated"]["pullback_consistency"])
     for picture in summary["pictures"]:
         assert (tmp / "pictures" / picture).stat().st_size > 0
     assert "linearity_curves.png" in summary["pictures"]

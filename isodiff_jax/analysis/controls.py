@@ -20,6 +20,7 @@ linear probes of `probe`, and the purity, coverage and linearity of the pullback
 `directions`, all read through the same factor oracle as a model's images.
 """
 import dataclasses
+import functools
 from typing import Iterator
 
 import jax
@@ -28,7 +29,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from isodiff_jax.analysis import directions, edit_scores, editing, factors, probe
-from isodiff_jax.data import shapes
+from isodiff_jax.data import digits, shapes
 
 CONTROLS = ("axes", "rotated", "mixed")
 POSITIVE = ("axes", "rotated")
@@ -44,21 +45,29 @@ def _orthogonal(rng, size: int) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Control:
-    """One control latent space (see the module docstring); `seed` fixes R, Q₁, Q₂ and φ."""
+    """One control latent space (see the module docstring); `seed` fixes R, Q₁, Q₂ and φ. data
+    "shapes" renders the six factors; "digits" blends class prototypes (`digit_prototypes`)."""
     kind: str
     resolution: int = 16
     seed: int = 0
+    data: str = "shapes"
 
     def __post_init__(self):
         if self.kind not in CONTROLS:
             raise ValueError(f"kind must be one of {CONTROLS}, got {self.kind!r}")
+        if self.data not in ("shapes", "digits"):
+            raise ValueError(f"data must be 'shapes' or 'digits', got {self.data!r}")
+
+    @property
+    def dim(self) -> int:
+        return LATENT_DIM if self.data == "shapes" else digits.NUM_CLASSES
 
     def _matrices(self):
         rng = np.random.default_rng(self.seed)
-        return _orthogonal(rng, LATENT_DIM), _orthogonal(rng, LATENT_DIM), rng.uniform(0, 2 * np.pi, LATENT_DIM)
+        return _orthogonal(rng, self.dim), _orthogonal(rng, self.dim), rng.uniform(0, 2 * np.pi, self.dim)
 
     def code(self, x):
-        """latent (B, 6) -> factor code z (B, 6); works on NumPy and JAX arrays."""
+        """latent (B, d) -> code z (B, d); works on NumPy and JAX arrays."""
         q1, q2, phase = self._matrices()
         if self.kind == "axes":
             return x
@@ -68,9 +77,14 @@ class Control:
         return np.sqrt(2.0) * sin(2.5 * x @ q1.T + phase) @ q2.T
 
     def encode(self, x):
-        """latent (B, 6) -> h (B, 6), differentiable (JAX)."""
+        """latent (B, d) -> h (B, d), differentiable (JAX)."""
         x = jnp.asarray(x)
-        return (x if self.kind == "mixed" else self.code(x)) * jnp.asarray(SCALES, x.dtype)
+        scales = jnp.asarray(SCALES if self.data == "shapes" else np.linspace(3.0, 1.0, self.dim), x.dtype)
+        return (x if self.kind == "mixed" else self.code(x)) * scales
+
+    def labels_of(self, x) -> np.ndarray:
+        """digits: the class of the largest prototype weight, (B,) ints."""
+        return np.argmax(np.asarray(self.code(np.asarray(x, np.float64))), axis=1)
 
     def factors_of(self, x) -> dict:
         """latent (B, 6) -> the six factors (dict of (B,) arrays, as `shapes.sample_factors`)."""
@@ -83,8 +97,25 @@ class Control:
         return out
 
     def decode(self, x) -> np.ndarray:
-        """latent (B, 6) -> images (B, R, R, 3) in [-1, 1]."""
+        """latent (B, d) -> images (B, R, R, 3) in [-1, 1]."""
+        if self.data == "digits":
+            z = np.asarray(self.code(np.asarray(x, np.float64)))
+            weights = np.exp(DIGIT_SHARPNESS * (z - z.max(axis=1, keepdims=True)))
+            weights /= weights.sum(axis=1, keepdims=True)
+            return np.einsum("bc,chwk->bhwk", weights, digit_prototypes(self.resolution)).astype(np.float32)
         return shapes.render(self.factors_of(x), self.resolution).astype(np.float32) / 127.5 - 1.0
+
+
+DIGIT_SHARPNESS = 2.0  # prototype weights softmax(2 z): one or two classes dominate most images
+
+
+@functools.lru_cache(maxsize=2)
+def digit_prototypes(resolution: int) -> np.ndarray:
+    """The mean training scan of each digit (10, R, R, 3) in [-1, 1]."""
+    source = digits.DigitsSource(resolution)
+    indices = np.arange(digits.TEST_START)
+    images, labels = source.get(indices).astype(np.float32) / 127.5 - 1.0, source.labels(indices)
+    return np.stack([images[labels == c].mean(axis=0) for c in range(digits.NUM_CLASSES)])
 
 
 def _supervised(control: Control, reader, x_label, x_edit, original) -> dict:
@@ -100,16 +131,16 @@ def _supervised(control: Control, reader, x_label, x_edit, original) -> dict:
 
 
 def _pullback(control: Control, reader, x_edit, original) -> Iterator:
-    s, v = directions.local_basis(control.encode, jnp.asarray(x_edit), jax.random.PRNGKey(0), k=LATENT_DIM)
+    s, v = directions.local_basis(control.encode, jnp.asarray(x_edit), jax.random.PRNGKey(0), k=control.dim)
     v = np.asarray(v)
     per_direction = []
-    for i in range(LATENT_DIM):
+    for i in range(control.dim):
         edited = [reader.read(control.decode(x_edit + a * v[:, i])) for a in ALPHAS]
         per_direction.append(edit_scores.alpha_response(reader, original, edited, ALPHAS))
     yield from directions.summarize_directions(per_direction, ALPHAS, reader.names, "pullback_").items()
     read = lambda shift: reader.read(control.decode(x_edit + shift))
     error = edit_scores.composition_error(reader, original, read, v[:, 0], v[:, 1])
-    yield "pullback_additivity_error", float(edit_scores.nanmean(error))
+    yield "pullback_additivity_error", error
 
 
 def measure(control: Control, reader, *, num_label: int = 256, num_edit: int = 64, num_probe: int = 768,
@@ -129,4 +160,19 @@ def measure(control: Control, reader, *, num_label: int = 256, num_edit: int = 6
                                 {k: v[n:] for k, v in truth.items()})
     out.update({f"probe_{k}": v for k, v in scores.items()})
     out["probe_r2"] = float(np.mean([v for k, v in scores.items() if k.startswith("r2_")]))
+    return out
+
+
+def measure_digits(control: Control, reader, *, num_edit: int = 64, num_probe: int = 768, seed: int = 0) -> dict:
+    """The digits study's measures on a digits control, read through `reader` (an
+    `edit_scores.ClassReader` of the digit classifier): the class purity, coverage, linearity and
+    composition of the pullback directions, and the held-out accuracy of a linear class probe
+    from h to the dominant prototype's class (fitted on 3/4 of num_probe latents)."""
+    k_edit, k_probe = jax.random.split(jax.random.PRNGKey(seed))
+    x_edit = np.asarray(jax.random.normal(k_edit, (num_edit, control.dim)), np.float64)
+    x_probe = np.asarray(jax.random.normal(k_probe, (num_probe, control.dim)), np.float64)
+    out = dict(_pullback(control, reader, x_edit, reader.read(control.decode(x_edit))))
+    h, labels, n = np.asarray(control.encode(x_probe)), control.labels_of(x_probe), 3 * num_probe // 4
+    out["probe_class_accuracy"], _ = probe.class_probe_accuracy(h[:n], labels[:n], h[n:], labels[n:],
+                                                                num_classes=digits.NUM_CLASSES)
     return out

@@ -80,15 +80,18 @@ def local_basis(encode: Callable, x, key, *, k: int, num_iters: int | None = Non
 def summarize_directions(per_direction: Sequence[dict], alphas, names: Sequence[str], prefix: str) -> dict:
     """Scores of the top-k directions (one `edit_scores.alpha_response` dict each, on the same
     B samples): per direction i, prefix + f"v{i+1}_<score>" and the share of samples whose
-    dominant attribute is each name (prefix + f"v{i+1}_moves_<name>"); over all, the mean
-    purity, linearity, monotone and target change, and coverage, the number of distinct dominant
-    attributes among the k directions per sample (mean over samples; at most min(k, #names))."""
+    dominant attribute is each name (prefix + f"v{i+1}_moves_<name>") and the largest of those
+    shares (consistency: 1 when direction i moves the same attribute at every sample, about
+    1/#names when it moves a random one); over all, the mean purity, linearity, monotone, target
+    change and consistency, and coverage, the number of distinct dominant attributes among the k
+    directions per sample (mean over samples; at most min(k, #names))."""
     out = {}
     for i, scores in enumerate(per_direction):
         out.update(edit_scores.summarize(scores, alphas, f"{prefix}v{i + 1}_"))
-        for j, name in enumerate(names):
-            out[f"{prefix}v{i + 1}_moves_{name}"] = float(np.mean(scores["dominant"] == j))
-    for key in ("purity", "linearity", "monotone", "target_change"):
+        shares = [float(np.mean(scores["dominant"] == j)) for j in range(len(names))]
+        out.update({f"{prefix}v{i + 1}_moves_{name}": share for name, share in zip(names, shares)})
+        out[f"{prefix}v{i + 1}_consistency"] = max(shares)
+    for key in ("purity", "linearity", "monotone", "target_change", "consistency"):
         out[prefix + key] = float(edit_scores.nanmean([out[f"{prefix}v{i + 1}_{key}"] for i in range(len(per_direction))]))
     dominant = np.stack([scores["dominant"] for scores in per_direction])  # (k, B)
     out[prefix + "coverage"] = float(np.mean([len(set(column)) for column in dominant.T]))
@@ -179,8 +182,8 @@ class PullbackEditing:
         if self.k >= 2:  # v_1 + v_2 against the two edits alone, in x_t
             read = lambda shift: self.reader.read(np.asarray(self._decode[t](
                 params, x_t + self.sigma[t] * shift, jnp.zeros((x_t.shape[0], *self.spec.h_shape)))))
-            values["xt"]["additivity_error"] = float(edit_scores.nanmean(
-                edit_scores.composition_error(self.reader, original, read, v[:, 0], v[:, 1])))
+            values["xt"]["additivity_error"] = edit_scores.composition_error(self.reader, original, read,
+                                                                              v[:, 0], v[:, 1])
         return values, np.stack(strips)
 
     def run(self, params) -> Iterator:

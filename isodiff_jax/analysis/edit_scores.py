@@ -19,7 +19,7 @@ that the edit targets (or its dominant one):
     monotone    = 1 when the signed change of f is monotone in α (non-decreasing or non-increasing)
     unintended  = Σ_{g ≠ f} m_g at each |α|
 and for two directions a, b with signed changes Δ(a), Δ(b), Δ(a + b):
-    additivity error = Σ_f |Δ_f(a + b) − Δ_f(a) − Δ_f(b)| / Σ_f (|Δ_f(a)| + |Δ_f(b)|)
+    additivity error = Σ_b Σ_f |Δ_f(a + b) − Δ_f(a) − Δ_f(b)| / Σ_b Σ_f (|Δ_f(a)| + |Δ_f(b)|)
 """
 import warnings
 from typing import Callable, Sequence
@@ -156,14 +156,14 @@ def alpha_response(reader, original: dict, edited: Sequence[dict], alphas: Seque
             "response": response}
 
 
-def additivity_error(reader, original: dict, edit_a: dict, edit_b: dict, edit_ab: dict) -> np.ndarray:
-    """Per sample (B,): Σ_f |Δ_f(a+b) − Δ_f(a) − Δ_f(b)| / Σ_f (|Δ_f(a)| + |Δ_f(b)|), on signed
-    changes from the unedited reading (NaN where neither edit moved anything)."""
+def additivity_error(reader, original: dict, edit_a: dict, edit_b: dict, edit_ab: dict) -> float:
+    """Σ_b Σ_f |Δ_f(a+b) − Δ_f(a) − Δ_f(b)| / Σ_b Σ_f (|Δ_f(a)| + |Δ_f(b)|) over the B samples, on
+    signed changes from the unedited reading: a ratio of sums, so that samples whose edits barely
+    move anything (a saturated classifier) do not dominate; NaN where nothing moved at all."""
     change = lambda e: _stack(reader.signed_change(original, e), reader.names)
     da, db, dab = change(edit_a), change(edit_b), change(edit_ab)
-    scale = np.abs(da).sum(axis=-1) + np.abs(db).sum(axis=-1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(scale > 0, np.abs(dab - da - db).sum(axis=-1) / scale, np.nan)
+    scale = np.sum(np.abs(da)) + np.sum(np.abs(db))
+    return float(np.sum(np.abs(dab - da - db)) / scale) if scale > 0 else float("nan")
 
 
 def summarize(scores: dict, alphas: Sequence[float], prefix: str) -> dict:
@@ -202,7 +202,7 @@ def supervised_family(reader, original: dict, read: Callable, shifts: dict, *, a
 
 
 def composition_error(reader, original: dict, read: Callable, shift_a, shift_b, alpha: float = COMPOSE_ALPHA):
-    """`additivity_error` (B,) of the edits α shift_a, α shift_b and α (shift_a + shift_b), with
+    """`additivity_error` of the edits α shift_a, α shift_b and α (shift_a + shift_b), with
     read(shift) -> the reading of the images edited by shift."""
     return additivity_error(reader, original, read(alpha * shift_a), read(alpha * shift_b),
                             read(alpha * (shift_a + shift_b)))
