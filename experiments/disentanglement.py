@@ -252,6 +252,24 @@ DIGITS_KEYS = GEOMETRY + (
     "pullback_h_monotone")
 
 
+CONTROL_KEYS = {
+    "shapes": ("supervised_precision", "supervised_linearity", "supervised_monotone", "supervised_additivity_error",
+               "probe_r2", "probe_shape_accuracy", "pullback_purity", "pullback_consistency", "pullback_coverage",
+               "pullback_linearity", "pullback_monotone", "pullback_additivity_error"),
+    "digits": ("probe_class_accuracy", "pullback_purity", "pullback_consistency", "pullback_coverage",
+               "pullback_linearity", "pullback_monotone", "pullback_additivity_error")}
+
+
+def controls_table(controls: dict) -> str:
+    """One row per measure: its value on each control of each data set."""
+    lines = ["| data | measure | axes (+) | rotated (+) | mixed (−) |", "| --- | --- | --- | --- | --- |"]
+    for data, keys in CONTROL_KEYS.items():
+        for key in keys:
+            values = " | ".join(f"{controls[data][kind][key]:.3g}" for kind in ("axes", "rotated", "mixed"))
+            lines.append(f"| {data} | {key} | {values} |")
+    return "\n".join(lines)
+
+
 def table(stats: dict) -> str:
     lines = ["| metric | λ = 0 | regularized | difference (reg − 0) | seeds |", "| --- | --- | --- | --- | --- |"]
     for name, v in stats.items():
@@ -334,6 +352,7 @@ def main(argv=None, measurers: dict | None = None) -> dict:
     summary["runs"] = [r["name"] for r in results]
     summary["pictures"] = pictures(results, args)
     write_json(os.path.join(args.results, "summary.json"), summary)
+    print("controls:\n" + controls_table(summary["controls"]))
     for data in ("shapes", "digits"):
         print(f"\n{data} (from scratch, λ = 0 against λ = {args.best_lambda:g}):\n" + table(summary[data]))
     return summary
