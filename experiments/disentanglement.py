@@ -217,13 +217,25 @@ def control_results(args) -> dict:
     return result
 
 
+def with_means(metrics: dict) -> dict:
+    """metrics plus linear_{xT,h}_target_change, the mean over factors of how far each supervised
+    edit moved its factor (an edit that moves nothing is trivially linear and additive)."""
+    from isodiff_jax.analysis import factors
+    out = dict(metrics)
+    for space in ("xT", "h"):
+        values = [metrics.get(f"linear_{space}_{name}_target_change") for name in factors.CONTINUOUS]
+        if all(v is not None for v in values):
+            out[f"linear_{space}_target_change"] = float(np.mean(values))
+    return out
+
+
 def paired(results: list, data: str, names) -> dict:
     """Per metric: mean ± standard error over seeds of λ = 0, of the regularized runs, and of their
     paired difference (regularized − λ = 0, same seed), with the number of seeds."""
     by_seed = {}
     for r in results:
         if r["data"] == data and r["from_scratch"]:
-            by_seed.setdefault(r["seed"], {})["zero" if r["weight"] == 0 else "reg"] = r["metrics"]
+            by_seed.setdefault(r["seed"], {})["zero" if r["weight"] == 0 else "reg"] = with_means(r["metrics"])
     pairs = [v for v in by_seed.values() if len(v) == 2]
     out = {}
     for name in [n for n in names if pairs and n in pairs[0]["zero"]]:
@@ -240,16 +252,17 @@ GEOMETRY = ("rank_iso_t500", "rank_iso_t700", "rank_iso_t900", "mrtl_over_floor"
             "pullback_xt_t500_s4")
 SHAPES_KEYS = GEOMETRY + (
     "fd_oracle", "oracle_confident_fraction", "probe_r2",
-    "probe_shape_accuracy", "linear_xT_precision", "linear_xT_linearity", "linear_xT_monotone",
-    "linear_xT_additivity_error", "linear_h_precision", "linear_h_linearity", "linear_h_monotone",
-    "linear_h_additivity_error", "pullback_xt_purity", "pullback_xt_coverage", "pullback_xt_consistency",
+    "probe_shape_accuracy", "linear_xT_precision", "linear_xT_target_change", "linear_xT_linearity",
+    "linear_xT_monotone", "linear_xT_additivity_error", "linear_h_precision", "linear_h_target_change",
+    "linear_h_linearity", "linear_h_monotone", "linear_h_additivity_error", "pullback_xt_target_change",
+    "pullback_h_target_change", "pullback_xt_purity", "pullback_xt_coverage", "pullback_xt_consistency",
     "pullback_xt_linearity", "pullback_xt_monotone", "pullback_xt_additivity_error", "pullback_h_purity",
     "pullback_h_coverage", "pullback_h_consistency", "pullback_h_linearity", "pullback_h_monotone")
 DIGITS_KEYS = GEOMETRY + (
     "fd_classifier", "classifier_confident_fraction", "probe_class_accuracy", "pullback_xt_purity",
     "pullback_xt_coverage", "pullback_xt_consistency", "pullback_xt_linearity", "pullback_xt_monotone",
-    "pullback_xt_additivity_error", "pullback_h_purity", "pullback_h_coverage", "pullback_h_consistency",
-    "pullback_h_monotone")
+    "pullback_xt_additivity_error", "pullback_xt_target_change", "pullback_h_purity", "pullback_h_coverage",
+    "pullback_h_consistency", "pullback_h_monotone", "pullback_h_target_change")
 
 
 CONTROL_KEYS = {
