@@ -49,12 +49,7 @@ def local_basis_fn(fn: Callable, x, *, k: int, num_iters: int | None = None, par
     """The map (params, x (B, ...), key) -> (s (B, k), v (B, k, ...)) of `local_basis` for
     fn(params, x (B, ...)) -> (B, ...), jitted once for x's shape (new parameters compile nothing)."""
     m, n = spectrum.map_dims(lambda x: jax.eval_shape(fn, params_like, x), x)
-    d = min(m, n)
-    if not 1 <= k <= d:
-        raise ValueError(f"k must be in [1, min(m, n) = {d}], got {k}")
-    num_iters = min(d, max(4 * k, 64)) if num_iters is None else num_iters
-    if not k <= num_iters <= d:
-        raise ValueError(f"num_iters must be in [k = {k}, min(m, n) = {d}], got {num_iters}")
+    num_iters = spectrum.lanczos_iterations(k, num_iters, min(m, n))
     run = spectrum.bidiagonalize_fn(fn, x, num_iters=num_iters, params_like=params_like, bases=True)
 
     def basis(params, x, key):

@@ -277,16 +277,21 @@ def matrix_free_singular_values(fn: Callable, x, key, *, k: int, which=WHICH,
     Lanczos vectors, at most (2q + 1) · B · max(m, n) numbers in the dtype of x.
     """
     which = _check_which(which)
-    m, n = map_dims(fn, x)
-    d = min(m, n)
+    num_iters = lanczos_iterations(k, num_iters, min(*map_dims(fn, x)))
+    alpha, beta = bidiagonalize_fn(lambda _, x: fn(x), x, num_iters=num_iters)(None, x, key)
+    return _select(bidiagonal_singular_values(alpha, beta), k, which)
+
+
+
+def lanczos_iterations(k: int, num_iters: int | None, d: int) -> int:
+    """The Lanczos iteration count for the top (or bottom) k of d = min(m, n) singular values:
+    num_iters, checked to lie in [k, d], or by default min(d, max(4k, 64))."""
     if not 1 <= k <= d:
         raise ValueError(f"k must be in [1, min(m, n) = {d}], got {k}")
     num_iters = min(d, max(4 * k, 64)) if num_iters is None else num_iters
     if not k <= num_iters <= d:
         raise ValueError(f"num_iters must be in [k = {k}, min(m, n) = {d}], got {num_iters}")
-    alpha, beta = bidiagonalize_fn(lambda _, x: fn(x), x, num_iters=num_iters)(None, x, key)
-    return _select(bidiagonal_singular_values(alpha, beta), k, which)
-
+    return num_iters
 
 
 def ranks(s, *, rtol: float) -> np.ndarray:
