@@ -11,7 +11,6 @@ scale, and scored on the held-out rest:
 import argparse
 import dataclasses
 import functools
-import json
 import os
 from typing import Sequence
 
@@ -20,12 +19,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import tqdm
 
 from isodiff_jax.analysis import oracle as oracle_lib
 from isodiff_jax.data import digits
-from isodiff_jax.errors import MissingPath
 
 CLASS_NAMES = tuple(f"digit_{c}" for c in range(digits.NUM_CLASSES))
 
@@ -54,17 +51,8 @@ class Classifier:
 
     def outputs(self, images, batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
         """images (B, R, R, 3) in [-1, 1] -> (logits, features), in padded chunks of one shape."""
-        images = np.asarray(images, np.float32)
-        if images.ndim != 4 or images.shape[1:] != (self.resolution, self.resolution, 3):
-            raise ValueError(f"the classifier expects (B, {self.resolution}, {self.resolution}, 3) images "
-                             f"in [-1, 1], got shape {images.shape}")
-        size = min(batch_size, len(images))
-        parts = []
-        for start in range(0, len(images), size):
-            chunk = images[start:start + size]
-            padded = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]), np.float32)])
-            parts.append([np.asarray(o)[:len(chunk)] for o in self._apply(self.params, padded)])
-        return tuple(np.concatenate(columns) for columns in zip(*parts))
+        return oracle_lib.chunked_outputs(self._apply, self.params, images, self.resolution, batch_size,
+                                          "the classifier")
 
     def probabilities(self, images) -> np.ndarray:
         return np.asarray(jax.nn.softmax(self.outputs(images)[0], axis=-1))
@@ -127,27 +115,17 @@ def evaluate(classifier: Classifier) -> dict:
 
 
 def save(classifier: Classifier, directory: str, metrics: dict) -> None:
-    directory = os.path.abspath(directory)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(os.path.join(directory, "params"), classifier.params, force=True)
-    with open(os.path.join(directory, "classifier.json"), "w") as f:
-        json.dump({"resolution": classifier.resolution, "channels": list(classifier.net.channels),
-                   "features": classifier.net.features, "held_out": metrics}, f, indent=2)
+    oracle_lib.save_net(directory, classifier.params, "classifier.json",
+                        {"resolution": classifier.resolution, "channels": list(classifier.net.channels),
+                         "features": classifier.net.features, "held_out": metrics})
 
 
 def load(directory: str) -> Classifier:
-    directory = os.path.abspath(directory)
-    meta_path = os.path.join(directory, "classifier.json")
-    if not os.path.exists(meta_path):
-        raise MissingPath(f"{meta_path} does not exist: train a digit classifier with "
-                          f"`python -m isodiff_jax.analysis.digit_classifier --out {directory}`")
-    with open(meta_path) as f:
-        meta = json.load(f)
+    meta = oracle_lib.load_meta(directory, "classifier.json", "train a digit classifier with "
+                                f"`python -m isodiff_jax.analysis.digit_classifier --out {os.path.abspath(directory)}`")
     net = ClassifierNet(channels=tuple(meta["channels"]), features=meta["features"])
     r = meta["resolution"]
-    shapes_ = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, r, r, 3)))
-    params = ocp.StandardCheckpointer().restore(os.path.join(directory, "params"), shapes_)
-    return Classifier(net=net, params=params, resolution=r)
+    return Classifier(net=net, params=oracle_lib.restore_params(directory, net, r), resolution=r)
 
 
 def main(argv=None):

@@ -89,6 +89,46 @@ def images_of(seed: int, indices, resolution: int) -> tuple[np.ndarray, dict]:
     return shapes.render(factors, resolution).astype(np.float32) / 127.5 - 1.0, factors
 
 
+def chunked_outputs(apply, params, images, resolution: int, batch_size: int, name: str) -> tuple:
+    """apply(params, images) -> outputs, run on images (B, R, R, 3) in [-1, 1] in chunks of
+    batch_size, the last one padded (any B compiles at most one shape), as NumPy arrays."""
+    images = np.asarray(images, np.float32)
+    if images.ndim != 4 or images.shape[1:] != (resolution, resolution, 3):
+        raise ValueError(f"{name} expects (B, {resolution}, {resolution}, 3) images in [-1, 1], "
+                         f"got shape {images.shape}")
+    size = min(batch_size, len(images))
+    parts = []
+    for start in range(0, len(images), size):
+        chunk = images[start:start + size]
+        padded = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]), np.float32)])
+        parts.append([np.asarray(o)[:len(chunk)] for o in apply(params, padded)])
+    return tuple(np.concatenate(columns) for columns in zip(*parts))
+
+
+def save_net(directory: str, params, meta_name: str, meta: dict) -> None:
+    """params (Orbax, directory/params) and meta as JSON (directory/meta_name)."""
+    directory = os.path.abspath(directory)
+    with ocp.StandardCheckpointer() as checkpointer:  # the context waits for the asynchronous write
+        checkpointer.save(os.path.join(directory, "params"), params, force=True)
+    with open(os.path.join(directory, meta_name), "w") as f:
+        json.dump(meta, f, indent=2)
+
+
+def load_meta(directory: str, meta_name: str, how: str) -> dict:
+    """directory/meta_name as a dict, or MissingPath saying `how` to make it."""
+    meta_path = os.path.join(os.path.abspath(directory), meta_name)
+    if not os.path.exists(meta_path):
+        raise MissingPath(f"{meta_path} does not exist: {how}")
+    with open(meta_path) as f:
+        return json.load(f)
+
+
+def restore_params(directory: str, net, resolution: int):
+    """The Orbax parameters under directory/params, shaped as net's for R × R images."""
+    shapes_ = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, resolution, resolution, 3)))
+    return ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(directory), "params"), shapes_)
+
+
 @dataclasses.dataclass(frozen=True)
 class Oracle:
     """A trained oracle: `predict(images)` -> factors, `features(images)` -> (B, F)."""
@@ -104,17 +144,7 @@ class Oracle:
         """images (B, R, R, 3) in [-1, 1] -> (logits, regression, features) as NumPy arrays.
 
         Runs in chunks of batch_size, the last one padded, so any B compiles at most one shape."""
-        images = np.asarray(images, np.float32)
-        if images.ndim != 4 or images.shape[1:] != (self.resolution, self.resolution, 3):
-            raise ValueError(f"the oracle expects (B, {self.resolution}, {self.resolution}, 3) images "
-                             f"in [-1, 1], got shape {images.shape}")
-        size = min(batch_size, len(images))
-        parts = []
-        for start in range(0, len(images), size):
-            chunk = images[start:start + size]
-            padded = np.concatenate([chunk, np.zeros((size - len(chunk), *chunk.shape[1:]), np.float32)])
-            parts.append([np.asarray(o)[:len(chunk)] for o in self._apply(self.params, padded)])
-        return tuple(np.concatenate(columns) for columns in zip(*parts))
+        return chunked_outputs(self._apply, self.params, images, self.resolution, batch_size, "the oracle")
 
     def predict(self, images) -> dict:
         logits, regression, _ = self.outputs(images)
@@ -186,26 +216,16 @@ def evaluate(oracle: Oracle, *, seed: int = 2, num: int = 2048, batch_size: int 
 
 
 def save(oracle: Oracle, directory: str, metrics: dict) -> None:
-    directory = os.path.abspath(directory)
-    with ocp.StandardCheckpointer() as checkpointer:  # the context waits for the asynchronous write
-        checkpointer.save(os.path.join(directory, "params"), oracle.params, force=True)
-    with open(os.path.join(directory, "oracle.json"), "w") as f:
-        json.dump({"resolution": oracle.resolution, "channels": list(oracle.net.channels),
-                   "features": oracle.net.features, "held_out": metrics}, f, indent=2)
+    save_net(directory, oracle.params, "oracle.json",
+             {"resolution": oracle.resolution, "channels": list(oracle.net.channels),
+              "features": oracle.net.features, "held_out": metrics})
 
 
 def load(directory: str) -> Oracle:
-    directory = os.path.abspath(directory)
-    meta_path = os.path.join(directory, "oracle.json")
-    if not os.path.exists(meta_path):
-        raise MissingPath(f"{meta_path} does not exist: train an oracle with "
-                          f"`python -m isodiff_jax.analysis.oracle --out {directory}`")
-    with open(meta_path) as f:
-        meta = json.load(f)
+    meta = load_meta(directory, "oracle.json",
+                     f"train an oracle with `python -m isodiff_jax.analysis.oracle --out {os.path.abspath(directory)}`")
     net = OracleNet(channels=tuple(meta["channels"]), features=meta["features"])
-    shapes_ = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, meta["resolution"], meta["resolution"], 3)))
-    params = ocp.StandardCheckpointer().restore(os.path.join(directory, "params"), shapes_)
-    return Oracle(net=net, params=params, resolution=meta["resolution"])
+    return Oracle(net=net, params=restore_params(directory, net, meta["resolution"]), resolution=meta["resolution"])
 
 
 def main(argv=None):
