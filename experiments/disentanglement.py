@@ -104,15 +104,15 @@ class Measurer:
         from isodiff_jax.analysis import directions, edit_scores, linearity, suite
         self.spec, o = spec, options(args.quick)
         shapes = spec.data.name == "shapes"
-        self.suite = suite.Suite(spec, ("mrtl", "fd", "probe") if shapes else ("mrtl",), o,
-                                 suite.load_resources(args.oracle) if shapes else suite.Resources())
+        resources = suite.load_resources(args.oracle) if shapes else suite.Resources()
+        self.suite = suite.Suite(spec, ("mrtl", "fd", "probe") if shapes else ("mrtl",), o, resources)
         self.rank_iso = lambda_study.ExactRankIso(spec, o.timesteps, 4)
         pullback = dict(timesteps=o.timesteps if args.quick else PULLBACK_TIMESTEPS, k=2 if args.quick else 4,
                         num_samples=2 if args.quick else 8, alphas=PULLBACK_ALPHAS, sample_steps=o.sample_steps,
                         num_iters=8 if args.quick else None)
         self.extra = []
         if shapes:
-            reader = edit_scores.FactorReader(self.suite.evaluators["fd"].oracle)
+            reader = edit_scores.FactorReader(resources.oracle)
             self.extra.append(linearity.SupervisedEdits(spec, reader, num_label=o.num_label, num_edit=o.num_edit,
                                                         sample_steps=o.sample_steps, h_min_t=o.h_min_t))
         else:

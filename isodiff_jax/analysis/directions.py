@@ -144,14 +144,13 @@ class PullbackEditing:
                                                                 from_step=from_step))
         return decode
 
-    def _edits(self, params, t: int, x_t, s, v) -> dict:
+    def _edits(self, params, t: int, x_t, s, v, zero) -> dict:
         """{space: [decode(α) for direction i]} with decode(α) -> images edited along direction i."""
-        zero = jnp.zeros((x_t.shape[0], *self.spec.h_shape), jnp.float32)
-        rms = float(np.sqrt(np.mean(np.square(np.asarray(self._encode_jvp[t](params, x_t, v[:, 0])[0])))))
+        h_and_jv = [self._encode_jvp[t](params, x_t, v[:, i]) for i in range(self.k)]
+        rms = float(np.sqrt(np.mean(np.square(np.asarray(h_and_jv[0][0])))))
         edits = {space: [] for space in SPACES}
-        for i in range(self.k):
-            _, u = self._encode_jvp[t](params, x_t, v[:, i])
-            u = u / jnp.asarray(s[:, i], u.dtype).reshape(-1, *([1] * (u.ndim - 1)))
+        for i, (_, jv) in enumerate(h_and_jv):
+            u = jv / jnp.asarray(s[:, i], jv.dtype).reshape(-1, *([1] * (jv.ndim - 1)))
             edits["xt"].append(lambda a, i=i: self._decode[t](params, x_t + a * self.sigma[t] * v[:, i], zero))
             edits["h"].append(lambda a, u=u: self._decode[t](params, x_t, a * rms * u))
         return edits
@@ -160,10 +159,11 @@ class PullbackEditing:
         """({space: scores}, strips (k, len(alphas) + 1, H, W, C) of the first sample's x_t edits)."""
         s, v = self._basis[t](params, x_t, self.key)
         v = jnp.asarray(v, jnp.float32)
-        original_images = np.asarray(self._decode[t](params, x_t, jnp.zeros((x_t.shape[0], *self.spec.h_shape))))
+        zero = jnp.zeros((x_t.shape[0], *self.spec.h_shape), jnp.float32)  # no shift of h
+        original_images = np.asarray(self._decode[t](params, x_t, zero))
         original = self.reader.read(original_images)
         below, values, strips = sum(a < 0 for a in self.alphas), {}, []
-        for space, decoders in self._edits(params, t, x_t, s, v).items():
+        for space, decoders in self._edits(params, t, x_t, s, v, zero).items():
             per_direction = []
             for decode in decoders:
                 images = [np.asarray(decode(a)) for a in self.alphas]
@@ -175,8 +175,7 @@ class PullbackEditing:
             values[space] = summarize_directions(per_direction, self.alphas, self.reader.names, "")
             values[space].update({f"s{i + 1}": float(np.mean(s[:, i])) for i in range(self.k)})
         if self.k >= 2:  # v_1 + v_2 against the two edits alone, in x_t
-            read = lambda shift: self.reader.read(np.asarray(self._decode[t](
-                params, x_t + self.sigma[t] * shift, jnp.zeros((x_t.shape[0], *self.spec.h_shape)))))
+            read = lambda shift: self.reader.read(np.asarray(self._decode[t](params, x_t + self.sigma[t] * shift, zero)))
             values["xt"]["additivity_error"] = edit_scores.composition_error(self.reader, original, read,
                                                                               v[:, 0], v[:, 1])
         return values, np.stack(strips)
