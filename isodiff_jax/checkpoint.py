@@ -15,18 +15,23 @@ value is finite and that the fingerprints match; a checkpoint that fails (missin
 files, NaN, a stray empty step directory) is skipped with a warning naming what was wrong, and
 the next older one is tried.
 """
+import errno
 import json
 import logging
 import os
+import re
+import shutil
+import time
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from isodiff_jax import sharding
-from isodiff_jax.errors import MissingPath, UserError
+from isodiff_jax.errors import DiskFull, MissingPath, UserError
 from isodiff_jax.spec import ModelSpec, Params
 
 CONFIG_FILE = "config.json"
@@ -113,6 +118,36 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, spec: ModelSpec,
     mngr.save(step, args=args, force=True)
 
 
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error`, or an error it comes from, says that the disk is full: an OSError with
+    ENOSPC or EDQUOT, or TensorStore's RESOURCE_EXHAUSTED on a write (how Orbax reports it)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(error)
+        if "No space left on device" in text or ("RESOURCE_EXHAUSTED" in text and "writing" in text.lower()):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full(mngr: ocp.CheckpointManager, error: BaseException) -> DiskFull:
+    """The one-line error for a full disk met while saving, after removing the partial step
+    directories Orbax left (process 0), which would otherwise hold the space a resume needs."""
+    directory = str(mngr.directory)
+    if jax.process_index() == 0 and os.path.isdir(directory):
+        for name in os.listdir(directory):
+            if ".orbax-checkpoint-tmp" in name:
+                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+    mngr.reload()
+    last = mngr.latest_step()
+    kept = f"the last complete checkpoint is step {last}" if last is not None else "no checkpoint is complete"
+    return DiskFull(f"the disk is full: a save in {directory} failed ({_short(error)}); {kept}. "
+                    f"Free some space and run the same command to resume")
+
+
 def abstract(tree: Any, target_sharding) -> Any:
     """Shape/dtype structs of `tree` (arrays or ShapeDtypeStructs) carrying `target_sharding`."""
     return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=target_sharding), tree)
@@ -126,9 +161,11 @@ def _check_step(mngr: ocp.CheckpointManager, step: int) -> int:
 
 
 def _short(error: BaseException) -> str:
-    """The first line of an error, at most 200 characters (Orbax's run to hundreds of lines)."""
+    """The first line of an error without TensorStore's spec, at most 200 characters (Orbax's
+    errors run to hundreds of lines, TensorStore's carry kilobytes of JSON)."""
     lines = str(error).strip().splitlines()
-    text = lines[0] if lines else ""
+    text = (lines[0] if lines else "").split(" [tensorstore_spec")[0]
+    text = re.sub(r'(Error opening "\w+" driver: )+', "", text)  # TensorStore's chain of drivers
     return f"{type(error).__name__}: {text[:200]}{'…' if len(text) > 200 else ''}"
 
 
@@ -139,37 +176,64 @@ def _recorded_fingerprint(mngr: ocp.CheckpointManager, step: int) -> Optional[di
     return mngr.restore(step, args=ocp.args.Composite(integrity=ocp.args.JsonRestore())).integrity
 
 
-def first_intact(mngr: ocp.CheckpointManager, read: Callable[[int], Any], step: Optional[int] = None):
+def first_intact(mngr: ocp.CheckpointManager, read: Callable[[int], Any], step: Optional[int] = None, *,
+                 move_damaged_aside: bool = False):
     """-> (step, read(step)) for `step`, or by default the newest step whose `read` passes its
     checks, warning about each newer step that failed and why; (None, None) when there are no
     steps. `read` raises on a damaged checkpoint (anything Orbax, TensorStore or the checks
-    raise). CheckpointError when no step (or the given one) is intact."""
+    raise). CheckpointError when no step (or the given one) is intact.
+
+    move_damaged_aside (training): the damaged steps newer than the intact one are renamed to
+    `<step>.damaged-<UTC time>` in the checkpoint directory (kept, never deleted), so that the run
+    can save those steps again; nothing is moved when no step is intact."""
     if step is not None:
         steps = [_check_step(mngr, step)]
     else:
         steps = sorted(mngr.all_steps(), reverse=True)
-    problems = []
+    problems, damaged = [], []
     for s in steps:
         try:
-            return s, read(s)
+            found = s, read(s)
         except Exception as error:  # noqa: BLE001 - the damage can surface as any error; re-raised below
             problems.append(f"step {s}: {_short(error)}")
-            if step is None and s != steps[-1]:
-                log.warning("checkpoint step %d in %s is damaged (%s); trying the previous one",
-                            s, mngr.directory, _short(error))
+            damaged.append((s, _short(error)))
+            continue
+        for bad, why in damaged:
+            where = f"moved it to {_move_aside(mngr, bad)}" if move_damaged_aside else "skipped it"
+            log.warning("checkpoint step %d in %s is damaged (%s); %s", bad, mngr.directory, why, where)
+        if damaged and move_damaged_aside:
+            mngr.reload()
+        return found
     if problems:
         raise CheckpointError(f"no intact checkpoint in {mngr.directory}: " + "; ".join(problems))
     return None, None
 
 
-def restore(mngr: ocp.CheckpointManager, target: Any, step: Optional[int] = None) -> tuple:
+def _move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
+    """Renames the directory of `step` to `<step>.damaged-<UTC time>` (process 0; the others wait
+    for it) and returns the new path."""
+    source = os.path.join(str(mngr.directory), str(step))
+    target = f"{source}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    if jax.process_count() > 1:  # every process names the same target
+        target = str(multihost_utils.broadcast_one_to_all(np.frombuffer(target.encode().ljust(512), np.uint8))
+                     .tobytes().decode().rstrip())
+    if jax.process_index() == 0:
+        os.rename(source, target)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"isodiff_jax: moved checkpoint {step} aside")
+    return target
+
+
+def restore(mngr: ocp.CheckpointManager, target: Any, step: Optional[int] = None, *,
+            move_damaged_aside: bool = False) -> tuple:
     """-> (step, state) with the structure, dtypes and shardings of `target` (see `abstract`);
-    the newest intact step by default (see `first_intact`); (None, None) when there is none."""
+    the newest intact step by default (see `first_intact`, also for `move_damaged_aside`);
+    (None, None) when there is none."""
     def read(s):
         state = mngr.restore(s, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
         check_intact(state, _recorded_fingerprint(mngr, s))
         return state
-    return first_intact(mngr, read, step)
+    return first_intact(mngr, read, step, move_damaged_aside=move_damaged_aside)
 
 
 class Loaded(NamedTuple):

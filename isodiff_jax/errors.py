@@ -1,6 +1,6 @@
-"""Errors that a user can fix (a config value, a flag, a path, a data file): the entry points
-print their message on one line and exit with status 2, without a traceback. Every other
-exception is a bug and keeps its traceback."""
+"""Errors that a user can fix (a config value, a flag, a path, a data file, a full disk): the
+entry points print their message on one line and exit with the error's status (2 for bad input,
+1 for a full disk), without a traceback. Every other exception is a bug and keeps its traceback."""
 import contextlib
 import os
 import sys
@@ -11,6 +11,7 @@ USAGE_EXIT = 2  # the status of a user error, as argparse's for a bad flag
 
 class UserError(Exception):
     """A problem with the user's input; the message names the field, flag or path and what is allowed."""
+    exit_status = USAGE_EXIT
 
 
 class InvalidValue(UserError, ValueError):
@@ -21,10 +22,15 @@ class MissingPath(UserError, FileNotFoundError):
     """A path the user gave that does not exist or holds nothing usable."""
 
 
+class DiskFull(UserError):
+    """The disk filled up while the run was writing; the message names the last complete checkpoint."""
+    exit_status = 1  # not a usage error: the same command works once space is freed
+
+
 @contextlib.contextmanager
 def exit_on_user_error(traceback: bool = False):
     """For entry points: a UserError raised inside prints `error: <message>` on stderr and exits
-    with status 2; with `traceback` (or ISODIFF_TRACEBACK=1) it propagates with its traceback.
+    with its `exit_status` (2 for bad input); with `traceback` (or ISODIFF_TRACEBACK=1) it propagates with its traceback.
     Other exceptions propagate unchanged."""
     try:
         yield
@@ -32,4 +38,4 @@ def exit_on_user_error(traceback: bool = False):
         if traceback or os.environ.get(TRACEBACK_ENV, "") not in ("", "0"):
             raise
         print(f"error: {error}", file=sys.stderr, flush=True)
-        raise SystemExit(USAGE_EXIT) from None
+        raise SystemExit(error.exit_status) from None
