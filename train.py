@@ -5,10 +5,15 @@ workdir resumes from its newest complete checkpoint. Several processes (multi-ho
 --coordinator_address, --num_processes and --process_id, or leave them unset on platforms where
 `jax.distributed.initialize()` finds them itself (Cloud TPU, SLURM).
 
-A bad flag or config value prints one line `error: ...` and exits with status 2 (ISODIFF_TRACEBACK=1
-shows the traceback); any other failure keeps its traceback.
+SIGTERM (a preemption notice) or SIGINT (Ctrl-C) stops the run after its current step, saves that
+step and exits with status 0 (SIGTERM) or 130 (SIGINT); the same command resumes it.
+
+A bad flag or config value prints one line `error: ...` and exits with status 2, a full disk one
+line and status 1 (ISODIFF_TRACEBACK=1 shows the traceback); any other failure keeps its
+traceback. ISODIFF_VERBOSE=1 shows the third-party messages that are dropped (isodiff_jax.quiet).
 """
 import os
+import sys
 
 import ml_collections
 from absl import app, flags, logging
@@ -20,7 +25,8 @@ runtime.keep_freed_host_memory()  # before JAX allocates anything
 
 import jax  # noqa: E402
 
-from isodiff_jax import errors, launch  # noqa: E402
+from isodiff_jax import errors, launch, quiet  # noqa: E402
+from isodiff_jax.train import preemption  # noqa: E402
 
 config_flags.DEFINE_config_file("config", "configs/shapes16_iso.py", "experiment config file")
 flags.DEFINE_string("workdir", "runs/shapes16_iso", "where checkpoints, logs and samples go")
@@ -78,11 +84,18 @@ def _config_not_loaded(argv) -> str:
 def main(argv):
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO; --verbosity=0 shows it
+    quiet.quiet_third_party()  # ISODIFF_VERBOSE=1 keeps Orbax's and asyncio's messages
     if FLAGS.distributed or FLAGS.coordinator_address or (FLAGS.num_processes or 1) > 1:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; others ignore it
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     with errors.exit_on_user_error():
-        launch.train(FLAGS.config, FLAGS.workdir)
+        try:
+            summary = launch.train(FLAGS.config, FLAGS.workdir)
+        except KeyboardInterrupt:  # Ctrl-C before training began (during the set-up): nothing to save
+            print("interrupted before training began: nothing was saved", file=sys.stderr, flush=True)
+            raise SystemExit(preemption.EXIT_STATUS["SIGINT"]) from None
+    if summary["stopped_by"]:
+        raise SystemExit(preemption.EXIT_STATUS[summary["stopped_by"]])
 
 
 def _parse_flags_or_exit(argv):

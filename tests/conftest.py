@@ -34,7 +34,7 @@ import pytest  # noqa: E402  (after the JAX configuration above)
 # --no-loadscope-reorder keeps this order: by default xdist sends the files with the most tests
 # first, which put these few-test files last.)
 LONGEST_FIRST = ("test_train_processes.py", "test_experiments_lambda.py", "test_experiments_disentanglement.py",
-                 "test_train_loop.py",
+                 "test_train_loop.py", "test_train_faults.py",
                  "test_experiments_estimators.py", "test_notebook.py", "test_latent.py", "test_pretrained.py",
                  "test_train_step.py", "test_pretrained_latent.py", "test_analysis_load.py",
                  "test_experiments_base_model.py", "test_recipe_ddpm.py", "test_analysis_factors.py")

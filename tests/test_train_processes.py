@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import subprocess
 import time
 
 import jax
@@ -84,3 +85,86 @@ def test_two_processes_train_and_evaluate_together(reference, tmp_path):
     spec, params, _ = load.load(str(tmp_path), devices=jax.devices()[:1])
     again = dict(suite.Suite(spec, ["mrtl"], Options(num_pairs=4, timesteps=(50,))).run(params))
     assert line["step"] == 3 and line["mrtl"] == pytest.approx(again["mrtl"], rel=1e-5)
+
+
+def _signal_after_first_log_line(process, workdir, number, timeout=300):
+    """Sends `number` to `process` as soon as the run has logged its first step."""
+    log, deadline = os.path.join(workdir, "metrics.jsonl"), time.time() + timeout
+    while process.poll() is None and time.time() < deadline and not (os.path.exists(log) and os.path.getsize(log)):
+        time.sleep(0.002)
+    process.send_signal(number)
+
+
+def _stopped_at(output: str) -> int:
+    (line,) = [line for line in output.splitlines() if line.startswith("stopped by")]
+    return int(line.split(" at step ")[1].split(":")[0])
+
+
+# saving and logging every step slows the 6 steps enough for the signal to land before the end
+EVERY_STEP = ("--config.checkpoint.every_steps=1", "--config.logging.log_every_steps=1")
+
+
+def test_sigint_to_train_py_saves_the_step_reached_exits_130_and_resumes_exactly(reference, tmp_path):
+    process = train_py(tmp_path, *EVERY_STEP, wait=False)
+    _signal_after_first_log_line(process, tmp_path, signal.SIGINT)
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 130, output
+    step = _stopped_at(output)
+    assert 1 <= step < STEPS and "Traceback" not in output, output
+    assert max(checkpoint.all_steps(str(tmp_path))) == step
+    summary = launch.train(small_config(checkpoint__every_steps=1), str(tmp_path))
+    assert summary["steps"] == STEPS - step
+    assert_identical(saved_state(tmp_path)[1], saved_state(reference[0])[1])
+
+
+def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(reference, tmp_path):
+    """Ctrl-C to process 1 of 2: it passes the notice to JAX's preemption service as a SIGTERM,
+    both processes save the same step and exit (130 for the one interrupted, 0 for the other),
+    and a resume ends where the single-process run does."""
+    address = f"localhost:{_free_port()}"
+    processes = [train_py(tmp_path, *EVERY_STEP, devices=2, wait=False,
+                          extra=("--coordinator_address", address, "--num_processes", "2", "--process_id", str(i)))
+                 for i in range(2)]
+    _signal_after_first_log_line(processes[1], tmp_path, signal.SIGINT)
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert [p.returncode for p in processes] == [0, 130], outputs
+    step = _stopped_at(outputs[0])
+    assert 1 <= step < STEPS and max(checkpoint.all_steps(str(tmp_path))) == step, outputs
+    launch.train(small_config(checkpoint__every_steps=1), str(tmp_path))
+    assert_close(saved_state(tmp_path)[1], saved_state(reference[0])[1], atol=2e-5)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 40 MB tmpfs, unmounted afterwards; skipped where this process may not mount one."""
+    path = tmp_path / "disk"
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(path)], capture_output=True,
+                             text=True)
+    if mounted.returncode:
+        pytest.skip(f"mounting a tmpfs is not allowed here ({mounted.stderr.strip() or mounted.returncode}); "
+                    f"test_train_faults.py injects the same error")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_full_disk_stops_in_one_line_and_the_same_command_resumes_once_freed(reference, small_disk):
+    """Step 3 saved, then the disk filled up to 1 MB (a checkpoint takes 4): train.py stops at the
+    save of step 6 in one line with status 1, leaves only step 3, and the same command finishes
+    once the filler is gone."""
+    workdir = small_disk / "run"
+    launch.train(small_config(training__num_steps=3), str(workdir))
+    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+    with open(small_disk / "filler", "wb") as f:
+        f.write(bytes(free - (1 << 20)))
+    process = train_py(workdir, wait=False)
+    output = process.communicate(timeout=600)[0]
+    assert process.returncode == 1, output
+    (error,) = [line for line in output.splitlines() if line.startswith("error:")]
+    assert "disk is full" in error and "the last complete checkpoint is step 3" in error, output
+    assert "Traceback" not in output and len(output.splitlines()) <= 3, output
+    assert sorted(os.listdir(workdir / "checkpoints")) == ["3"]
+    os.remove(small_disk / "filler")
+    output = train_py(workdir)
+    assert "resumed from the checkpoint at step 3" in output and "trained 3 steps to step 6" in output, output
+    assert_identical(saved_state(workdir)[1], saved_state(reference[0])[1])

@@ -31,7 +31,7 @@ from isodiff_jax.data import latent_cache, pipeline, workers
 from isodiff_jax.errors import InvalidValue
 from isodiff_jax.isometry import Regularizer
 from isodiff_jax.spec import ModelSpec, Params
-from isodiff_jax.train import latents, lock
+from isodiff_jax.train import latents, lock, preemption
 from isodiff_jax.train import step as step_lib
 from isodiff_jax.train.monitor import Monitor
 
@@ -265,8 +265,9 @@ def autoencoder_params(setup: TrainSetup, mesh: Mesh):
 
 
 def initial_state(setup: TrainSetup, mesh: Mesh, mngr):
-    """-> (state, message): the newest complete checkpoint in the workdir, else a fresh state."""
-    step, state = checkpoint.restore(mngr, abstract_state(setup, mesh))
+    """-> (state, message): the newest intact checkpoint in the workdir (newer damaged ones are
+    moved aside, so the run can save those steps again), else a fresh state."""
+    step, state = checkpoint.restore(mngr, abstract_state(setup, mesh), move_damaged_aside=True)
     if step is not None:
         return state, f"resumed from the checkpoint at step {step}"
     state = fresh_state(setup, mesh)
@@ -292,6 +293,13 @@ def train_and_evaluate(setup: TrainSetup, workdir: str, mesh: Optional[Mesh] = N
 
 
 def _train_locked(setup: TrainSetup, workdir: str, mesh: Mesh, evaluators, source) -> dict:
+    stop = preemption.StopSignals()
+    with stop.installed():  # from here on SIGTERM / SIGINT stop the run at the next step boundary
+        return _train_until_stopped(setup, workdir, mesh, evaluators, source, stop)
+
+
+def _train_until_stopped(setup: TrainSetup, workdir: str, mesh: Mesh, evaluators, source,
+                         stop: preemption.StopSignals) -> dict:
     s = setup.settings
     mngr = checkpoint.manager(workdir, keep=s.checkpoint_keep)
     state, how = initial_state(setup, mesh, mngr)
@@ -306,7 +314,7 @@ def _train_locked(setup: TrainSetup, workdir: str, mesh: Mesh, evaluators, sourc
     if start == total:  # finished: compile nothing, change nothing
         summary = {"steps": 0, "final_step": total, "seconds": 0.0, "input_wait_share": 0.0, "metrics": {},
                    "workdir": os.path.abspath(workdir), "checkpoints": checkpoint.checkpoint_dir(workdir),
-                   "logs": os.path.join(workdir, "logs"), "samples": None}
+                   "logs": os.path.join(workdir, "logs"), "samples": None, "stopped_by": None}
         if jax.process_index() == 0:
             print(f"{how}; already at training.num_steps={total}: nothing to train", flush=True)
         return summary
@@ -315,22 +323,37 @@ def _train_locked(setup: TrainSetup, workdir: str, mesh: Mesh, evaluators, sourc
     monitor.print(f"{how}; {n_params:,} parameters; {mesh.size} devices in "
                   f"{jax.process_count()} processes; global batch {s.global_batch_size}")
     batches = input_batches(setup, source, start, cache)
-    started = time.perf_counter()
+    started, failed = time.perf_counter(), True
     try:
         run = _Run(setup, mesh, mngr, monitor, list(evaluators), encode=cache is None)
-        state = run.loop(state, start, total, batches)
-    finally:
-        batches.close()
+        state, reached = run.loop(state, start, total, batches, stop)
         mngr.wait_until_finished()
-        monitor.close()
+        failed = False
+    except Exception as error:
+        if checkpoint.is_disk_full(error):
+            raise checkpoint.disk_full(mngr, error) from error
+        raise
+    finally:
+        _close(batches, mngr, monitor, failed)
     seconds = time.perf_counter() - started
-    summary = {"steps": total - start, "final_step": total, "seconds": seconds,
+    summary = {"steps": reached - start, "final_step": reached, "seconds": seconds,
                "input_wait_share": batches.wait_seconds / max(seconds, 1e-9),
                "metrics": dict(monitor.last), "workdir": os.path.abspath(workdir),
                "checkpoints": checkpoint.checkpoint_dir(workdir), "logs": monitor.log_dir,
-               "samples": run.last_sample_path}
+               "samples": run.last_sample_path, "stopped_by": stop.reason if reached < total else None}
     monitor.print(_summary_text(summary))
     return summary
+
+
+def _close(batches, mngr, monitor: Monitor, failed: bool) -> None:
+    """Stops the input threads, joins the last save and closes the logs; after a failure, their
+    own errors (a full disk again, a save that failed the same way) do not hide the first one."""
+    for close in (batches.close, mngr.wait_until_finished, monitor.close):
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - re-raised unless another error is already on its way
+            if not failed:
+                raise
 
 
 def input_batches(setup: TrainSetup, source, start: int, cache=None) -> pipeline.Prefetcher | workers.WorkerPrefetcher:
@@ -347,6 +370,9 @@ def input_batches(setup: TrainSetup, source, start: int, cache=None) -> pipeline
 def _summary_text(s: dict) -> str:
     m = s["metrics"]
     losses = ", ".join(f"{k}={m[k]:.4g}" for k in ("loss", "diffusion_loss", "reg_loss", "rank_loss") if k in m)
+    if s["stopped_by"]:
+        return (f"stopped by {s['stopped_by']} at step {s['final_step']}: its checkpoint is in {s['checkpoints']}; "
+                f"run the same command to resume")
     return (f"trained {s['steps']} steps to step {s['final_step']} in {s['seconds']:.0f} s "
             f"(input wait {100 * s['input_wait_share']:.1f}%); last logged: {losses}\n"
             f"  checkpoints: {s['checkpoints']}\n  TensorBoard: {s['logs']}\n  samples: {s['samples']}")
@@ -380,10 +406,14 @@ class _Run:
             runtime.release_freed_host_memory()
             self._settled.add(kind)
 
-    def loop(self, state, start: int, total: int, batches):
+    def loop(self, state, start: int, total: int, batches, stop: preemption.StopSignals) -> tuple:
+        """-> (state, the step reached): `total`, or the step at which `stop` asked to stop."""
         s = self.setup.settings
         every = lambda n, done: bool(n) and done % n == 0
         for step in range(start, total):
+            if stop.reached(step):
+                self._save_on_stop(step, state, batches)
+                return state, step
             x0 = sharding.global_batch(next(batches), self.mesh)
             if self.encoder is not None:  # latent diffusion: the batch's latents
                 x0 = self.encoder(self.autoencoder_params, x0)
@@ -406,7 +436,14 @@ class _Run:
                                                                                 self.autoencoder_params))
             if evaluate:
                 self.monitor.evaluation(done, self._evaluate(state.ema_params))
-        return state
+        return state, total
+
+    def _save_on_stop(self, step: int, state, batches) -> None:
+        """Logs the steps since the last log line and saves `step` unless it is saved already (the
+        step the run started from, or one just saved at its cadence)."""
+        self._fetch(step, batches, log=True)
+        if step not in self.mngr.all_steps() and step > 0:
+            checkpoint.save(self.mngr, step, state, spec=self.setup.spec, config_json=self.setup.config_json)
 
     def _fetch(self, done: int, batches, log: bool) -> None:
         """Brings the device totals to the host (the only sync), stops at a non-finite step, and
@@ -414,9 +451,9 @@ class _Run:
         totals = jax.device_get(self.totals)
         if totals["first_non_finite"] >= 0:
             self._stop_non_finite(int(totals["first_non_finite"]), totals["bad_metrics"])
-        if not log:
-            return
         means = {n: float(totals["sums"][n] / totals["counts"][n]) for n in self.names if totals["counts"][n]}
+        if not log or not means:  # nothing since the last line (a stop right after it)
+            return
         waited, self._waited = batches.wait_seconds - self._waited, batches.wait_seconds
         self.monitor.flush(done, means, {"lr": float(self.setup.learning_rate(done - 1)), "input_wait_seconds": waited})
         self.totals = self._empty_totals()
