@@ -108,4 +108,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
+    from isodiff_jax import quiet
+    quiet.quiet_third_party()  # ISODIFF_VERBOSE=1 keeps Orbax's and asyncio's messages
     main()

@@ -415,4 +415,6 @@ def linearity_curves(runs: list, path: str) -> str:
 
 
 if __name__ == "__main__":
+    from isodiff_jax import quiet
+    quiet.quiet_third_party()  # ISODIFF_VERBOSE=1 keeps Orbax's and asyncio's messages
     main()

@@ -96,3 +96,39 @@ def test_an_error_after_tensorboard_starts_prints_no_second_traceback_at_exit(tm
     assert result.returncode == 2, result.stderr
     assert result.stderr.strip().splitlines() == ["error: config.x=1 is invalid: allowed 0"], result.stderr
     assert os.listdir(tmp_path / "run" / "logs")  # the event file was written
+
+
+def test_a_full_disk_exits_with_status_1_in_one_line(capsys):
+    with pytest.raises(SystemExit) as exit, errors.exit_on_user_error():
+        raise errors.DiskFull("the disk is full: ...; the last complete checkpoint is step 3")
+    assert exit.value.code == 1 and capsys.readouterr().err.count("\n") == 1
+
+
+@pytest.mark.parametrize("verbose", ["", "1"])
+def test_quiet_drops_orbax_records_and_closed_loop_errors_unless_verbose(verbose, monkeypatch, caplog):
+    """What a resume, a damaged checkpoint or a full disk printed before: Orbax's warnings (logged
+    through absl's logger) and TensorStore's 'Event loop is closed' through sys.unraisablehook."""
+    import logging
+    from isodiff_jax import quiet
+    monkeypatch.setenv(quiet.VERBOSE_ENV, verbose)
+    absl = logging.getLogger("absl")
+    # without the filter that an in-process train.py main (an earlier test) may have installed
+    monkeypatch.setattr(absl, "filters", [f for f in absl.filters if not isinstance(f, quiet._DropOrbax)])
+    monkeypatch.setattr(logging.getLogger("asyncio"), "level", logging.getLogger("asyncio").level)
+    seen = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: seen.append(str(unraisable.exc_value)))
+    assert quiet.quiet_third_party() == (not verbose)
+    caplog.set_level(logging.WARNING)
+    orbax_file = os.path.join("site-packages", "orbax", "checkpoint", "checkpoint_manager.py")
+    for name, path in (("absl", orbax_file), ("absl", "mine.py")):
+        absl.handle(absl.makeRecord(name, logging.WARNING, path, 1, f"from {path}", (), None))
+    class Unraisable:
+        def __init__(self, error):
+            self.exc_value = error
+    for error in (RuntimeError("Event loop is closed"), RuntimeError("something else")):
+        sys.unraisablehook(Unraisable(error))
+    kept = [r.getMessage() for r in caplog.records]
+    if verbose:
+        assert kept == [f"from {orbax_file}", "from mine.py"] and len(seen) == 2
+    else:
+        assert kept == ["from mine.py"] and seen == ["something else"]

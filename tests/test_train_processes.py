@@ -33,6 +33,7 @@ def test_train_py_writes_checkpoints_samples_logs_and_resumes(reference, tmp_pat
 
     output = train_py(tmp_path)  # the same workdir: resumes, does not start over
     assert "resumed from the checkpoint at step 4" in output and "trained 2 steps to step 6" in output, output
+    assert len(output.splitlines()) == 5, output  # no Orbax warnings ("read only", "Sharding info not provided")
     assert saved_state(tmp_path)[0] == STEPS
     assert launch.train(small_config(), str(tmp_path))["steps"] == 0  # finished: nothing to do
 

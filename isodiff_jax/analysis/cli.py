@@ -18,7 +18,7 @@ import os
 
 import tqdm
 
-from isodiff_jax import checkpoint, errors
+from isodiff_jax import checkpoint, errors, quiet
 from isodiff_jax.analysis import editing, factors, load, options as options_lib, pictures, suite
 from isodiff_jax.analysis.options import Options
 from isodiff_jax.errors import InvalidValue, MissingPath
@@ -208,5 +208,6 @@ def main(argv=None):
     `errors.exit_on_user_error`); --traceback shows its traceback."""
     parser = _parser()
     args = parser.parse_args(argv)
+    quiet.quiet_third_party()  # ISODIFF_VERBOSE=1 keeps Orbax's and asyncio's messages
     with errors.exit_on_user_error(args.traceback):
         run(parser, args)

@@ -27,7 +27,7 @@ from typing import Optional
 import jax
 
 from isodiff_jax import autoencoder as autoencoder_lib
-from isodiff_jax import checkpoint, errors, pretrained
+from isodiff_jax import checkpoint, errors, pretrained, quiet
 from isodiff_jax import config as config_lib
 from isodiff_jax.errors import InvalidValue
 from isodiff_jax.train.step import state_from_params
@@ -166,5 +166,6 @@ def run(args: argparse.Namespace) -> str:
 
 def main(argv=None) -> None:
     args = parser().parse_args(argv)
+    quiet.quiet_third_party()  # ISODIFF_VERBOSE=1 keeps Orbax's and asyncio's messages
     with errors.exit_on_user_error(traceback=args.traceback):
         print(run(args))
