@@ -138,7 +138,10 @@ def compile_step(config, regularized: bool):
     state = step_lib.state_from_params(params, setup.optimizer)
     x0 = jax.random.uniform(jax.random.PRNGKey(1), setup.batch_shape, jnp.float32, -1, 1)
     t0 = time.perf_counter()
-    lowered = jax.jit(loop.make_step(setup, regularized), donate_argnums=0).lower(state, x0)
+    from isodiff_jax import sharding
+    step = loop.make_step(setup, regularized)
+    key, weight = loop.step_arguments(setup, sharding.make_mesh(jax.devices()[:1]))
+    lowered = jax.jit(lambda state, x0: step(state, x0, key, weight), donate_argnums=0).lower(state, x0)
     compiled = lowered.compile()
     compile_s = time.perf_counter() - t0
     flops, source = _flops(compiled), "compiled"

@@ -35,9 +35,11 @@ def run_block(steps, setup, state, totals, batches, mesh, first_step, count, fet
     import jax
     from isodiff_jax import sharding
     from isodiff_jax.train import loop
+    arguments = loop.step_arguments(setup, mesh)
     started = time.perf_counter()
     for s in range(first_step, first_step + count):
-        state, totals = steps[loop.regularized_step(setup, s)](state, totals, sharding.global_batch(next(batches), mesh))
+        x0 = sharding.global_batch(next(batches), mesh)
+        state, totals = steps[loop.regularized_step(setup, s)](state, totals, x0, *arguments)
         if (s + 1 - first_step) % fetch_every == 0:
             jax.device_get(totals)
     jax.block_until_ready(totals)
@@ -65,7 +67,8 @@ def main():
     mesh = sharding.make_mesh()
     config_lib.validate(config, mesh.size)
     setup = config_lib.train_setup(config)
-    steps, totals = loop.compile_steps(setup, mesh)
+    steps, fresh_totals = loop.compile_steps(setup, mesh)
+    totals = fresh_totals()
     state = loop.fresh_state(setup, mesh)
     source, batch = setup.spec.data.source(), setup.settings.global_batch_size
     seconds = {1: [], args.fetch_every: []}

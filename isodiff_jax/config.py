@@ -351,7 +351,28 @@ def train_settings(config) -> TrainSettings:
 def train_setup(config) -> TrainSetup:
     """The loop's typed inputs (the config itself travels only as its JSON record)."""
     return TrainSetup(spec=model_spec(config), optimizer=optimizer(config), learning_rate=learning_rate(config),
-                      regularizer=regularizer(config), settings=train_settings(config), config_json=to_json(config))
+                      regularizer=regularizer(config), settings=train_settings(config), config_json=to_json(config),
+                      step_key=step_key(config))
+
+
+# Config fields that no compiled training step depends on: the seed and λ (arguments of the step),
+# the data set's identity and its reading, and what happens between steps (saving, logging,
+# evaluating). Every other field, including any added later, is part of `step_key`.
+NOT_IN_STEPS = ("seed", "regularizer.weight", "data.name", "data.data_dir", "data.split", "data.random_flip",
+                "data.prefetch", "data.workers", "training.init_from", "checkpoint", "logging", "evaluation")
+
+
+def step_key(config) -> str:
+    """The config without NOT_IN_STEPS, as JSON: runs with equal keys (a sweep over seeds, λ or
+    data sets of one image size) share compiled training steps (`loop.compile_steps`)."""
+    values = json.loads(to_json(config))
+    for name in NOT_IN_STEPS:
+        *path, last = name.split(".")
+        section = values
+        for part in path:
+            section = section.get(part, {})
+        section.pop(last, None)
+    return json.dumps(values, sort_keys=True)
 
 
 def regularizer(config) -> Optional[Regularizer]:

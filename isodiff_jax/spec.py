@@ -48,13 +48,23 @@ class ScheduleSpec:
 
 @dataclasses.dataclass(frozen=True)
 class DataSpec:
-    """The images a model works on and the data set they come from (`data.make_source`)."""
-    name: str = "shapes"
+    """The images a model works on and the data set they come from (`data.make_source`).
+
+    Only the image size (resolution, channels) takes part in equality and hashing: specs key the
+    caches of compiled programs, and which data set, split or seed the images come from changes
+    none of them, so the runs of a seed sweep share every compiled program. `dataset` names the
+    data set for those who must tell data sets apart (evaluators that read real images)."""
+    name: str = dataclasses.field(default="shapes", compare=False)
     resolution: int = 32
     channels: int = 3
-    data_dir: str = ""
-    split: str = "train"
-    seed: int = 0  # the shapes generator's seed (and the data order's in training)
+    data_dir: str = dataclasses.field(default="", compare=False)
+    split: str = dataclasses.field(default="train", compare=False)
+    seed: int = dataclasses.field(default=0, compare=False)  # the shapes generator's seed (and the data order's in training)
+
+    @property
+    def dataset(self) -> tuple[str, str, str]:
+        """(name, data_dir, split): the data set, whatever the seed of its draw or order."""
+        return (self.name, self.data_dir, self.split)
 
     def source(self) -> Source:
         """The data set, read directly (no training pipeline)."""
@@ -101,7 +111,9 @@ class LatentSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
-    """A U-Net, its noise schedule and its data; hashable, so it can key caches of compiled code."""
+    """A U-Net, its noise schedule and its data; hashable, so it can key caches of compiled code.
+    Two specs are equal when they compile the same programs: the data set's identity (name, path,
+    split, seed) is recorded but not compared (see `DataSpec`)."""
     unet: UNet
     schedule: ScheduleSpec = ScheduleSpec()
     data: DataSpec = DataSpec()

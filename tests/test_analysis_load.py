@@ -83,12 +83,16 @@ def test_not_a_workdir_is_named(tmp_path):
         load.load(str(tmp_path))
 
 
-def test_cli_writes_metrics_and_pictures_and_compares(workdir, tmp_path):
+def test_cli_writes_metrics_and_pictures_and_compares(workdir, tmp_path, count_compiles):
     import json
     import shutil
     from isodiff_jax.analysis import cli
     other = tmp_path / "other_run"
     shutil.copytree(workdir, other)
+    for path in other.glob("checkpoints/*/spec/metadata"):  # another run of a seed sweep
+        values = json.loads(path.read_text())
+        values["data"]["seed"] = 7
+        path.write_text(json.dumps(values))
     options = ["--num_pairs", "4", "--num_samples", "8", "--timesteps", "50,90", "--sample_steps", "4", "--pool", "2"]
     cli.main(["--workdir", workdir, "--out", str(tmp_path / "one"), *options])
     report = json.load(open(tmp_path / "one" / "metrics.json"))
@@ -97,7 +101,11 @@ def test_cli_writes_metrics_and_pictures_and_compares(workdir, tmp_path):
     assert m["ppl_pixel_l2"] > 0 and np.isfinite(m["inversion_psnr"])
     for name in ("interpolation.png", "rtl_histogram.png", "spectra.png", "inversion.png"):
         assert (tmp_path / "one" / name).stat().st_size > 1000, name
-    cli.main(["--compare", workdir, str(other), "--out", str(tmp_path / "cmp"), "--metrics", "mrtl", *options])
+    with count_compiles() as one:
+        cli.main(["--workdir", workdir, "--out", str(tmp_path / "mrtl"), "--metrics", "mrtl", *options])
+    with count_compiles() as both:  # the seed sweep shares every evaluator: nothing compiles twice
+        cli.main(["--compare", workdir, str(other), "--out", str(tmp_path / "cmp"), "--metrics", "mrtl", *options])
+    assert abs(both.count - one.count) <= 2, (one.count, both.count)
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| metric |" in table and "mrtl_t90" in table and "other_run" in table
     assert (tmp_path / "cmp" / "interpolation_side_by_side.png").exists()

@@ -64,6 +64,7 @@ def test_the_loop_fetches_metrics_only_at_its_cadences(tmp_path, monkeypatch):
     monkeypatch.setattr(loop._Run, "_fetch", lambda self, done, *args: fetched.append(done) or
                         original(self, done, *args))
     monkeypatch.setattr(loop.runtime, "release_freed_host_memory", lambda: released.append(True) or True)
+    monkeypatch.setattr(loop, "_COMPILED", {})  # compiled here, not taken from an earlier test's run
     config = small_config(logging__log_every_steps=3, checkpoint__every_steps=6)
     summary = launch.train(config, str(tmp_path))
     assert fetched == [3, 6]
@@ -193,3 +194,26 @@ def test_fine_tuning_starts_from_another_workdirs_ema_parameters(reference, tmp_
     assert after.step == 1
     deltas = [np.abs(a - b).max() for a, b in zip(jax.tree.leaves(after.params), jax.tree.leaves(before.ema_params))]
     assert 0 < max(deltas) < 2e-3  # one Adam step (lr 1e-3) away from the EMA it started from
+
+
+def test_a_sweep_over_seeds_and_lambda_in_one_process_compiles_its_steps_once(tmp_path, monkeypatch,
+                                                                               count_compiles):
+    """λ and the seed are arguments of the compiled steps: the second run of the sweep compiles no
+    step, and its logged losses are its own λ's (loss = ε-loss + λ · reg_loss on regularized steps)."""
+    monkeypatch.setattr(loop, "_COMPILED", {})
+    built, real = [], loop._compile_steps
+    monkeypatch.setattr(loop, "_compile_steps", lambda setup, mesh: built.append(setup) or real(setup, mesh))
+    counts = []
+    for seed, weight in ((0, 0.5), (1, 3.0)):
+        config = small_config(training__num_steps=4, logging__log_every_steps=1, checkpoint__every_steps=4)
+        config.seed, config.regularizer.weight = seed, weight
+        with count_compiles() as counter:
+            launch.train(config, str(tmp_path / f"seed{seed}"))
+        counts.append(counter.count)
+        lines = [json.loads(line) for line in open(tmp_path / f"seed{seed}" / "metrics.jsonl")]
+        regularized = [line for line in lines if "reg_loss" in line]
+        assert regularized, "no regularized step in this run: choose more steps"
+        for line in regularized:
+            assert line["loss"] == pytest.approx(line["diffusion_loss"] + weight * line["reg_loss"], rel=1e-5)
+    kinds = len(loop.step_kinds(config_lib.train_setup(config)))
+    assert len(built) == 1 and counts[1] <= counts[0] - kinds, counts

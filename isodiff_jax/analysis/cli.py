@@ -123,15 +123,17 @@ def prepare_outs(outs) -> None:
 def analyse_all(workdirs, specs, outs, metrics, options: Options, resources: suite.Resources, *, step=None,
                 ema=True) -> list:
     """Each workdir (whose checkpoint has the model spec in `specs`) into its out directory. All
-    inputs are checked before any work; workdirs of the same model share one `Analysis`, so each
-    kernel compiles once for all of them."""
+    inputs are checked before any work. Workdirs of the same model and data set share one
+    `Analysis`, so each kernel compiles once for all of them: the runs of a sweep over seeds, λ or
+    p (their real images are those of the first one's seed, the same draws for every run)."""
+    key = lambda spec: (spec, spec.data.dataset)
     chosen = {}
     for spec in specs:
-        if spec not in chosen:
-            chosen[spec] = choose_metrics(metrics, spec, resources, options)
+        if key(spec) not in chosen:
+            chosen[key(spec)] = (spec, choose_metrics(metrics, spec, resources, options))
     prepare_outs(outs)
-    analyses = {spec: Analysis(spec, m, options, resources) for spec, m in chosen.items()}
-    return [analyses[spec].analyse(workdir, out, step=step, ema=ema)
+    analyses = {k: Analysis(spec, m, options, resources) for k, (spec, m) in chosen.items()}
+    return [analyses[key(spec)].analyse(workdir, out, step=step, ema=ema)
             for workdir, spec, out in zip(workdirs, specs, outs)]
 
 

@@ -17,7 +17,7 @@ evaluation cadences, and never saves a state after a non-finite step.
 import dataclasses
 import os
 import time
-from typing import Iterable, Optional, Protocol
+from typing import Callable, Iterable, Optional, Protocol
 
 import jax
 import jax.numpy as jnp
@@ -77,6 +77,9 @@ class TrainSetup:
     regularizer: Optional[Regularizer]
     settings: TrainSettings
     config_json: str = "{}"  # the run's config, saved with every checkpoint as its record
+    # What the compiled steps depend on (`config.step_key`): setups with equal keys share their
+    # compiled steps (`compile_steps`); None: compiled for this run alone.
+    step_key: Optional[str] = None
 
     @property
     def batch_shape(self) -> tuple[int, ...]:
@@ -108,16 +111,21 @@ def step_kinds(setup: TrainSetup) -> dict:
 
 
 def make_step(setup: TrainSetup, regularized: bool):
-    """The pure (state, x0) -> (state, metrics) step of one kind (randomness from the step key)."""
+    """The pure (state, x0, key, weight) -> (state, metrics) step of one kind: its randomness from
+    the step key (`setup.keys()["step"]`), its regularizer's weight λ an argument too."""
     regularizer, t_range = step_kinds(setup)[regularized]
     s, schedule = setup.settings, setup.spec.noise_schedule
     t_weights = (None if s.loss_weighting == "uniform" else
                  diffusion.loss_weights(schedule, s.loss_weighting, s.min_snr_gamma))
-    fn = step_lib.make_train_step(setup.spec.unet, schedule, setup.optimizer,
-                                  regularizer=regularizer, t_range=t_range, ema_max_decay=s.ema_max_decay,
-                                  ema_power=s.ema_power, accum_steps=s.grad_accum_steps, t_weights=t_weights)
-    key = setup.keys()["step"]
-    return lambda state, x0: fn(state, x0, key)
+    return step_lib.make_train_step(setup.spec.unet, schedule, setup.optimizer,
+                                    regularizer=regularizer, t_range=t_range, ema_max_decay=s.ema_max_decay,
+                                    ema_power=s.ema_power, accum_steps=s.grad_accum_steps, t_weights=t_weights)
+
+
+def step_arguments(setup: TrainSetup, mesh: Mesh) -> tuple:
+    """(key, weight): what a run passes to its compiled steps besides the state and the batch."""
+    weight = setup.regularizer.weight if setup.regularizer is not None else 0.0
+    return jax.device_put((setup.keys()["step"], np.float32(weight)), sharding.replicated(mesh))
 
 
 # ---- metrics kept on the device between fetches ------------------------------------------
@@ -149,35 +157,56 @@ def add_step(totals: dict, step: jax.Array, metrics: dict, state) -> dict:
             "first_non_finite": jnp.where(newly_bad, step, totals["first_non_finite"])}
 
 
-def compile_steps(setup: TrainSetup, mesh: Mesh) -> tuple[dict, dict]:
-    """-> ({regularized: compiled (state, totals, x0) -> (state, totals)}, fresh totals).
+# Compiled steps by (TrainSetup.step_key, devices): the runs of a sweep in one process (seeds, λ,
+# data sets of one image size) reuse one set. Bounded: a few sweeps' worth of programs.
+_COMPILED: dict = {}
+_COMPILED_MAX = 4
+
+
+def compile_steps(setup: TrainSetup, mesh: Mesh) -> tuple[dict, Callable]:
+    """-> ({regularized: compiled (state, totals, x0, key, weight) -> (state, totals)}, a jitted
+    () -> fresh totals), reused for every setup with the same `step_key` on the same devices.
 
     Compiled ahead of time, before the first step: with several processes, a process still
     compiling when another reaches the first collective would make the CPU collectives time out,
     so all processes meet at a barrier once everything is compiled.
     """
+    key = None if setup.step_key is None else (setup.step_key, tuple(d.id for d in mesh.devices.flat))
+    if key is not None and key in _COMPILED:
+        return _COMPILED[key]
+    compiled = _compile_steps(setup, mesh)
+    if key is not None:
+        while len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = compiled
+    return compiled
+
+
+def _compile_steps(setup: TrainSetup, mesh: Mesh) -> tuple[dict, Callable]:
     replicated, batch = sharding.replicated(mesh), sharding.batch_sharded(mesh)
     state = abstract_state(setup, mesh)
     x0 = jax.ShapeDtypeStruct(setup.batch_shape, np.float32, sharding=batch)
+    key, weight = (jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated) for a in step_arguments(setup, mesh))
     # Each kind is traced once: the metric names (the structure of the totals) come from that
     # trace, and tracing `run` below reuses it (jit's trace cache) instead of tracing the model again.
     fns = {regularized: jax.jit(make_step(setup, regularized)) for regularized in step_kinds(setup)}
-    names = sorted({name for fn in fns.values() for name in fn.trace(state, x0).out_info[1]})
-    totals = jax.jit(lambda: empty_totals(names), out_shardings=replicated)()
+    names = sorted({name for fn in fns.values() for name in fn.trace(state, x0, key, weight).out_info[1]})
+    fresh_totals = jax.jit(lambda: empty_totals(names), out_shardings=replicated)
+    totals = checkpoint.abstract(jax.eval_shape(fresh_totals), replicated)
     steps = {}
     for regularized, fn in fns.items():
 
-        def run(state, totals, x0, fn=fn):
-            new_state, metrics = fn(state, x0)
+        def run(state, totals, x0, key, weight, fn=fn):
+            new_state, metrics = fn(state, x0, key, weight)
             return new_state, add_step(totals, state.step, metrics, new_state)
 
-        jitted = jax.jit(run, donate_argnums=(0, 1), in_shardings=(replicated, replicated, batch),
+        jitted = jax.jit(run, donate_argnums=(0, 1), in_shardings=(replicated, replicated, batch, replicated, replicated),
                          out_shardings=replicated)
-        steps[regularized] = jitted.lower(state, checkpoint.abstract(totals, replicated), x0).compile()
+        steps[regularized] = jitted.lower(state, totals, x0, key, weight).compile()
     runtime.release_freed_host_memory()  # the compiler's heap, before the steps allocate theirs
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("isodiff_jax: train steps compiled")
-    return steps, totals
+    return steps, fresh_totals
 
 
 def abstract_state(setup: TrainSetup, mesh: Mesh):
@@ -384,9 +413,10 @@ class _Run:
     def __init__(self, setup: TrainSetup, mesh: Mesh, mngr, monitor: Monitor, evaluators: list,
                  encode: bool = True):
         self.setup, self.mesh, self.mngr, self.monitor = setup, mesh, mngr, monitor
-        self.steps, self.totals = compile_steps(setup, mesh)
+        self.steps, self._empty_totals = compile_steps(setup, mesh)
+        self.totals = self._empty_totals()
         self.names = sorted(self.totals["sums"])
-        self._empty_totals = jax.jit(lambda: empty_totals(self.names), out_shardings=sharding.replicated(mesh))
+        self.arguments = step_arguments(setup, mesh)  # (key, λ)
         self.sampler = make_sampler(setup, mesh)
         self.autoencoder_params = autoencoder_params(setup, mesh)
         # latent diffusion: images encoded batch by batch, unless the batches are cached latents
@@ -418,7 +448,7 @@ class _Run:
             if self.encoder is not None:  # latent diffusion: the batch's latents
                 x0 = self.encoder(self.autoencoder_params, x0)
             kind = regularized_step(self.setup, step)
-            state, self.totals = self.steps[kind](state, self.totals, x0)
+            state, self.totals = self.steps[kind](state, self.totals, x0, *self.arguments)
             self._settle_heap(kind, state)
             done = step + 1
             self.monitor.step(done)

@@ -1,8 +1,10 @@
 """The training step: diffusion loss plus an optional geometric regularizer (method.md §3-4).
 
-`make_loss_fn` returns the objective as a pure `(params, pl_mean, x0, key) -> (loss, (pl_mean,
-metrics))` function; `make_train_step` returns a pure `(state, x0, key) -> (state, metrics)`
-function built on it; the caller jits it once. Timestep gating (method.md §4) is done on the
+`make_loss_fn` returns the objective as a pure `(params, pl_mean, x0, key, weight) -> (loss,
+(pl_mean, metrics))` function; `make_train_step` returns a pure `(state, x0, key, weight) ->
+(state, metrics)` function built on it; the caller jits it once. The key and the regularizer's
+weight λ are arguments, not constants of the program: the runs of a sweep over seeds or λ share
+one compiled step. Timestep gating (method.md §4) is done on the
 host by building two steps, one plain with t in [0, pT) and one regularized with t in [pT, T),
 so plain steps pay nothing.
 """
@@ -62,15 +64,16 @@ def _t_range(schedule: diffusion.Schedule, t_range) -> tuple[int, int]:
 def make_loss_fn(model: UNet, schedule: diffusion.Schedule, *, regularizer: Optional[Regularizer] = None,
                  t_range: Optional[tuple[int, int]] = None, t_weights: Optional[jax.Array] = None) -> Callable:
     """The objective of method.md §4 as a pure function
-    (params, pl_mean, x0 (B, H, W, C), key) -> (loss, (new pl_mean, metrics)); t ~ U{t_range}.
+    (params, pl_mean, x0 (B, H, W, C), key, weight=None) -> (loss, (new pl_mean, metrics));
+    t ~ U{t_range}.
 
-    loss = ε-MSE + λ · regularizer, with the randomness (t, ε, probes) split from `key`; t_weights
+    loss = ε-MSE + λ · regularizer (λ = weight, a traced scalar; None: regularizer.weight), with the randomness (t, ε, probes) split from `key`; t_weights
     (T,) weighs each sample's ε-MSE by its t (`diffusion.loss_weights`; None: uniform). A
     regularizer that needs only the encoder's linearization at x_t shares the encoder's forward
     pass with the diffusion loss."""
     lo, hi = _t_range(schedule, t_range)
 
-    def loss_fn(params, pl_mean, x0, key):
+    def loss_fn(params, pl_mean, x0, key, weight=None):
         k_t, k_eps, k_reg = jax.random.split(key, 3)
         t = jax.random.randint(k_t, x0.shape[:1], lo, hi)
         eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
@@ -92,7 +95,8 @@ def make_loss_fn(model: UNet, schedule: diffusion.Schedule, *, regularizer: Opti
         if regularizer is None:
             return loss_eps, (pl_mean, metrics)
         metrics["reg_loss"] = reg
-        return loss_eps + regularizer.weight * reg, (pl_mean, metrics)
+        weight = regularizer.weight if weight is None else weight
+        return loss_eps + weight * reg, (pl_mean, metrics)
 
     return loss_fn
 
@@ -101,7 +105,8 @@ def make_train_step(model: UNet, schedule: diffusion.Schedule, optimizer: optax.
                     regularizer: Optional[Regularizer] = None, t_range: Optional[tuple[int, int]] = None,
                     ema_max_decay: float = 0.9999, ema_power: float = 0.75, accum_steps: int = 1,
                     t_weights: Optional[jax.Array] = None) -> Callable:
-    """A pure step (state, x0 (B, H, W, C), key) -> (state, metrics) on `make_loss_fn`'s objective.
+    """A pure step (state, x0 (B, H, W, C), key, weight=None) -> (state, metrics) on
+    `make_loss_fn`'s objective (weight: λ, see there).
 
     The step's randomness is fold_in(key, state.step), so it depends only on the root key and
     the step number (a resumed run repeats it exactly). With accum_steps = A > 1 the batch is
@@ -115,10 +120,10 @@ def make_train_step(model: UNet, schedule: diffusion.Schedule, optimizer: optax.
     loss_fn = make_loss_fn(model, schedule, regularizer=regularizer, t_range=t_range, t_weights=t_weights)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def accumulated(params, pl_mean, x0, key):
+    def accumulated(params, pl_mean, x0, key, weight):
         """grad_fn averaged over accum_steps micro-batches (pl_mean threaded through them)."""
         if accum_steps == 1:
-            return grad_fn(params, pl_mean, x0, key)
+            return grad_fn(params, pl_mean, x0, key, weight)
         if x0.shape[0] % accum_steps:
             raise ValueError(f"batch of {x0.shape[0]} does not split into accum_steps={accum_steps}")
         micro = jnp.swapaxes(x0.reshape(x0.shape[0] // accum_steps, accum_steps, *x0.shape[1:]), 0, 1)
@@ -126,7 +131,7 @@ def make_train_step(model: UNet, schedule: diffusion.Schedule, optimizer: optax.
         def body(carry, inputs):
             pl_mean, grads = carry
             a, x = inputs
-            (loss, (pl_mean, metrics)), g = grad_fn(params, pl_mean, x, jax.random.fold_in(key, a))
+            (loss, (pl_mean, metrics)), g = grad_fn(params, pl_mean, x, jax.random.fold_in(key, a), weight)
             return (pl_mean, jax.tree.map(jnp.add, grads, g)), (loss, metrics)
 
         zeros = jax.tree.map(jnp.zeros_like, params)
@@ -136,9 +141,9 @@ def make_train_step(model: UNet, schedule: diffusion.Schedule, optimizer: optax.
         grads = jax.tree.map(lambda g: g / accum_steps, grads)
         return (mean(loss), (pl_mean, jax.tree.map(mean, metrics))), grads
 
-    def step(state: TrainState, x0, key):
+    def step(state: TrainState, x0, key, weight=None):
         key = jax.random.fold_in(key, state.step)
-        (loss, (pl_mean, metrics)), grads = accumulated(state.params, state.pl_mean, x0, key)
+        (loss, (pl_mean, metrics)), grads = accumulated(state.params, state.pl_mean, x0, key, weight)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         decay = ema_decay(state.step, ema_max_decay, ema_power)
