@@ -26,6 +26,7 @@ linearity curves under --pictures, and prints the tables.
 """
 import argparse
 import dataclasses
+import glob
 import json
 import os
 import sys
@@ -380,7 +381,11 @@ def pictures(results: list, args) -> list:
     for r in results:
         if r["seed"] != 0:
             continue
-        strips = np.load(os.path.join(args.out, r["name"], "pullback_strips.npz"))
+        saved = os.path.join(args.out, r["name"], "pullback_strips.npz")
+        if not os.path.exists(saved):  # a checkout without the run's workdir: keep its committed pictures
+            paths += sorted(glob.glob(os.path.join(args.pictures, f"pullback_{r['name']}_*.png")))
+            continue
+        strips = np.load(saved)
         for key in strips.files:
             rows = [f"v{i + 1} (s={r['metrics'][f'pullback_xt_{key}_s{i + 1}']:.2f})" for i in range(len(strips[key]))]
             path = os.path.join(args.pictures, f"pullback_{r['name']}_{key}.png")
