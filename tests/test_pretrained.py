@@ -219,7 +219,9 @@ def test_safetensors_round_trip_and_damage(tmp_path):
         np.testing.assert_array_equal(back[k], arrays[k])
     with open(path, "rb") as f:
         data = f.read()
-    for damaged, message in ((data[:-3], "not a readable safetensors file: tensor"), (b"\xff" * 16, "header length")):
+    for damaged, message in ((data[:-3], "not a readable safetensors file: incomplete metadata"),
+                             (b"\xff" * 16, "not a readable safetensors file: header too large"),
+                             (data[:5], "not a readable safetensors file: header too small")):
         with open(path, "wb") as f:
             f.write(damaged)
         with pytest.raises(InvalidValue, match=message):
