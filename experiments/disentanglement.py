@@ -79,8 +79,9 @@ def train(run: Run, args) -> str:
 
 
 def canonical(spec):
-    """The spec with the data seed set to 0: the seeds of a sweep share every compiled program
-    (the evaluators' real images are then the same draws for every seed)."""
+    """The spec with the data seed set to 0, so that whichever seed is measured first, the
+    evaluators' real images are the same draws for every seed (specs of different seeds compare
+    equal anyway: they compile the same programs)."""
     return dataclasses.replace(spec, data=dataclasses.replace(spec.data, seed=0))
 
 
@@ -126,8 +127,8 @@ class Measurer:
     def measure(self, workdir: str) -> dict:
         from isodiff_jax.analysis import load
         spec, params, step = load.load(workdir)
-        if canonical(spec) != self.spec:
-            raise ValueError(f"{workdir} holds another model than the measurer's: {spec}")
+        if spec != self.spec or spec.data.dataset != self.spec.data.dataset:
+            raise ValueError(f"{workdir} holds another model or data set than the measurer's: {spec}")
         values = dict(self.suite.run(params))
         for evaluator in self.extra:
             values.update(evaluator.run(params))
@@ -184,9 +185,10 @@ def measured(run: Run, args, measurers: dict) -> dict:
     else:
         workdir = train(run, args)
     spec = canonical(checkpoint.read_spec(workdir)[0])
-    if spec not in measurers:
-        measurers[spec] = Measurer(spec, args)
-    result = {**dataclasses.asdict(run), "name": run.name, **measurers[spec].measure(workdir),
+    key = (spec, spec.data.dataset)  # specs compare what compiles; the data set picks oracle or classifier
+    if key not in measurers:
+        measurers[key] = Measurer(spec, args)
+    result = {**dataclasses.asdict(run), "name": run.name, **measurers[key].measure(workdir),
               "seconds": time.perf_counter() - started}
     write_json(path, result)
     return result

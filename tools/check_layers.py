@@ -1,6 +1,6 @@
 """Checks that the package's imports point one way, bottom to top:
 
-    core       geometry, isometry, unet, diffusion, images, runtime, errors
+    core       geometry, isometry, unet, diffusion, images, runtime, quiet, errors
     data       isodiff_jax.data
     model      autoencoder (on the U-Net's layers), spec, sharding, checkpoint,
                                                 (what training and analysis share)
@@ -22,7 +22,7 @@ import sys
 
 PACKAGE = "isodiff_jax"
 LAYERS = {  # layer -> (rank, module prefixes)
-    "core": (0, ("geometry", "isometry", "unet", "diffusion", "images", "runtime", "errors")),
+    "core": (0, ("geometry", "isometry", "unet", "diffusion", "images", "runtime", "quiet", "errors")),
     "data": (1, ("data",)),
     "model": (2, ("autoencoder", "spec", "sharding", "checkpoint", "pretrained")),
     "train": (3, ("train",)),
