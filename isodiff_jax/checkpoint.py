@@ -137,6 +137,10 @@ def disk_full(mngr: ocp.CheckpointManager, error: BaseException) -> DiskFull:
     """The one-line error for a full disk met while saving, after removing the partial step
     directories Orbax left (process 0), which would otherwise hold the space a resume needs."""
     directory = str(mngr.directory)
+    try:
+        mngr.wait_until_finished()  # a save still under way would write again what is removed below
+    except Exception:  # noqa: BLE001 - it fails for the same reason; `error` is the one reported
+        pass
     if jax.process_index() == 0 and os.path.isdir(directory):
         for name in os.listdir(directory):
             if ".orbax-checkpoint-tmp" in name:
