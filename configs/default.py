@@ -57,6 +57,7 @@ def get_config():
     df.num_timesteps = 1000  # T
     df.beta_start = 1e-4  # linear and scaled_linear schedules' first beta
     df.beta_end = 0.02  # linear and scaled_linear schedules' last beta
+    df.logsnr_shift = 0.0  # added to every log-SNR (> 0: less noise at each t; 2 ln 2 takes a 32 px schedule to 16 px)
     df.loss_weighting = "uniform"  # of the ε-loss over t: "uniform" (DDPM) or "min_snr" (Min-SNR-γ)
     df.min_snr_gamma = 5.0  # γ of "min_snr": weight min(SNR_t, γ) / SNR_t
 

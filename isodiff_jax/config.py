@@ -190,6 +190,8 @@ def _validate_diffusion(config) -> None:
         ok = all(isinstance(b, (int, float)) for b in (df.beta_start, df.beta_end))
         _check(ok and 0 < df.beta_start < df.beta_end < 1, "diffusion.beta_start/beta_end",
                (df.beta_start, df.beta_end), "0 < beta_start < beta_end < 1")
+    _check_finite(df.logsnr_shift, "diffusion.logsnr_shift", -10, "a finite shift in [-10, 10]")
+    _check(df.logsnr_shift <= 10, "diffusion.logsnr_shift", df.logsnr_shift, "a finite shift in [-10, 10]")
     _check_choice(config, "diffusion.loss_weighting", diffusion.LOSS_WEIGHTINGS)
     _check_finite(df.min_snr_gamma, "diffusion.min_snr_gamma", 0, "a finite γ > 0", strict=True)
 
@@ -304,7 +306,7 @@ def unet(config, channels: int = 3) -> UNet:
 def schedule_spec(config) -> ScheduleSpec:
     df = config.diffusion
     return ScheduleSpec(kind=df.schedule, num_timesteps=df.num_timesteps, beta_start=df.beta_start,
-                        beta_end=df.beta_end)
+                        beta_end=df.beta_end, logsnr_shift=float(df.logsnr_shift))
 
 
 def schedule(config) -> diffusion.Schedule:
@@ -424,7 +426,8 @@ LATER_FIELDS = {"model.norm_eps": 1e-5, "model.flip_sin_to_cos": True, "model.fr
                 "autoencoder.latent_channels": 3, "autoencoder.vq_embed_dim": 3, "autoencoder.num_vq_embeddings": 8192,
                 "autoencoder.norm_num_groups": 32, "autoencoder.act_fn": "silu", "autoencoder.mid_attention": True,
                 "autoencoder.scaling_factor": 1.0, "data.latent_cache": "", "data.workers": 0,
-                "diffusion.loss_weighting": "uniform", "diffusion.min_snr_gamma": 5.0, "optim.ema_power": 0.75}
+                "diffusion.loss_weighting": "uniform", "diffusion.min_snr_gamma": 5.0, "optim.ema_power": 0.75,
+                "diffusion.logsnr_shift": 0.0}
 
 # What a resumed run may change: how long it trains, how often it logs, saves and evaluates, where
 # it finds its data, and what the backward pass recomputes (model.remat: same values, less memory;

@@ -67,6 +67,14 @@ def _cosine_betas(num_timesteps: int, s: float) -> np.ndarray:
     return np.minimum(1.0 - abar[1:] / abar[:-1], 0.999)
 
 
+def _shifted_betas(betas: np.ndarray, shift: float) -> np.ndarray:
+    """The β of the schedule whose ᾱ is σ(logit(ᾱ) + shift), from float64 β (T,)."""
+    log_abar = np.cumsum(np.log1p(-betas))
+    logit = log_abar - np.log(-np.expm1(log_abar))  # log(ᾱ / (1 − ᾱ)), stable near ᾱ = 1
+    log_shifted = -np.logaddexp(0.0, -(logit + shift))  # log σ(logit + shift)
+    return -np.expm1(np.diff(log_shifted, prepend=0.0))  # β_t = 1 − ᾱ'_t / ᾱ'_{t−1}, ᾱ'_{−1} = 1
+
+
 def make_schedule(
     kind: str,
     num_timesteps: int = 1000,
@@ -74,12 +82,17 @@ def make_schedule(
     beta_start: float = 1e-4,
     beta_end: float = 0.02,
     cosine_s: float = 0.008,
+    logsnr_shift: float = 0.0,
     dtype: DTypeLike = jnp.float32,
 ) -> Schedule:
     """Builds a "linear", "cosine" or "scaled_linear" schedule of `num_timesteps` steps.
 
+    logsnr_shift = c adds c to every step's log-SNR, log(ᾱ/(1 − ᾱ)): ᾱ'_t = σ(logit(ᾱ_t) + c)
+    (Hoogeboom et al. 2023, "simple diffusion", shift a schedule by 2·log(r₀/r) when the image
+    resolution r differs from the r₀ the schedule was made for; c > 0: less noise at every t).
+
     Computed in float64 NumPy and cast to `dtype` at the end; ᾱ is always the cumulative product of
-    the (possibly clipped) betas, so the two fields agree exactly.
+    the (possibly clipped, or shifted) betas, so the two fields agree exactly.
     """
     if kind not in SCHEDULE_KINDS:
         raise ValueError(f"unknown schedule kind {kind!r}; expected one of {SCHEDULE_KINDS}")
@@ -91,6 +104,8 @@ def make_schedule(
         betas = _scaled_linear_betas(num_timesteps, beta_start, beta_end)
     else:
         betas = _cosine_betas(num_timesteps, cosine_s)
+    if logsnr_shift:
+        betas = _shifted_betas(betas, logsnr_shift)
     alphas_cumprod = np.cumprod(1.0 - betas)
     return Schedule(
         betas=jnp.asarray(betas, dtype=dtype),

@@ -40,10 +40,11 @@ class ScheduleSpec:
     num_timesteps: int = 1000
     beta_start: float = 1e-4
     beta_end: float = 0.02
+    logsnr_shift: float = 0.0
 
     def build(self) -> diffusion.Schedule:
         return diffusion.make_schedule(self.kind, self.num_timesteps, beta_start=self.beta_start,
-                                       beta_end=self.beta_end)
+                                       beta_end=self.beta_end, logsnr_shift=self.logsnr_shift)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -67,6 +67,8 @@ def test_celebahq256_is_the_papers_setting():
     ("diffusion.loss_weighting", "p2", "'min_snr'"),
     ("diffusion.min_snr_gamma", 0.0, "finite γ > 0"),
     ("diffusion.min_snr_gamma", float("nan"), "finite γ > 0"),
+    ("diffusion.logsnr_shift", float("inf"), "finite shift in [-10, 10]"),
+    ("diffusion.logsnr_shift", 12.0, "finite shift in [-10, 10]"),
     ("optim.ema_power", 0.0, "finite power > 0"),
 ])
 def test_invalid_values_name_the_field(field, value, message):

@@ -19,8 +19,8 @@ MU = np.linspace(-1.0, 1.0, N_DIMS)
 SIGMA = np.linspace(0.5, 1.5, N_DIMS)[::-1].copy()  # μ and σ vary independently across dims
 
 
-def _float64_schedule(kind="linear"):
-    return diffusion.make_schedule(kind, T, dtype=jnp.float64)
+def _float64_schedule(kind="linear", **kwargs):
+    return diffusion.make_schedule(kind, T, dtype=jnp.float64, **kwargs)
 
 
 def _gaussian_eps_fn(schedule):
@@ -71,6 +71,19 @@ def test_schedules_are_valid(kind):
     abar, betas = np.asarray(schedule.alphas_cumprod), np.asarray(schedule.betas)
     assert np.all(np.diff(abar) < 0) and 0 < abar[-1] and abar[0] < 1
     assert np.all(betas > 0) and np.all(betas <= 0.999)
+
+
+@pytest.mark.parametrize("kind", diffusion.SCHEDULE_KINDS)
+@pytest.mark.parametrize("shift", [1.386, -0.7])
+def test_logsnr_shift_adds_to_every_log_snr(kind, shift):
+    base = np.asarray(_float64_schedule(kind).alphas_cumprod)
+    shifted = _float64_schedule(kind, logsnr_shift=shift)
+    abar = np.asarray(shifted.alphas_cumprod)
+    expected = 1 / (1 + np.exp(-(np.log(base / (1 - base)) + shift)))
+    np.testing.assert_allclose(abar, expected, rtol=1e-12)
+    np.testing.assert_allclose(abar, np.cumprod(1 - np.asarray(shifted.betas)), rtol=1e-12)
+    assert np.all(np.diff(abar) < 0) and np.all(np.asarray(shifted.betas) > 0)
+    assert diffusion.make_schedule(kind, logsnr_shift=0.0).betas.tolist() == diffusion.make_schedule(kind).betas.tolist()
 
 
 def test_make_schedule_rejects_bad_arguments():

@@ -1,6 +1,7 @@
 """diffusers import and export (isodiff_jax.pretrained) against the offline fixtures of
 tests/data/make_diffusers_reference.py: tiny random-weight UNet2DModel folders with the options
 of google's DDPM checkpoints and every other option the U-Net honours, with diffusers' outputs."""
+import dataclasses
 import json
 import os
 import shutil
@@ -204,6 +205,14 @@ def test_export_then_import_is_identical(imported, tmp_path):
         # the exported state dict has diffusers' current names, torch layouts
         state = safetensors_io.read(os.path.join(out, "unet", pretrained.folder.SAFETENSORS))
         assert state.keys() == weights.state_dict_from_params(model.params).keys()
+
+
+def test_a_shifted_schedule_is_refused_before_anything_is_written(imported, tmp_path):
+    model = imported["options"]
+    shifted = dataclasses.replace(model.schedule, logsnr_shift=1.0)
+    with pytest.raises(InvalidValue, match=r"shifted \(diffusion.logsnr_shift=1.0\).*cannot be exported"):
+        pretrained.to_diffusers(model.unet, model.params, shifted, str(tmp_path / "out"), resolution=model.resolution)
+    assert not (tmp_path / "out").exists()
 
 
 def test_safetensors_round_trip_and_damage(tmp_path):

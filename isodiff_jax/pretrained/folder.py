@@ -184,12 +184,12 @@ def to_diffusers(unet: UNet, params: Params, schedule: ScheduleSpec, out_dir: st
     With an autoencoder (latent diffusion): also vqvae/ (a VQModel with its scaling_factor
     written out), a DDIMScheduler, and an LDMPipeline model_index.json; resolution is then the
     U-Net's (the latent) side."""
-    _write_model(os.path.join(out_dir, "unet"), translate.diffusers_unet_config(unet, resolution), params)
     latent = autoencoder is not None
     scheduler = "DDIMScheduler" if latent else "DDPMScheduler"
+    scheduler_config = translate.diffusers_scheduler_config(schedule, clip_sample, scheduler)  # may refuse: first
+    _write_model(os.path.join(out_dir, "unet"), translate.diffusers_unet_config(unet, resolution), params)
     os.makedirs(os.path.join(out_dir, "scheduler"), exist_ok=True)
-    _write_json(os.path.join(out_dir, "scheduler", "scheduler_config.json"),
-                translate.diffusers_scheduler_config(schedule, clip_sample, scheduler))
+    _write_json(os.path.join(out_dir, "scheduler", "scheduler_config.json"), scheduler_config)
     index = {"_class_name": "LDMPipeline" if latent else "DDPMPipeline",
              "_diffusers_version": translate.DIFFUSERS_VERSION,
              "scheduler": ["diffusers", scheduler], "unet": ["diffusers", "UNet2DModel"]}

@@ -206,6 +206,9 @@ def schedule_spec(config: dict, file: str = "scheduler_config.json") -> tuple[Sc
 def diffusers_scheduler_config(schedule: ScheduleSpec, clip_sample: Optional[float] = 1.0,
                                class_name: str = "DDPMScheduler") -> dict:
     """ScheduleSpec -> a DDPMScheduler (or DDIMScheduler) scheduler_config.json (ε-prediction)."""
+    if schedule.logsnr_shift:
+        raise InvalidValue(f"the model's schedule is shifted (diffusion.logsnr_shift={schedule.logsnr_shift}); "
+                           f"diffusers' schedulers have no such option, so it cannot be exported")
     kinds = {v: k for k, v in BETA_SCHEDULES.items()}
     config = {"_class_name": class_name, "_diffusers_version": DIFFUSERS_VERSION,
               "num_train_timesteps": schedule.num_timesteps, "beta_schedule": kinds[schedule.kind],
