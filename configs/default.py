@@ -59,6 +59,7 @@ def get_config():
     df.beta_end = 0.02  # linear and scaled_linear schedules' last beta
     df.logsnr_shift = 0.0  # added to every log-SNR (> 0: less noise at each t; 2 ln 2 takes a 32 px schedule to 16 px)
     df.loss_weighting = "uniform"  # of the ε-loss over t: "uniform" (DDPM) or "min_snr" (Min-SNR-γ)
+    df.t_sampling = "uniform"  # each batch's timesteps: "uniform" (independent) or "stratified" (one per stratum)
     df.min_snr_gamma = 5.0  # γ of "min_snr": weight min(SNR_t, γ) / SNR_t
 
     c.regularizer = r = ml_collections.ConfigDict()

@@ -193,6 +193,7 @@ def _validate_diffusion(config) -> None:
     _check_finite(df.logsnr_shift, "diffusion.logsnr_shift", -10, "a finite shift in [-10, 10]")
     _check(df.logsnr_shift <= 10, "diffusion.logsnr_shift", df.logsnr_shift, "a finite shift in [-10, 10]")
     _check_choice(config, "diffusion.loss_weighting", diffusion.LOSS_WEIGHTINGS)
+    _check_choice(config, "diffusion.t_sampling", diffusion.T_SAMPLINGS)
     _check_finite(df.min_snr_gamma, "diffusion.min_snr_gamma", 0, "a finite γ > 0", strict=True)
 
 
@@ -341,6 +342,7 @@ def train_settings(config) -> TrainSettings:
         num_steps=t.num_steps, global_batch_size=t.global_batch_size, seed=config.seed, gate_p=config.regularizer.p,
         grad_accum_steps=o.grad_accum_steps, ema_max_decay=o.ema_max_decay, ema_power=o.ema_power,
         loss_weighting=config.diffusion.loss_weighting, min_snr_gamma=config.diffusion.min_snr_gamma,
+        t_sampling=config.diffusion.t_sampling,
         init_from=t.init_from,
         random_flip=config.data.random_flip, prefetch=config.data.prefetch, workers=config.data.workers,
         checkpoint_every=ck.every_steps,
@@ -427,7 +429,7 @@ LATER_FIELDS = {"model.norm_eps": 1e-5, "model.flip_sin_to_cos": True, "model.fr
                 "autoencoder.norm_num_groups": 32, "autoencoder.act_fn": "silu", "autoencoder.mid_attention": True,
                 "autoencoder.scaling_factor": 1.0, "data.latent_cache": "", "data.workers": 0,
                 "diffusion.loss_weighting": "uniform", "diffusion.min_snr_gamma": 5.0, "optim.ema_power": 0.75,
-                "diffusion.logsnr_shift": 0.0}
+                "diffusion.logsnr_shift": 0.0, "diffusion.t_sampling": "uniform"}
 
 # What a resumed run may change: how long it trains, how often it logs, saves and evaluates, where
 # it finds its data, and what the backward pass recomputes (model.remat: same values, less memory;

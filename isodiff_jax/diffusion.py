@@ -22,6 +22,7 @@ from jax.typing import DTypeLike
 
 SCHEDULE_KINDS = ("linear", "cosine", "scaled_linear")
 LOSS_WEIGHTINGS = ("uniform", "min_snr")
+T_SAMPLINGS = ("uniform", "stratified")
 
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]  # (x (B, ...), t int32 (B,)) -> ε̂ (B, ...)
 
@@ -111,6 +112,25 @@ def make_schedule(
         betas=jnp.asarray(betas, dtype=dtype),
         alphas_cumprod=jnp.asarray(alphas_cumprod, dtype=dtype),
     )
+
+
+def sample_timesteps(key: jax.Array, batch: int, lo: int, hi: int, kind: str = "uniform") -> jax.Array:
+    """(batch,) integer timesteps, each uniform on {lo, …, hi − 1}.
+
+    "uniform": independent draws. "stratified": the low-discrepancy sampler of Variational
+    Diffusion Models (Kingma et al. 2021): [lo, hi) is cut into `batch` equal strata and each
+    holds one draw, t_i = lo + ⌊(π(i) + u) (hi − lo) / batch⌋ with one offset u ~ U[0, 1) and a
+    random permutation π of the rows; each t_i is still uniform, but the batch covers the range
+    evenly, which lowers the variance of the batch's loss and gradient."""
+    if kind == "uniform":
+        return jax.random.randint(key, (batch,), lo, hi)
+    if kind != "stratified":
+        raise ValueError(f"unknown timestep sampling {kind!r}; expected one of {T_SAMPLINGS}")
+    k_u, k_perm = jax.random.split(key)
+    u = jax.random.uniform(k_u, ())
+    strata = jax.random.permutation(k_perm, batch)
+    t = lo + jnp.floor((strata + u) * ((hi - lo) / batch)).astype(jnp.int32)
+    return jnp.minimum(t, hi - 1)  # (batch − 1 + u)·n/batch < n, but float rounding could reach it
 
 
 def _per_sample(values: jax.Array, like: jax.Array) -> jax.Array:

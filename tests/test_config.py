@@ -2,9 +2,13 @@
 import importlib
 import json
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 from isodiff_jax import config as config_lib
+from isodiff_jax import diffusion, sharding
+from isodiff_jax.train import loop
 
 EXPERIMENTS = ("default", "shapes32", "shapes16", "shapes16_iso", "cifar10", "celebahq256", "test", "bench_cpu32")
 
@@ -145,6 +149,27 @@ def test_the_loss_weighting_reaches_the_train_setup():
     config.diffusion.loss_weighting, config.diffusion.min_snr_gamma = "min_snr", 2.0
     settings = config_lib.train_setup(config).settings
     assert (settings.loss_weighting, settings.min_snr_gamma) == ("min_snr", 2.0)
+
+
+def test_the_timestep_sampling_reaches_the_step_and_its_compiled_key(monkeypatch):
+    config = load("test")
+    uniform = config_lib.train_setup(config)
+    config.diffusion.t_sampling = "stratified"
+    stratified = config_lib.train_setup(config)
+    assert (uniform.settings.t_sampling, stratified.settings.t_sampling) == ("uniform", "stratified")
+    assert uniform.step_key != stratified.step_key  # the two never share a compiled step
+    drawn = []  # the step draws its timesteps the configured way (traced only, nothing compiled)
+    sample_timesteps = diffusion.sample_timesteps
+    monkeypatch.setattr(diffusion, "sample_timesteps", lambda *a: drawn.append(a[-1]) or sample_timesteps(*a))
+    mesh = sharding.make_mesh()
+    for setup in (uniform, stratified):
+        x0 = jax.ShapeDtypeStruct(setup.batch_shape, jnp.float32)
+        jax.eval_shape(loop.make_step(setup, False), loop.abstract_state(setup, mesh), x0,
+                       *loop.step_arguments(setup, mesh))
+    assert drawn == ["uniform", "stratified"]
+    config.diffusion.t_sampling = "sobol"
+    with pytest.raises(config_lib.ConfigError, match="diffusion.t_sampling.*'uniform', 'stratified'"):
+        config_lib.validate(config, num_devices=4)
 
 
 def test_the_ema_power_reaches_the_train_settings():

@@ -86,6 +86,24 @@ def test_logsnr_shift_adds_to_every_log_snr(kind, shift):
     assert diffusion.make_schedule(kind, logsnr_shift=0.0).betas.tolist() == diffusion.make_schedule(kind).betas.tolist()
 
 
+@pytest.mark.parametrize("kind", diffusion.T_SAMPLINGS)
+def test_each_timestep_is_uniform_and_stratified_ones_cover_the_range(kind):
+    lo, hi, batch, draws = 500, 1000, 32, 4000
+    keys = jax.random.split(jax.random.PRNGKey(0), draws)
+    t = np.asarray(jax.vmap(lambda k: diffusion.sample_timesteps(k, batch, lo, hi, kind))(keys))
+    assert t.dtype.kind == "i" and t.min() >= lo and t.max() <= hi - 1
+    # every row is uniform on {lo, …, hi − 1}: 10 bins of 400 expected draws (sd 19) each
+    for row in (0, batch - 1):
+        counts = np.bincount((t[:, row] - lo) // 50, minlength=10)
+        assert np.all(np.abs(counts - draws / 10) < 5 * np.sqrt(draws / 10 * 0.9)), counts
+    width = (hi - lo) / batch
+    in_stratum = np.all((np.floor(np.arange(batch) * width) <= np.sort(t, axis=1) - lo)
+                        & (np.sort(t, axis=1) - lo < np.arange(1, batch + 1) * width), axis=1)
+    assert in_stratum.all() if kind == "stratified" else in_stratum.mean() < 0.01
+    with pytest.raises(ValueError, match="'sobol'.*'uniform', 'stratified'"):
+        diffusion.sample_timesteps(keys[0], batch, lo, hi, "sobol")
+
+
 def test_make_schedule_rejects_bad_arguments():
     with pytest.raises(ValueError, match=r"'quadratic'.*'linear', 'cosine'"):
         diffusion.make_schedule("quadratic")

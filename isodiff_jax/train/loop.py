@@ -52,6 +52,7 @@ class TrainSettings:
     ema_power: float = 0.75  # EMA warm-up: decay 1 − (1 + step)^(−power), up to ema_max_decay
     loss_weighting: str = "uniform"  # of the ε-loss over t: diffusion.LOSS_WEIGHTINGS
     min_snr_gamma: float = 5.0  # γ of "min_snr"
+    t_sampling: str = "uniform"  # of each batch's timesteps: diffusion.T_SAMPLINGS
     init_from: str = ""  # a workdir whose EMA parameters start the run
     random_flip: bool = False
     latent_cache: str = ""  # latent diffusion: a directory of the data set's latents, made once ("": encode each batch)
@@ -119,7 +120,8 @@ def make_step(setup: TrainSetup, regularized: bool):
                  diffusion.loss_weights(schedule, s.loss_weighting, s.min_snr_gamma))
     return step_lib.make_train_step(setup.spec.unet, schedule, setup.optimizer,
                                     regularizer=regularizer, t_range=t_range, ema_max_decay=s.ema_max_decay,
-                                    ema_power=s.ema_power, accum_steps=s.grad_accum_steps, t_weights=t_weights)
+                                    ema_power=s.ema_power, accum_steps=s.grad_accum_steps, t_weights=t_weights,
+                                    t_sampling=s.t_sampling)
 
 
 def step_arguments(setup: TrainSetup, mesh: Mesh) -> tuple:

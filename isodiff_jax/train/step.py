@@ -62,10 +62,11 @@ def _t_range(schedule: diffusion.Schedule, t_range) -> tuple[int, int]:
 
 
 def make_loss_fn(model: UNet, schedule: diffusion.Schedule, *, regularizer: Optional[Regularizer] = None,
-                 t_range: Optional[tuple[int, int]] = None, t_weights: Optional[jax.Array] = None) -> Callable:
+                 t_range: Optional[tuple[int, int]] = None, t_weights: Optional[jax.Array] = None,
+                 t_sampling: str = "uniform") -> Callable:
     """The objective of method.md §4 as a pure function
     (params, pl_mean, x0 (B, H, W, C), key, weight=None) -> (loss, (new pl_mean, metrics));
-    t ~ U{t_range}.
+    t ~ U{t_range}, drawn independently or stratified over the batch (`diffusion.sample_timesteps`).
 
     loss = ε-MSE + λ · regularizer (λ = weight, a traced scalar; None: regularizer.weight), with the randomness (t, ε, probes) split from `key`; t_weights
     (T,) weighs each sample's ε-MSE by its t (`diffusion.loss_weights`; None: uniform). A
@@ -75,7 +76,7 @@ def make_loss_fn(model: UNet, schedule: diffusion.Schedule, *, regularizer: Opti
 
     def loss_fn(params, pl_mean, x0, key, weight=None):
         k_t, k_eps, k_reg = jax.random.split(key, 3)
-        t = jax.random.randint(k_t, x0.shape[:1], lo, hi)
+        t = diffusion.sample_timesteps(k_t, x0.shape[0], lo, hi, t_sampling)
         eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
         x_t = diffusion.q_sample(schedule, x0, t, eps)
         features = lambda x: model.apply(params, x, t, method=UNet.encode_with_skips)
@@ -104,7 +105,7 @@ def make_loss_fn(model: UNet, schedule: diffusion.Schedule, *, regularizer: Opti
 def make_train_step(model: UNet, schedule: diffusion.Schedule, optimizer: optax.GradientTransformation, *,
                     regularizer: Optional[Regularizer] = None, t_range: Optional[tuple[int, int]] = None,
                     ema_max_decay: float = 0.9999, ema_power: float = 0.75, accum_steps: int = 1,
-                    t_weights: Optional[jax.Array] = None) -> Callable:
+                    t_weights: Optional[jax.Array] = None, t_sampling: str = "uniform") -> Callable:
     """A pure step (state, x0 (B, H, W, C), key, weight=None) -> (state, metrics) on
     `make_loss_fn`'s objective (weight: λ, see there).
 
@@ -117,7 +118,8 @@ def make_train_step(model: UNet, schedule: diffusion.Schedule, optimizer: optax.
     _t_range(schedule, t_range)
     if accum_steps < 1:
         raise ValueError(f"accum_steps must be >= 1, got {accum_steps}")
-    loss_fn = make_loss_fn(model, schedule, regularizer=regularizer, t_range=t_range, t_weights=t_weights)
+    loss_fn = make_loss_fn(model, schedule, regularizer=regularizer, t_range=t_range, t_weights=t_weights,
+                           t_sampling=t_sampling)
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
     def accumulated(params, pl_mean, x0, key, weight):
