@@ -14,6 +14,7 @@ sums kept on the device, and records there the first step whose loss, gradient o
 state (parameters, EMA, optimizer moments) is not finite. The host fetches them only at the logging, checkpoint, sample and
 evaluation cadences, and never saves a state after a non-finite step.
 """
+import concurrent.futures
 import dataclasses
 import os
 import time
@@ -195,7 +196,7 @@ def _compile_steps(setup: TrainSetup, mesh: Mesh) -> tuple[dict, Callable]:
     names = sorted({name for fn in fns.values() for name in fn.trace(state, x0, key, weight).out_info[1]})
     fresh_totals = jax.jit(lambda: empty_totals(names), out_shardings=replicated)
     totals = checkpoint.abstract(jax.eval_shape(fresh_totals), replicated)
-    steps = {}
+    lowered = {}
     for regularized, fn in fns.items():
 
         def run(state, totals, x0, key, weight, fn=fn):
@@ -204,7 +205,10 @@ def _compile_steps(setup: TrainSetup, mesh: Mesh) -> tuple[dict, Callable]:
 
         jitted = jax.jit(run, donate_argnums=(0, 1), in_shardings=(replicated, replicated, batch, replicated, replicated),
                          out_shardings=replicated)
-        steps[regularized] = jitted.lower(state, totals, x0, key, weight).compile()
+        lowered[regularized] = jitted.lower(state, totals, x0, key, weight)
+    # XLA compiles without the GIL, mostly on one core: the kinds compile side by side
+    with concurrent.futures.ThreadPoolExecutor(len(lowered)) as pool:
+        steps = dict(zip(lowered, pool.map(lambda program: program.compile(), lowered.values())))
     runtime.release_freed_host_memory()  # the compiler's heap, before the steps allocate theirs
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("isodiff_jax: train steps compiled")
