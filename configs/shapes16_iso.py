@@ -1,5 +1,5 @@
 """The README's main job: the built-in shapes at 16×16, trained from scratch with the isometry loss
-(sphere, λ_iso = 1e-3, p = 0.5) in 12 to 21 minutes on 2 CPU cores (6.1 to 3.4 steps/s, by CPU).
+(sphere, λ_iso = 1e-3, p = 0.5) in 12 to 21 minutes on 2 CPU cores (6.1 to 3.6 steps/s, by CPU).
 
 The recipe that gets the most recognisable shapes out of 15 CPU minutes (docs/benchmarks.md,
 "Sample quality within 15 minutes"): 16×16 rather than 32×32 (a quarter of the cost per image),
