@@ -10,25 +10,21 @@ runs of this script on an idle machine. Overrides are the config's fields, as tr
 Usage: python benchmarks/step_kinds.py [--config configs/shapes16_iso.py] [--steps 10]
        [--repeats 5] [--devices 1] [--config.training.global_batch_size=16 ...]
 """
-import argparse
+import os
 import statistics
 import sys
 import time
 
 import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
 
-from train_loop import load_config
-
-
-def override(config, assignment: str) -> None:
-    """--config.section.field=value, parsed like the field's current value."""
-    import ast
-    path, value = assignment.removeprefix("--config.").split("=", 1)
-    *sections, field = path.split(".")
-    node = config
-    for section in sections:
-        node = node[section]
-    node[field] = value if isinstance(node[field], str) else ast.literal_eval(value)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # configs import configs.*
+# the config and its --config.* overrides exactly as train.py reads them
+CONFIG = config_flags.DEFINE_config_file("config", "configs/shapes16_iso.py", "experiment config file")
+STEPS = flags.DEFINE_integer("steps", 10, "steps per timed block")
+REPEATS = flags.DEFINE_integer("repeats", 5, "timed blocks per step kind")
+DEVICES = flags.DEFINE_integer("devices", 1, "simulated CPU devices")
 
 
 def timed(fn, state, totals, x0, arguments, steps):
@@ -40,28 +36,21 @@ def timed(fn, state, totals, x0, arguments, steps):
     return state, totals, (time.perf_counter() - started) / steps
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default="configs/shapes16_iso.py")
-    parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
-    parser.add_argument("--repeats", type=int, default=5, help="timed blocks per step kind")
-    parser.add_argument("--devices", type=int, default=1, help="simulated CPU devices")
-    args, overrides = parser.parse_known_args()
-
+def main(argv):
+    del argv
     import jax
-    jax.config.update("jax_num_cpu_devices", args.devices)
+    jax.config.update("jax_num_cpu_devices", DEVICES.value)
     from isodiff_jax import config as config_lib, sharding
     from isodiff_jax.train import loop
 
-    config = load_config(args.config)
-    for assignment in overrides:
-        override(config, assignment)
+    config = CONFIG.value
+    overrides = [a for a in sys.argv[1:] if a.startswith("--config.")]
     mesh = sharding.make_mesh()
     config_lib.validate(config, mesh.size)
     setup = config_lib.train_setup(config)
     started = time.perf_counter()
     steps, fresh_totals = loop.compile_steps(setup, mesh)
-    print(f"config={args.config} overrides={' '.join(overrides) or 'none'} devices={mesh.size} "
+    print(f"config={config_flags.get_config_filename(flags.FLAGS['config'])} overrides={' '.join(overrides) or 'none'} devices={mesh.size} "
           f"compile_s={time.perf_counter() - started:.1f}", flush=True)
     totals, state = fresh_totals(), loop.fresh_state(setup, mesh)
     x0 = sharding.global_batch(np.random.default_rng(0).standard_normal(setup.batch_shape, np.float32), mesh)
@@ -70,13 +59,13 @@ def main():
         state, totals, _ = timed(fn, state, totals, x0, arguments, 3)
         cpu, wall = time.process_time(), time.perf_counter()
         seconds = []
-        for _ in range(args.repeats):
-            state, totals, took = timed(fn, state, totals, x0, arguments, args.steps)
+        for _ in range(REPEATS.value):
+            state, totals, took = timed(fn, state, totals, x0, arguments, STEPS.value)
             seconds.append(took)
         share = (time.process_time() - cpu) / (time.perf_counter() - wall)
         print(f"kind={'regularized' if regularized else 'plain'} median_s={statistics.median(seconds):.4f} "
               f"cpu_per_wall={share:.2f}", flush=True)
-    count, started = args.steps * args.repeats, time.perf_counter()
+    count, started = STEPS.value * REPEATS.value, time.perf_counter()
     for s in range(count):
         state, totals = steps[loop.regularized_step(setup, s)](state, totals, x0, *arguments)
     jax.block_until_ready(totals)
@@ -84,4 +73,4 @@ def main():
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app.run(main)
