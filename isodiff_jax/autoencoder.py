@@ -17,7 +17,7 @@ decode(z) = decoder(quantize(z / s)). The autoencoder is frozen here: it is neve
 codebook loss is computed; the quantizer passes gradients straight through (z + sg(z_q − z)), as
 diffusers' does.
 """
-import os
+import io
 from typing import Optional, Sequence
 
 import flax.linen as nn
@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from isodiff_jax import storage
 from isodiff_jax.errors import InvalidValue, MissingPath
 from isodiff_jax.unet import ACTIVATIONS, AttentionBlock, Downsample, ResnetBlock, Upsample
 
@@ -227,20 +228,20 @@ def abstract_params(autoencoder: VQAutoencoder, side: Optional[int] = None):
 def save_params(path: str, params) -> str:
     """Writes Flax variables {'params': ...} to `path` (.npz, one array per '/'-joined path)."""
     flat = traverse_util.flatten_dict(jax.device_get(params["params"]), sep="/")
-    tmp = path + ".tmp.npz"
-    np.savez(tmp, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, **{k: np.asarray(v, np.float32) for k, v in flat.items()})
+    storage.write_bytes(path, buffer.getvalue())
     return path
 
 
 def load_params(path: str, autoencoder: VQAutoencoder):
     """Flax variables {'params': ...} of `autoencoder` from a file of `save_params`; MissingPath
     or InvalidValue naming the file and every missing, unexpected, mis-shaped or non-finite array."""
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise MissingPath(f"{path} does not exist: the autoencoder's weights (written by "
                           f"`python -m isodiff_jax.pretrained`) are needed for latent diffusion")
     expected = traverse_util.flatten_dict(abstract_params(autoencoder)["params"], sep="/")
-    with np.load(path) as f:
+    with np.load(storage.open_read(path)) as f:
         arrays = {k: f[k] for k in f.files}
     problems = [f"missing {k}" for k in expected if k not in arrays]
     problems += [f"unexpected {k}" for k in arrays if k not in expected]

@@ -18,9 +18,7 @@ the next older one is tried.
 import errno
 import json
 import logging
-import os
 import re
-import shutil
 import time
 from typing import Any, Callable, NamedTuple, Optional
 
@@ -30,7 +28,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from isodiff_jax import sharding
+from isodiff_jax import sharding, storage
 from isodiff_jax.errors import DiskFull, MissingPath, UserError
 from isodiff_jax.spec import ModelSpec, Params
 
@@ -49,7 +47,7 @@ class DamagedCheckpoint(Exception):
 
 
 def checkpoint_dir(workdir: str) -> str:
-    return os.path.join(os.path.abspath(workdir), "checkpoints")
+    return storage.join(storage.absolute(workdir), "checkpoints")
 
 
 def manager(workdir: str, *, keep: Optional[int] = None, read_only: bool = False) -> ocp.CheckpointManager:
@@ -141,10 +139,10 @@ def disk_full(mngr: ocp.CheckpointManager, error: BaseException) -> DiskFull:
         mngr.wait_until_finished()  # a save still under way would write again what is removed below
     except Exception:  # noqa: BLE001 - it fails for the same reason; `error` is the one reported
         pass
-    if jax.process_index() == 0 and os.path.isdir(directory):
-        for name in os.listdir(directory):
+    if jax.process_index() == 0:
+        for name in storage.list_dir(directory):
             if ".orbax-checkpoint-tmp" in name:
-                shutil.rmtree(os.path.join(directory, name), ignore_errors=True)
+                storage.remove_tree(storage.join(directory, name))
     mngr.reload()
     last = mngr.latest_step()
     kept = f"the last complete checkpoint is step {last}" if last is not None else "no checkpoint is complete"
@@ -175,7 +173,7 @@ def _short(error: BaseException) -> str:
 
 def _recorded_fingerprint(mngr: ocp.CheckpointManager, step: int) -> Optional[dict]:
     """The fingerprint saved with `step`, or None for checkpoints written before it existed."""
-    if not os.path.isdir(os.path.join(str(mngr.directory), str(step), "integrity")):
+    if not storage.is_dir(storage.join(str(mngr.directory), str(step), "integrity")):
         return None
     return mngr.restore(step, args=ocp.args.Composite(integrity=ocp.args.JsonRestore())).integrity
 
@@ -216,13 +214,13 @@ def first_intact(mngr: ocp.CheckpointManager, read: Callable[[int], Any], step: 
 def _move_aside(mngr: ocp.CheckpointManager, step: int) -> str:
     """Renames the directory of `step` to `<step>.damaged-<UTC time>` (process 0; the others wait
     for it) and returns the new path."""
-    source = os.path.join(str(mngr.directory), str(step))
+    source = storage.join(str(mngr.directory), str(step))
     target = f"{source}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
     if jax.process_count() > 1:  # every process names the same target
         target = str(multihost_utils.broadcast_one_to_all(np.frombuffer(target.encode().ljust(512), np.uint8))
                      .tobytes().decode().rstrip())
     if jax.process_index() == 0:
-        os.rename(source, target)
+        storage.move(source, target)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices(f"isodiff_jax: moved checkpoint {step} aside")
     return target
@@ -248,7 +246,7 @@ class Loaded(NamedTuple):
 
 
 def _read_only_manager(workdir: str) -> ocp.CheckpointManager:
-    if not os.path.isdir(checkpoint_dir(workdir)):
+    if not storage.is_dir(checkpoint_dir(workdir)):
         raise MissingPath(f"{checkpoint_dir(workdir)} does not exist: {workdir!r} is not a training workdir")
     return manager(workdir, read_only=True)
 
@@ -272,14 +270,14 @@ def read_spec(workdir: str, step: Optional[int] = None) -> tuple[ModelSpec, int]
 
 def all_steps(workdir: str) -> list:
     """The steps of a workdir's complete checkpoints (none if it has no checkpoint directory)."""
-    if not os.path.isdir(checkpoint_dir(workdir)):
+    if not storage.is_dir(checkpoint_dir(workdir)):
         return []
     return sorted(manager(workdir, read_only=True).all_steps())
 
 
 def read_configs(workdir: str) -> dict:
     """{step: config JSON text} of every checkpoint whose config record can be read."""
-    if not os.path.isdir(checkpoint_dir(workdir)):
+    if not storage.is_dir(checkpoint_dir(workdir)):
         return {}
     mngr = manager(workdir, read_only=True)
     configs = {}
@@ -318,19 +316,14 @@ def load_params(workdir: str, *, step: Optional[int] = None, ema: bool = True,
 
 def saved_config_json(workdir: str) -> str:
     """The config a workdir was trained with (written by process 0 at the start of training)."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.exists(path):
+    path = storage.join(workdir, CONFIG_FILE)
+    if not storage.exists(path):
         raise MissingPath(f"{path} does not exist: {workdir!r} is not a training workdir")
-    with open(path) as f:
-        return f.read()
+    return storage.read_text(path)
 
 
 def write_config(workdir: str, config_json: str) -> None:
     """Writes workdir/config.json atomically (process 0 only)."""
     if jax.process_index() != 0:
         return
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, CONFIG_FILE)
-    with open(path + ".tmp", "w") as f:
-        f.write(config_json)
-    os.replace(path + ".tmp", path)
+    storage.write_text(storage.join(workdir, CONFIG_FILE), config_json)

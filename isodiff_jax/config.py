@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from isodiff_jax import checkpoint, data, diffusion, isometry
+from isodiff_jax import checkpoint, data, diffusion, isometry, storage
 from isodiff_jax.errors import UserError
 from isodiff_jax.analysis import options as options_lib
 from isodiff_jax.analysis import suite
@@ -95,7 +95,7 @@ def _validate_autoencoder(config) -> None:
     _check_choice(config, "autoencoder.kind", AUTOENCODERS)
     if a.kind == "none":
         return
-    _check(bool(a.params_file) and os.path.isfile(a.params_file), "autoencoder.params_file", a.params_file,
+    _check(bool(a.params_file) and storage.is_file(a.params_file), "autoencoder.params_file", a.params_file,
            "the .npz of the autoencoder's weights (written by `python -m isodiff_jax.pretrained`)")
     _check(len(a.block_out_channels) >= 1 and all(isinstance(c, int) and c > 0 for c in a.block_out_channels),
            "autoencoder.block_out_channels", a.block_out_channels, "a non-empty tuple of positive integers")
@@ -139,6 +139,8 @@ def _validate_latent_cache(config) -> None:
         return
     _check(config.autoencoder.kind != "none", "data.latent_cache", path,
            "'' for diffusion on the images (a latent cache needs autoencoder.kind 'vq')")
+    _check(not storage.is_url(path), "data.latent_cache", path,
+           "a local directory (the cache is memory-mapped; each host keeps its own on its local disk)")
     parent = os.path.dirname(os.path.abspath(path))
     _check(os.path.isdir(path) or (not os.path.exists(path) and os.path.isdir(parent)), "data.latent_cache", path,
            "an existing directory, or a new one in an existing directory")
@@ -264,7 +266,7 @@ def _validate_evaluation(config) -> None:
                            ("spectrum_method", ("dense", "matrix_free"))):
         _check_choice(config, f"evaluation.{field}", allowed)
     for field in ("oracle_dir", "inception_file", "lpips_file"):
-        _check(not ev[field] or os.path.exists(ev[field]), f"evaluation.{field}", ev[field], "an existing path")
+        _check(not ev[field] or storage.exists(ev[field]), f"evaluation.{field}", ev[field], "an existing path")
     for field in ("num_pairs", "num_samples", "num_fd_samples", "sample_steps"):
         _check_positive_int(ev[field], f"evaluation.{field}")
     _check(all(0 <= t < config.diffusion.num_timesteps for t in ev.timesteps), "evaluation.timesteps",
@@ -324,7 +326,7 @@ def latent_spec(config, channels: int = 3) -> Optional[LatentSpec]:
         layers_per_block=a.layers_per_block, latent_channels=a.latent_channels, vq_embed_dim=a.vq_embed_dim,
         num_vq_embeddings=a.num_vq_embeddings, norm_num_groups=a.norm_num_groups, act_fn=a.act_fn,
         mid_attention=bool(a.mid_attention), scaling_factor=float(a.scaling_factor))
-    return LatentSpec(autoencoder, os.path.abspath(a.params_file))
+    return LatentSpec(autoencoder, storage.absolute(a.params_file))
 
 
 def model_spec(config, channels: int = 3) -> ModelSpec:
@@ -467,7 +469,7 @@ def check_resumable(workdir: str, config) -> None:
     by a run that died before its first save) accepts any config."""
     saved = checkpoint.read_configs(workdir)
     steps = checkpoint.all_steps(workdir)
-    if steps and not saved and os.path.exists(os.path.join(workdir, checkpoint.CONFIG_FILE)):
+    if steps and not saved and storage.exists(storage.join(workdir, checkpoint.CONFIG_FILE)):
         saved = {max(steps): checkpoint.saved_config_json(workdir)}
     for step, text in sorted(saved.items(), reverse=True):
         if differences := resume_differences(text, config):

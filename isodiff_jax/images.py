@@ -1,10 +1,12 @@
 """Image grids as PNG files (what a person looks at during training and analysis)."""
+import io
 import math
-import os
 
 import numpy as np
 from numpy.typing import ArrayLike
 from PIL import Image
+
+from isodiff_jax import storage
 
 
 def to_uint8(x: ArrayLike) -> np.ndarray:
@@ -37,8 +39,12 @@ def save_grid(path: str, images: ArrayLike, columns: int | None = None, scale: i
     picture = Image.fromarray(grid(images, columns).squeeze())
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp"
-    picture.save(tmp, format="PNG")
-    os.replace(tmp, path)
+    return save_png(path, picture)
+
+
+def save_png(path: str, picture: Image.Image) -> str:
+    """Writes a PIL image as a PNG file (a local path or a bucket URL), atomically; returns path."""
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG")
+    storage.write_bytes(path, buffer.getvalue())
     return path

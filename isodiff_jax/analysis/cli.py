@@ -13,12 +13,9 @@ runs' pictures side by side.
 import argparse
 import dataclasses
 import itertools
-import json
-import os
-
 import tqdm
 
-from isodiff_jax import checkpoint, errors, quiet
+from isodiff_jax import checkpoint, errors, quiet, storage
 from isodiff_jax.analysis import editing, factors, load, options as options_lib, pictures, suite
 from isodiff_jax.analysis.options import Options
 from isodiff_jax.errors import InvalidValue, MissingPath
@@ -27,18 +24,18 @@ from isodiff_jax.spec import ModelSpec
 
 def _draw(out: str, label: str, results: dict) -> list:
     """The pictures for one workdir's results; returns the paths written."""
-    paths = [pictures.interpolation(os.path.join(out, "interpolation.png"), results["interpolation_frames"])]
+    paths = [pictures.interpolation(storage.join(out, "interpolation.png"), results["interpolation_frames"])]
     if "rtl_values" in results:
-        paths.append(pictures.histogram(os.path.join(out, "rtl_histogram.png"),
+        paths.append(pictures.histogram(storage.join(out, "rtl_histogram.png"),
                                         {label: results["rtl_values"]}, "RTL"))
     spectra = {f"{label} {k[:-len('_singular_values')]}": v for k, v in results.items()
                if k.endswith("singular_values")}
     if spectra:
-        paths.append(pictures.spectra(os.path.join(out, "spectra.png"), spectra))
+        paths.append(pictures.spectra(storage.join(out, "spectra.png"), spectra))
     if "inversion_pairs" in results:
-        paths.append(pictures.inversion(os.path.join(out, "inversion.png"), *results["inversion_pairs"]))
+        paths.append(pictures.inversion(storage.join(out, "inversion.png"), *results["inversion_pairs"]))
     for space, strips in results.get("edit_strips", {}).items():
-        paths.append(pictures.editing(os.path.join(out, f"editing_{space}.png"), strips,
+        paths.append(pictures.editing(storage.join(out, f"editing_{space}.png"), strips,
                                       factors.CONTINUOUS, editing.ALPHAS, f"edits in {space}"))
     return paths
 
@@ -80,14 +77,15 @@ class Analysis:
                 results[name] = value
                 bar.set_postfix_str(name)
         scalars = {k: v for k, v in results.items() if isinstance(v, float)}
-        os.makedirs(out, exist_ok=True)
-        paths = _draw(out, os.path.basename(os.path.normpath(workdir)), results)
-        report = {"workdir": os.path.abspath(workdir), "step": loaded.step, "parameters": "ema" if ema else "raw",
+        storage.make_dirs(out)
+        report = {"workdir": storage.absolute(workdir), "step": loaded.step, "parameters": "ema" if ema else "raw",
                   "metrics_run": self.metrics, "options": dataclasses.asdict(self.suite.options),
-                  "metrics": scalars, "pictures": [os.path.basename(p) for p in paths]}
-        with open(os.path.join(out, "metrics.json.tmp"), "w") as f:
-            json.dump(report, f, indent=2)
-        os.replace(os.path.join(out, "metrics.json.tmp"), os.path.join(out, "metrics.json"))
+                  "metrics": scalars, "pictures": []}
+        # the numbers first: a disk that fills up while the pictures are drawn keeps them
+        storage.write_json(storage.join(out, "metrics.json"), report, indent=2)
+        paths = _draw(out, storage.name(workdir), results)
+        report["pictures"] = [storage.name(p) for p in paths]
+        storage.write_json(storage.join(out, "metrics.json"), report, indent=2)
         return scalars
 
 
@@ -105,7 +103,7 @@ def read_specs(workdirs, step=None) -> list:
 
 def refuse_a_file(out: str) -> None:
     """Raises InvalidValue when `out` exists and is not a directory (its results would be lost)."""
-    if os.path.exists(out) and not os.path.isdir(out):
+    if storage.exists(out) and not storage.is_dir(out):
         raise InvalidValue(f"--out {out} is an existing file: give a directory (it is created if missing)")
 
 
@@ -115,7 +113,7 @@ def prepare_outs(outs) -> None:
         refuse_a_file(out)
     for out in outs:
         try:
-            os.makedirs(out, exist_ok=True)
+            storage.make_dirs(out)
         except OSError as error:
             raise InvalidValue(f"--out {out} cannot be created: {error.strerror or error}") from error
 
@@ -149,9 +147,9 @@ def comparison_table(names, scalars) -> str:
 
 def compare_pictures(out: str, names, outs) -> list:
     """Each picture the runs have in common, the runs side by side, labelled."""
-    common = set.intersection(*(set(os.listdir(o)) for o in outs))
-    return [pictures.side_by_side(os.path.join(out, f"{name[:-4]}_side_by_side.png"),
-                                  [os.path.join(o, name) for o in outs], names)
+    common = set.intersection(*(set(storage.list_dir(o)) for o in outs))
+    return [pictures.side_by_side(storage.join(out, f"{name[:-4]}_side_by_side.png"),
+                                  [storage.join(o, name) for o in outs], names)
             for name in sorted(common) if name.endswith(".png")]
 
 
@@ -189,20 +187,21 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     options = Options(**{f.name: getattr(args, f.name) for f in options_lib.fields()})
     metrics = None if args.metrics is None else [m for m in args.metrics.split(",") if m]
     workdirs = args.compare or [args.workdir]
-    names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+    names = [storage.name(w) for w in workdirs]
     if len(set(names)) != len(names):
         parser.error(f"workdir names must differ to label the comparison: {names}")
-    outs = [os.path.join(args.out, n) for n in names] if args.compare else [args.out]
+    outs = [storage.join(args.out, n) for n in names] if args.compare else [args.out]
+    for path in (*workdirs, args.out):
+        storage.check_reachable(path)
     refuse_a_file(args.out)  # at once, before the slower checks below
     specs = read_specs(workdirs, args.step)
     resources = suite.load_resources(args.oracle, args.inception, args.lpips)
     scalars = analyse_all(workdirs, specs, outs, metrics, options, resources, step=args.step, ema=not args.raw)
     if args.compare:
-        with open(os.path.join(args.out, "comparison.md"), "w") as f:
-            f.write(comparison_table(names, scalars))
+        storage.write_text(storage.join(args.out, "comparison.md"), comparison_table(names, scalars))
         compare_pictures(args.out, names, outs)
     print(comparison_table(names, scalars))
-    print(f"written to {os.path.abspath(args.out)}")
+    print(f"written to {storage.absolute(args.out)}")
 
 
 def main(argv=None):

@@ -11,7 +11,6 @@ scale, and scored on the held-out rest:
 import argparse
 import dataclasses
 import functools
-import os
 from typing import Sequence
 
 import flax.linen as nn
@@ -21,6 +20,7 @@ import numpy as np
 import optax
 import tqdm
 
+from isodiff_jax import storage
 from isodiff_jax.analysis import oracle as oracle_lib
 from isodiff_jax.data import digits
 
@@ -122,7 +122,7 @@ def save(classifier: Classifier, directory: str, metrics: dict) -> None:
 
 def load(directory: str) -> Classifier:
     meta = oracle_lib.load_meta(directory, "classifier.json", "train a digit classifier with "
-                                f"`python -m isodiff_jax.analysis.digit_classifier --out {os.path.abspath(directory)}`")
+                                f"`python -m isodiff_jax.analysis.digit_classifier --out {storage.absolute(directory)}`")
     net = ClassifierNet(channels=tuple(meta["channels"]), features=meta["features"])
     r = meta["resolution"]
     return Classifier(net=net, params=oracle_lib.restore_params(directory, net, r), resolution=r)
@@ -139,7 +139,7 @@ def main(argv=None):
     metrics = evaluate(classifier)
     save(classifier, args.out, metrics)
     print("held-out: " + ", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
-    print(f"classifier written to {os.path.abspath(args.out)}")
+    print(f"classifier written to {storage.absolute(args.out)}")
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ Convolutions run at `Precision.HIGHEST`, so accelerators do not drop to TF32/bf1
 import argparse
 import dataclasses
 import functools
-import os
+import io
 import sys
 
 import flax.linen as nn
@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from isodiff_jax import storage
 from isodiff_jax.analysis import torch_weights
 from isodiff_jax.errors import MissingPath
 
@@ -259,15 +260,15 @@ class InceptionFeatures:
 
 def load(path: str) -> InceptionFeatures:
     """Reads an .npz written by `convert` (torch state-dict names and layouts)."""
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise MissingPath(
             f"{path} does not exist. FID needs pytorch-fid's Inception weights: download {WEIGHTS_URL} "
             f"and convert them where torch is installed with `python -m isodiff_jax.analysis.inception "
             f"convert --torch pt_inception-2015-12-05-6726825d.pth --out {path}` (see docs/fid.md)")
     state_dict = torch_weights.read_npz(path, what="FID Inception-v3 weights", expected=expected_shapes(),
                                         how="`python -m isodiff_jax.analysis.inception convert` (docs/fid.md)")
-    variables = variables_from_state_dict(state_dict, os.path.abspath(path))
-    return InceptionFeatures(variables=jax.device_put(variables), source=os.path.abspath(path))
+    variables = variables_from_state_dict(state_dict, storage.absolute(path))
+    return InceptionFeatures(variables=jax.device_put(variables), source=storage.absolute(path))
 
 
 def convert(torch_path: str, out_path: str) -> None:
@@ -277,11 +278,12 @@ def convert(torch_path: str, out_path: str) -> None:
     except ImportError:
         raise SystemExit("converting needs torch, which this project does not depend on: "
                          "`pip install torch` (the CPU build is enough), then run the command again") from None
-    state_dict = torch.load(torch_path, map_location="cpu", weights_only=True)
+    state_dict = torch.load(storage.open_read(torch_path), map_location="cpu", weights_only=True)
     arrays = {k: v.numpy() for k, v in state_dict.items()}
-    variables_from_state_dict(arrays, os.path.abspath(torch_path))  # fail here, not at first use
-    with open(out_path, "wb") as f:  # exactly this path: np.savez would append .npz to a bare name
-        np.savez(f, **{k: arrays[k].astype(np.float32) for k in expected_shapes()})
+    variables_from_state_dict(arrays, storage.absolute(torch_path))  # fail here, not at first use
+    buffer = io.BytesIO()  # and exactly this path: np.savez would append .npz to a bare name
+    np.savez(buffer, **{k: arrays[k].astype(np.float32) for k in expected_shapes()})
+    storage.write_bytes(out_path, buffer.getvalue())
 
 
 def main(argv=None):
@@ -292,7 +294,7 @@ def main(argv=None):
     to_npz.add_argument("--out", required=True, help="the .npz to write, e.g. inception_fid.npz")
     args = parser.parse_args(argv)
     convert(args.torch, args.out)
-    print(f"wrote {os.path.abspath(args.out)} ({len(expected_shapes())} arrays)", file=sys.stderr)
+    print(f"wrote {storage.absolute(args.out)} ({len(expected_shapes())} arrays)", file=sys.stderr)
 
 
 if __name__ == "__main__":

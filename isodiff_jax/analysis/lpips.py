@@ -37,7 +37,7 @@ or `python -m isodiff_jax.analysis ... --lpips lpips_alex.npz`; PPL is then repo
 import argparse
 import dataclasses
 import functools
-import os
+import io
 import re
 import sys
 
@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from isodiff_jax import storage
 from isodiff_jax.analysis import torch_weights
 from isodiff_jax.errors import InvalidValue, MissingPath
 
@@ -211,9 +212,9 @@ def load(path: str, net: str | None = None) -> Lpips:
     """Reads an .npz written by `convert`; `net` ("alex" / "vgg") is told from the names unless given."""
     if net is not None and net not in NETS:
         raise InvalidValue(f"net must be one of {sorted(NETS)}, got {net!r}")
-    if not os.path.exists(path):
+    if not storage.exists(path):
         raise MissingPath(f"{path} does not exist. {_how_to_obtain(path)}")
-    source = os.path.abspath(path)
+    source = storage.absolute(path)
     state_dict = torch_weights.read_npz(path, what=f"LPIPS-{net or 'alex/vgg'} v0.1 weights",
                                         expected=expected_shapes(net or "alex"),
                                         how="`python -m isodiff_jax.analysis.lpips convert` (docs/lpips.md)")
@@ -230,13 +231,14 @@ def convert(net: str, backbone_path: str, lin_path: str, out_path: str) -> None:
     except ImportError:
         raise SystemExit("converting needs torch, which this project does not depend on: "
                          "`pip install torch` (the CPU build is enough), then run the command again") from None
-    backbone = torch.load(backbone_path, map_location="cpu", weights_only=True)
-    lin = torch.load(lin_path, map_location="cpu", weights_only=True)
+    backbone = torch.load(storage.open_read(backbone_path), map_location="cpu", weights_only=True)
+    lin = torch.load(storage.open_read(lin_path), map_location="cpu", weights_only=True)
     arrays = {k: v.numpy() for k, v in backbone.items() if k.startswith("features.")}
     arrays.update({k: v.numpy() for k, v in lin.items() if LIN_KEY.fullmatch(k)})
     params_from_state_dict(arrays, net, f"{backbone_path} + {lin_path}")  # fail here, not at first use
-    with open(out_path, "wb") as f:  # exactly this path: np.savez would append .npz to a bare name
-        np.savez(f, **{k: v.astype(np.float32) for k, v in arrays.items()})
+    buffer = io.BytesIO()  # and exactly this path: np.savez would append .npz to a bare name
+    np.savez(buffer, **{k: v.astype(np.float32) for k, v in arrays.items()})
+    storage.write_bytes(out_path, buffer.getvalue())
 
 
 def main(argv=None):
@@ -249,7 +251,7 @@ def main(argv=None):
     to_npz.add_argument("--out", required=True, help="the .npz to write, e.g. lpips_alex.npz")
     args = parser.parse_args(argv)
     convert(args.net, args.backbone, args.lin, args.out)
-    print(f"wrote {os.path.abspath(args.out)} ({len(expected_shapes(args.net))} arrays, "
+    print(f"wrote {storage.absolute(args.out)} ({len(expected_shapes(args.net))} arrays, "
           f"LPIPS-{args.net} v0.1)", file=sys.stderr)
 
 

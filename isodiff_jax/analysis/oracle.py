@@ -13,8 +13,6 @@ scored by R² on that embedding; scale, x and y are regressed on their ranges ma
 import argparse
 import dataclasses
 import functools
-import json
-import os
 from typing import Sequence
 
 import flax.linen as nn
@@ -25,6 +23,7 @@ import optax
 import orbax.checkpoint as ocp
 import tqdm
 
+from isodiff_jax import storage
 from isodiff_jax.data import shapes
 from isodiff_jax.errors import MissingPath
 
@@ -107,26 +106,24 @@ def chunked_outputs(apply, params, images, resolution: int, batch_size: int, nam
 
 def save_net(directory: str, params, meta_name: str, meta: dict) -> None:
     """params (Orbax, directory/params) and meta as JSON (directory/meta_name)."""
-    directory = os.path.abspath(directory)
+    directory = storage.absolute(directory)
     with ocp.StandardCheckpointer() as checkpointer:  # the context waits for the asynchronous write
-        checkpointer.save(os.path.join(directory, "params"), params, force=True)
-    with open(os.path.join(directory, meta_name), "w") as f:
-        json.dump(meta, f, indent=2)
+        checkpointer.save(storage.join(directory, "params"), params, force=True)
+    storage.write_json(storage.join(directory, meta_name), meta, indent=2)
 
 
 def load_meta(directory: str, meta_name: str, how: str) -> dict:
     """directory/meta_name as a dict, or MissingPath saying `how` to make it."""
-    meta_path = os.path.join(os.path.abspath(directory), meta_name)
-    if not os.path.exists(meta_path):
+    meta_path = storage.join(storage.absolute(directory), meta_name)
+    if not storage.exists(meta_path):
         raise MissingPath(f"{meta_path} does not exist: {how}")
-    with open(meta_path) as f:
-        return json.load(f)
+    return storage.read_json(meta_path)
 
 
 def restore_params(directory: str, net, resolution: int):
     """The Orbax parameters under directory/params, shaped as net's for R × R images."""
     shapes_ = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.zeros((1, resolution, resolution, 3)))
-    return ocp.StandardCheckpointer().restore(os.path.join(os.path.abspath(directory), "params"), shapes_)
+    return ocp.StandardCheckpointer().restore(storage.join(storage.absolute(directory), "params"), shapes_)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,7 +220,7 @@ def save(oracle: Oracle, directory: str, metrics: dict) -> None:
 
 def load(directory: str) -> Oracle:
     meta = load_meta(directory, "oracle.json",
-                     f"train an oracle with `python -m isodiff_jax.analysis.oracle --out {os.path.abspath(directory)}`")
+                     f"train an oracle with `python -m isodiff_jax.analysis.oracle --out {storage.absolute(directory)}`")
     net = OracleNet(channels=tuple(meta["channels"]), features=meta["features"])
     return Oracle(net=net, params=restore_params(directory, net, meta["resolution"]), resolution=meta["resolution"])
 
@@ -240,7 +237,7 @@ def main(argv=None):
     metrics = evaluate(oracle, seed=args.seed + 1)
     save(oracle, args.out, metrics)
     print("held-out: " + ", ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
-    print(f"oracle written to {os.path.abspath(args.out)}")
+    print(f"oracle written to {storage.absolute(args.out)}")
 
 
 if __name__ == "__main__":

@@ -6,13 +6,13 @@ Each plot has a pure `*_figure` function returning a `matplotlib.figure.Figure` 
 it inline) and a function of the same name without the suffix that writes it as a PNG. Figures
 are drawn without pyplot, so importing this module leaves matplotlib's backend alone.
 """
-import os
+import io
 
 import numpy as np
 from matplotlib.figure import Figure
 from PIL import Image, ImageDraw
 
-from isodiff_jax import images
+from isodiff_jax import images, storage
 
 
 def interpolation_figure(rows: dict) -> Figure:
@@ -68,7 +68,7 @@ def editing(path: str, strips, row_labels, alphas, title: str) -> str:
 
 def side_by_side(path: str, paths, labels) -> str:
     """The PNGs at `paths` next to each other on a white canvas, each with its label above."""
-    figures = [Image.open(p).convert("RGB") for p in paths]
+    figures = [Image.open(storage.open_read(p)).convert("RGB") for p in paths]
     top = 16
     canvas = Image.new("RGB", (sum(f.width for f in figures), top + max(f.height for f in figures)), "white")
     draw, x = ImageDraw.Draw(canvas), 0
@@ -76,10 +76,7 @@ def side_by_side(path: str, paths, labels) -> str:
         canvas.paste(figure, (x, top))
         draw.text((x + 4, 2), label, fill="black")
         x += figure.width
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    canvas.save(path + ".tmp.png")
-    os.replace(path + ".tmp.png", path)
-    return path
+    return images.save_png(path, canvas)
 
 
 def histogram_figure(values: dict, xlabel: str) -> Figure:
@@ -121,7 +118,7 @@ def spectra(path: str, values: dict) -> str:
 
 def _save(fig: Figure, path: str) -> str:
     """Writes fig as a PNG at 100 dpi, atomically (a reader never sees half a file)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path + ".tmp.png", dpi=100)
-    os.replace(path + ".tmp.png", path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    storage.write_bytes(path, buffer.getvalue())
     return path

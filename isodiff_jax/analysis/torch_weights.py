@@ -1,13 +1,14 @@
 """Reading PyTorch state dicts (saved as .npz with their torch names) into Flax trees: reading the
 .npz, the key and shape check with one error naming every problem, and the layout conversion.
 Used by the Inception-v3 (FID) and LPIPS loaders."""
-import os
+import io
 import zipfile
 from typing import Callable, Iterable
 
 import numpy as np
 from flax import traverse_util
 
+from isodiff_jax import storage
 from isodiff_jax.errors import InvalidValue
 
 SHOWN = 8  # names listed in an error before "... (N in all)"
@@ -23,18 +24,19 @@ def read_npz(path: str, *, what: str, expected: Iterable[str], how: str) -> dict
     """name -> array of the .npz at `path`. Raises InvalidValue naming the file, `what` it should be,
     the `expected` keys and `how` to make the file when it is not an .npz of plain arrays (text, a
     pickle, an .npy, a torch .pth, a damaged archive)."""
-    source = os.path.abspath(path)
+    source = storage.absolute(path)
 
     def refuse(reason):
         return InvalidValue(f"{source} is not {what}: {reason}; expected an .npz holding the arrays "
                             f"{_names(sorted(expected))}, as {how} writes")
 
-    if not os.path.isfile(path):
+    if not storage.is_file(path):
         raise refuse("not a file")
-    if not zipfile.is_zipfile(path):  # np.load would call a text or pickle file "pickled data"
+    content = io.BytesIO(storage.read_bytes(path))
+    if not zipfile.is_zipfile(content):  # np.load would call a text or pickle file "pickled data"
         raise refuse("not an .npz (zip) archive")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(content, allow_pickle=False) as data:
             arrays = {k: data[k] for k in data.files}
     except (ValueError, OSError, EOFError, zipfile.BadZipFile) as error:  # object arrays, damaged members
         raise refuse(f"unreadable ({type(error).__name__}: {error})") from None

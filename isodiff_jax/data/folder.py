@@ -38,6 +38,7 @@ import tqdm
 from numpy.typing import ArrayLike
 from PIL import Image
 
+from isodiff_jax import storage
 from isodiff_jax.data.source import check_indices
 from isodiff_jax.errors import UserError
 
@@ -148,24 +149,21 @@ def fit_to_resolution(image: Image.Image | np.ndarray, resolution: int) -> np.nd
 def load_image(path: str | os.PathLike, resolution: int) -> np.ndarray:
     """Decodes the image at `path` -> uint8 (R, R, 3); `UnreadableImageError` if it cannot."""
     try:
-        with Image.open(path) as image:
+        with storage.open_read(path) as file, Image.open(file) as image:
             image.load()  # decode now, inside the try: Image.open only reads the header
             return fit_to_resolution(image, resolution)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise UnreadableImageError(path, error) from error
 
 
-def list_images(root: str | os.PathLike) -> list[pathlib.Path]:
-    """Sorted paths of the PNG/JPEG files under `root`, searched recursively."""
-    root = pathlib.Path(root)
-    if not root.is_dir():
+def list_images(root: str | os.PathLike) -> list:
+    """Sorted paths of the PNG/JPEG files under `root`, searched recursively: pathlib paths
+    in a local folder, URLs in a bucket."""
+    if not storage.is_dir(root):
         raise ImageFolderNotFoundError(f"image folder {root} does not exist or is not a directory")
-    paths = sorted(
-        pathlib.Path(directory) / name
-        for directory, _, names in os.walk(root, followlinks=True)
-        for name in names
-        if name.lower().endswith(IMAGE_SUFFIXES)
-    )
+    local = not storage.is_url(root)
+    paths = [pathlib.Path(p) if local else p for p in storage.walk_files(root)
+             if p.lower().endswith(IMAGE_SUFFIXES)]
     if not paths:
         raise ImageFolderNotFoundError(
             f"image folder {root} holds no {'/'.join(IMAGE_SUFFIXES)} files")
@@ -176,7 +174,7 @@ def _file_problem(path: pathlib.Path) -> str | None:
     """Why the file at `path` cannot be decoded, judged from its header and (PNG) its last
     bytes without decoding; None when it looks sound."""
     try:
-        with open(path, "rb") as file, Image.open(file) as image:
+        with storage.open_read(path) as file, Image.open(file) as image:
             if image.mode not in _COLOUR_MODES + _ALPHA_MODES + _WIDE_MODES:
                 return f"image mode {image.mode!r} is not supported"
             if image.format == "PNG":
@@ -207,7 +205,7 @@ class FolderSource:
     def __init__(self, root: str | os.PathLike, *, resolution: int) -> None:
         if resolution < 1:
             raise ValueError(f"resolution must be >= 1, got {resolution}")
-        self.root, self.resolution = pathlib.Path(root), resolution
+        self.root, self.resolution = root if storage.is_url(root) else pathlib.Path(root), resolution
         self.paths = list_images(root)
         check_images(self.paths)
 

@@ -20,14 +20,13 @@ which `diffusers.DDIMPipeline.from_pretrained(DIR)` (`LDMPipeline` for latent di
 training state, which the pretrained package itself (model layer) may not.
 """
 import argparse
-import os
 import pprint
 from typing import Optional
 
 import jax
 
 from isodiff_jax import autoencoder as autoencoder_lib
-from isodiff_jax import checkpoint, errors, pretrained, quiet
+from isodiff_jax import checkpoint, errors, pretrained, quiet, storage
 from isodiff_jax import config as config_lib
 from isodiff_jax.errors import InvalidValue
 from isodiff_jax.train.step import state_from_params
@@ -90,12 +89,12 @@ def import_folder(source: str, workdir: str, *, data_name: str = "folder", data_
     if checkpoint.all_steps(workdir):
         raise InvalidValue(f"{workdir} already holds checkpoints: import into a new workdir")
     model = pretrained.from_diffusers(source)
-    workdir = os.path.abspath(workdir)
+    workdir = storage.absolute(workdir)
     ae_file = ""
     if model.autoencoder is not None:
-        ae_file = os.path.join(workdir, AUTOENCODER_FILE)
+        ae_file = storage.join(workdir, AUTOENCODER_FILE)
         if jax.process_index() == 0:
-            os.makedirs(workdir, exist_ok=True)
+            storage.make_dirs(workdir)
             autoencoder_lib.save_params(ae_file, model.autoencoder_params)
     from configs import default  # the defaults every config starts from (configs/ is at the repository root)
     config = default.get_config()
@@ -116,11 +115,11 @@ def import_folder(source: str, workdir: str, *, data_name: str = "folder", data_
     checkpoint.save(mngr, 0, state, spec=spec, config_json=config_json)
     mngr.wait_until_finished()
     checkpoint.write_config(workdir, config_json)
-    config_py = os.path.join(workdir, "config.py")
+    config_py = storage.join(workdir, "config.py")
     if jax.process_index() == 0:
-        with open(config_py, "w") as f:
-            f.write(CONFIG_PY.format(source=os.path.abspath(source), config_py=config_py, workdir=workdir,
-                                     sections=pprint.pformat(sections, width=100, sort_dicts=True)))
+        storage.write_text(config_py, CONFIG_PY.format(
+            source=storage.absolute(source), config_py=config_py, workdir=workdir,
+            sections=pprint.pformat(sections, width=100, sort_dicts=True)))
     return config_py
 
 
@@ -152,6 +151,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> str:
+    for path in (args.source, args.workdir, args.export, args.out):
+        if path:
+            storage.check_reachable(path)
     if args.export:
         if args.source or args.workdir or not args.out:
             raise errors.UserError("--export WORKDIR takes --out DIR (and neither a source folder nor --workdir)")
@@ -161,6 +163,9 @@ def run(args: argparse.Namespace) -> str:
         raise errors.UserError("give a diffusers folder and --workdir OUT (or --export WORKDIR --out DIR)")
     config_py = import_folder(args.source, args.workdir, data_name=args.data_name, data_dir=args.data_dir)
     note = "" if args.data_dir or args.data_name == "shapes" else " --config.data.data_dir=DATA"
+    if storage.is_url(config_py):  # absl reads a config file from the local disk only
+        return (f"wrote {args.workdir}; copy its config here (gcloud storage cp {config_py} imported_config.py), "
+                f"then fine-tune with: python train.py --config imported_config.py --workdir RUN{note}")
     return f"wrote {args.workdir}; fine-tune with: python train.py --config {config_py} --workdir RUN{note}"
 
 

@@ -9,13 +9,13 @@ when there is none, from diffusion_pytorch_model.bin, which needs torch (read wi
 weights_only=True, so it runs no pickled code).
 """
 import json
-import os
 from typing import Any, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 
 from isodiff_jax import autoencoder as autoencoder_lib
+from isodiff_jax import storage
 from isodiff_jax.autoencoder import VQAutoencoder
 from isodiff_jax.errors import InvalidValue, MissingPath
 from isodiff_jax.pretrained import safetensors_io, translate, weights
@@ -65,9 +65,8 @@ class Pretrained(NamedTuple):
 
 def _read_json(path: str) -> dict:
     try:
-        with open(path) as f:
-            values = json.load(f)
-    except json.JSONDecodeError as error:
+        values = storage.read_json(path)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise InvalidValue(f"{path} is not JSON: {error}") from None
     if not isinstance(values, dict):
         raise InvalidValue(f"{path} is not a JSON object")
@@ -77,11 +76,11 @@ def _read_json(path: str) -> dict:
 def locate(path: str) -> tuple[str, str, Optional[str]]:
     """-> (the folder holding the U-Net's config.json and weights, the scheduler_config.json, the
     VQ autoencoder's folder or None)."""
-    path = os.path.abspath(path)
-    if not os.path.isdir(path):
+    path = storage.absolute(path)
+    if not storage.is_dir(path):
         raise MissingPath(f"{path} is not a directory (expected a diffusers model folder)")
-    index_file, vqvae = os.path.join(path, "model_index.json"), None
-    if os.path.exists(index_file):
+    index_file, vqvae = storage.join(path, "model_index.json"), None
+    if storage.exists(index_file):
         index = _read_json(index_file)
         parts = {k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v[0] is not None}
         if other := sorted(parts - set(PIPELINE_PARTS)):
@@ -90,19 +89,19 @@ def locate(path: str) -> tuple[str, str, Optional[str]]:
                 f"U-Net, a scheduler and a VQ autoencoder; supported: pixel-space pipelines (DDPMPipeline, "
                 f"DDIMPipeline) and unconditional latent diffusion (LDMPipeline)")
         if "vqvae" in parts:
-            vqvae = os.path.join(path, "vqvae")
-            if not os.path.exists(os.path.join(vqvae, "config.json")):
+            vqvae = storage.join(path, "vqvae")
+            if not storage.exists(storage.join(vqvae, "config.json")):
                 raise MissingPath(f"{index_file} names a vqvae but {vqvae} holds no config.json")
-        candidates = [(os.path.join(path, "unet"), os.path.join(path, "scheduler", "scheduler_config.json"))]
+        candidates = [(storage.join(path, "unet"), storage.join(path, "scheduler", "scheduler_config.json"))]
     else:
         candidates = []
-    candidates.append((path, os.path.join(path, "scheduler_config.json")))
-    candidates.append((path, os.path.join(os.path.dirname(path), "scheduler", "scheduler_config.json")))
-    unet_dirs = [u for u, _ in candidates if os.path.exists(os.path.join(u, "config.json"))]
+    candidates.append((path, storage.join(path, "scheduler_config.json")))
+    candidates.append((path, storage.join(storage.parent(path), "scheduler", "scheduler_config.json")))
+    unet_dirs = [u for u, _ in candidates if storage.exists(storage.join(u, "config.json"))]
     if not unet_dirs:
         raise MissingPath(f"no config.json in {' or '.join(sorted({u for u, _ in candidates}))}: "
                           f"{path} is not a diffusers model folder")
-    schedulers = [s for _, s in candidates if os.path.exists(s)]
+    schedulers = [s for _, s in candidates if storage.exists(s)]
     if not schedulers:
         raise MissingPath(f"no scheduler_config.json in {' or '.join(s for _, s in candidates)}: the noise "
                           f"schedule the model was trained with is part of the model")
@@ -111,11 +110,11 @@ def locate(path: str) -> tuple[str, str, Optional[str]]:
 
 def read_state_dict(unet_dir: str) -> tuple[dict, str]:
     """-> (name -> numpy array, the file read)."""
-    path = os.path.join(unet_dir, SAFETENSORS)
-    if os.path.exists(path):
+    path = storage.join(unet_dir, SAFETENSORS)
+    if storage.exists(path):
         return safetensors_io.read(path), path
-    path = os.path.join(unet_dir, PICKLE)
-    if not os.path.exists(path):
+    path = storage.join(unet_dir, PICKLE)
+    if not storage.exists(path):
         raise MissingPath(f"{unet_dir} holds neither {SAFETENSORS} nor {PICKLE}")
     try:
         import torch  # optional: only for .bin checkpoints
@@ -123,7 +122,7 @@ def read_state_dict(unet_dir: str) -> tuple[dict, str]:
         raise MissingPath(f"{unet_dir} holds only {PICKLE}, a PyTorch file, and torch is not installed: "
                           f"install torch (pip install torch) to read it, or download the repository's "
                           f"{SAFETENSORS} instead") from None
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = torch.load(storage.open_read(path), map_location="cpu", weights_only=True)
     return {k: v.detach().float().numpy() for k, v in state.items()}, path
 
 
@@ -132,7 +131,7 @@ def from_diffusers(path: str) -> Pretrained:
     Refuses by name every config value the U-Net cannot honour, and names every missing,
     unexpected or mis-shaped weight."""
     unet_dir, scheduler_file, vqvae_dir = locate(path)
-    config_file = os.path.join(unet_dir, "config.json")
+    config_file = storage.join(unet_dir, "config.json")
     fields, resolution = translate.unet_fields(_read_json(config_file), config_file)
     schedule, clip = translate.schedule_spec(_read_json(scheduler_file), scheduler_file)
     unet = UNet(**fields)
@@ -150,8 +149,8 @@ def from_diffusers(path: str) -> Pretrained:
 def autoencoder_from_diffusers(folder: str) -> tuple[VQAutoencoder, Params]:
     """A diffusers VQModel folder (config.json and the weights) -> (VQAutoencoder, its parameters).
     Refuses by name every config value the autoencoder cannot honour (see translate.vq_fields)."""
-    config_file = os.path.join(folder, "config.json")
-    if not os.path.exists(config_file):
+    config_file = storage.join(folder, "config.json")
+    if not storage.exists(config_file):
         raise MissingPath(f"no config.json in {folder}: it is not a diffusers VQModel folder")
     autoencoder = VQAutoencoder(**translate.vq_fields(_read_json(config_file), config_file)[0])
     return autoencoder, _read_params(folder, autoencoder, autoencoder_lib.abstract_params, "VQ autoencoder")
@@ -162,7 +161,7 @@ def _read_params(folder: str, module, abstract_fn, what: str) -> Params:
     try:
         abstract = abstract_fn(module)
     except ValueError as error:  # a combination the module refuses (e.g. groups that do not divide)
-        raise translate.Unsupported(f"{os.path.join(folder, 'config.json')}: {error}") from None
+        raise translate.Unsupported(f"{storage.join(folder, 'config.json')}: {error}") from None
     state_dict, weights_file = read_state_dict(folder)
     params = weights.params_from_state_dict(state_dict, abstract, weights_file, what)
     return jax.tree.map(jnp.asarray, params)
@@ -187,17 +186,16 @@ def to_diffusers(unet: UNet, params: Params, schedule: ScheduleSpec, out_dir: st
     latent = autoencoder is not None
     scheduler = "DDIMScheduler" if latent else "DDPMScheduler"
     scheduler_config = translate.diffusers_scheduler_config(schedule, clip_sample, scheduler)  # may refuse: first
-    _write_model(os.path.join(out_dir, "unet"), translate.diffusers_unet_config(unet, resolution), params)
-    os.makedirs(os.path.join(out_dir, "scheduler"), exist_ok=True)
-    _write_json(os.path.join(out_dir, "scheduler", "scheduler_config.json"), scheduler_config)
+    _write_model(storage.join(out_dir, "unet"), translate.diffusers_unet_config(unet, resolution), params)
+    _write_json(storage.join(out_dir, "scheduler", "scheduler_config.json"), scheduler_config)
     index = {"_class_name": "LDMPipeline" if latent else "DDPMPipeline",
              "_diffusers_version": translate.DIFFUSERS_VERSION,
              "scheduler": ["diffusers", scheduler], "unet": ["diffusers", "UNet2DModel"]}
     if latent:
         side = resolution and resolution * autoencoder.downsampling
-        write_autoencoder(os.path.join(out_dir, "vqvae"), autoencoder, autoencoder_params, side)
+        write_autoencoder(storage.join(out_dir, "vqvae"), autoencoder, autoencoder_params, side)
         index["vqvae"] = ["diffusers", "VQModel"]
-    _write_json(os.path.join(out_dir, "model_index.json"), index)
+    _write_json(storage.join(out_dir, "model_index.json"), index)
     return out_dir
 
 
@@ -209,14 +207,12 @@ def write_autoencoder(folder: str, autoencoder: VQAutoencoder, params: Params,
 
 
 def _write_model(folder: str, config: dict, params: Params) -> None:
-    os.makedirs(folder, exist_ok=True)
-    _write_json(os.path.join(folder, "config.json"), config)
-    safetensors_io.write(os.path.join(folder, SAFETENSORS),
+    storage.make_dirs(folder)
+    _write_json(storage.join(folder, "config.json"), config)
+    safetensors_io.write(storage.join(folder, SAFETENSORS),
                          weights.state_dict_from_params(jax.device_get(params)), {"format": "pt"})
 
 
 def _write_json(path: str, values: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(values, f, indent=2, sort_keys=True)
-        f.write("\n")
+    storage.write_text(path, json.dumps(values, indent=2, sort_keys=True) + "\n")
 

@@ -2,12 +2,13 @@
 numpy API: no torch; bfloat16 through ml_dtypes), with this project's errors: a damaged or
 foreign file is an InvalidValue naming the file and what is wrong; writes are atomic.
 """
-import os
+import tempfile
 
 import numpy as np
 import safetensors
 import safetensors.numpy
 
+from isodiff_jax import storage
 from isodiff_jax.errors import InvalidValue
 
 
@@ -15,10 +16,16 @@ def read(path: str) -> dict[str, np.ndarray]:
     """name -> array (the file's dtype, shape as stored); InvalidValue naming the file when it is
     not a well-formed safetensors file."""
     try:
-        return safetensors.numpy.load_file(path)
+        if not storage.is_url(path):
+            return safetensors.numpy.load_file(path)
+        # load_file, not load(bytes): only the file reader knows bfloat16 (safetensors 0.7)
+        with tempfile.NamedTemporaryFile(suffix=".safetensors") as local:
+            local.write(storage.read_bytes(path))
+            local.flush()
+            return safetensors.numpy.load_file(local.name)
     except safetensors.SafetensorError as error:
         reason = str(error).removeprefix("Error while deserializing header: ")
-        raise InvalidValue(f"{os.path.abspath(path)} is not a readable safetensors file: {reason}") from None
+        raise InvalidValue(f"{storage.absolute(path)} is not a readable safetensors file: {reason}") from None
 
 
 def write(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
@@ -27,7 +34,7 @@ def write(path: str, arrays: dict[str, np.ndarray], metadata: dict[str, str] | N
     arrays = {name: np.ascontiguousarray(value) if np.ndim(value) else np.asarray(value)
               for name, value in arrays.items()}
     try:
-        safetensors.numpy.save_file(arrays, path + ".tmp", metadata=metadata)
+        data = safetensors.numpy.save(arrays, metadata=metadata)
     except (safetensors.SafetensorError, ValueError, TypeError) as error:
         raise ValueError(f"cannot write {path} as safetensors: {error}") from error
-    os.replace(path + ".tmp", path)
+    storage.write_bytes(path, data)

@@ -1,5 +1,6 @@
 """One training run per workdir: a lock file `workdir/train.lock` holding the owner's host, pid
-and start time, created atomically (O_EXCL) and removed when the run ends.
+and start time, created atomically (O_EXCL locally; in a bucket, GCS's ifGenerationMatch=0
+precondition, see `storage.create_exclusive`) and removed when the run ends.
 
 A lock whose owner is on this host and no longer alive (a run killed with SIGKILL) is stale and
 is taken over with a warning. A lock from another host cannot be checked from here: the second
@@ -17,6 +18,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from isodiff_jax import storage
 from isodiff_jax.errors import UserError
 
 LOCK_FILE = "train.lock"
@@ -44,28 +46,39 @@ def _alive(pid: int) -> bool:
 
 def _read_owner(path: str) -> dict:
     try:
-        with open(path) as f:
-            return json.load(f)
+        owner = storage.read_json(path)
     except (OSError, ValueError):
         return {}  # being written, or unreadable: treated as held
+    return owner if isinstance(owner, dict) else {}
 
 
 def _try_create(path: str) -> bool:
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+    return storage.create_exclusive(path, json.dumps(owner))
+
+
+def _make_workdir(workdir: str) -> None:
+    """Creates a local workdir, or says in one line why it cannot be one."""
+    if storage.is_url(workdir):
+        return
+    if storage.exists(workdir) and not storage.is_dir(workdir):
+        raise UserError(f"the workdir {workdir} is a file, not a folder: choose another --workdir")
     try:
-        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as f:
-        json.dump({"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}, f)
-    return True
+        storage.make_dirs(workdir)
+    except OSError as error:
+        raise UserError(f"cannot create the workdir {workdir}: {error.strerror or error} "
+                        f"(its parent must be a writable folder)") from None
 
 
 def acquire(workdir: str) -> str:
     """Takes the lock of `workdir` (created if needed) -> the lock's path; WorkdirLocked if held."""
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(workdir, LOCK_FILE)
-    if _try_create(path):
-        return path
+    _make_workdir(workdir)
+    path = storage.join(workdir, LOCK_FILE)
+    try:
+        if _try_create(path):
+            return path
+    except OSError as error:  # a read-only mount, no permission (FileExistsError is caught inside)
+        raise UserError(f"cannot write in the workdir {workdir}: {error.strerror or error}") from None
     owner = _read_owner(path)
     stale = owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int) \
         and not _alive(owner["pid"])
@@ -73,8 +86,8 @@ def acquire(workdir: str) -> str:
         # rename first: of two runs that both found it stale, only one renames it away
         aside = f"{path}.stale.{os.getpid()}"
         with contextlib.suppress(FileNotFoundError):
-            os.rename(path, aside)
-            os.remove(aside)
+            storage.move(path, aside)
+            storage.remove(aside)
             log.warning("removed the stale lock of a run that is gone (%s) in %s", _owner_text(owner), workdir)
         if _try_create(path):
             return path
@@ -84,8 +97,7 @@ def acquire(workdir: str) -> str:
 
 
 def release(path: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(path)
+    storage.remove(path)
 
 
 @contextlib.contextmanager

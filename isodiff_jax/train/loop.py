@@ -16,7 +16,6 @@ evaluation cadences, and never saves a state after a non-finite step.
 """
 import concurrent.futures
 import dataclasses
-import os
 import time
 from typing import Callable, Iterable, Optional, Protocol
 
@@ -27,7 +26,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from isodiff_jax import checkpoint, diffusion, runtime, sharding
+from isodiff_jax import checkpoint, diffusion, runtime, sharding, storage
 from isodiff_jax.data import latent_cache, pipeline, workers
 from isodiff_jax.errors import InvalidValue
 from isodiff_jax.isometry import Regularizer
@@ -348,8 +347,8 @@ def _train_until_stopped(setup: TrainSetup, workdir: str, mesh: Mesh, evaluators
     checkpoint.write_config(workdir, setup.config_json)  # once the run is known to go ahead
     if start == total:  # finished: compile nothing, change nothing
         summary = {"steps": 0, "final_step": total, "seconds": 0.0, "input_wait_share": 0.0, "metrics": {},
-                   "workdir": os.path.abspath(workdir), "checkpoints": checkpoint.checkpoint_dir(workdir),
-                   "logs": os.path.join(workdir, "logs"), "samples": None, "stopped_by": None}
+                   "workdir": storage.absolute(workdir), "checkpoints": checkpoint.checkpoint_dir(workdir),
+                   "logs": storage.join(workdir, "logs"), "samples": None, "stopped_by": None}
         if jax.process_index() == 0:
             print(f"{how}; already at training.num_steps={total}: nothing to train", flush=True)
         return summary
@@ -373,7 +372,7 @@ def _train_until_stopped(setup: TrainSetup, workdir: str, mesh: Mesh, evaluators
     seconds = time.perf_counter() - started
     summary = {"steps": reached - start, "final_step": reached, "seconds": seconds,
                "input_wait_share": batches.wait_seconds / max(seconds, 1e-9),
-               "metrics": dict(monitor.last), "workdir": os.path.abspath(workdir),
+               "metrics": dict(monitor.last), "workdir": storage.absolute(workdir),
                "checkpoints": checkpoint.checkpoint_dir(workdir), "logs": monitor.log_dir,
                "samples": run.last_sample_path, "stopped_by": stop.reason if reached < total else None}
     monitor.print(_summary_text(summary))

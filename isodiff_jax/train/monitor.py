@@ -1,14 +1,20 @@
 """What a user sees while training: a progress bar, TensorBoard scalars and images (tensorboardX,
-no TensorFlow needed), EMA sample grids as PNG files. Only process 0 writes or prints."""
+no TensorFlow needed), EMA sample grids as PNG files. Only process 0 writes or prints.
+
+With a workdir in a bucket, the TensorBoard events are written to a local staging folder and
+copied to `workdir/logs/` whole at every flush (tensorboardX's own bucket writer needs
+TensorFlow's file system); the staging folder is deleted when the run ends.
+"""
 import json
-import os
+import shutil
+import tempfile
 import time
 
 import jax
 import tqdm
 from tensorboardX import SummaryWriter
 
-from isodiff_jax import images
+from isodiff_jax import images, storage
 
 
 class Monitor:
@@ -16,14 +22,16 @@ class Monitor:
 
     def __init__(self, workdir: str, *, total_steps: int, start_step: int, progress_bar: bool):
         self.lead = jax.process_index() == 0
-        self.log_dir = os.path.join(workdir, "logs")
-        self.sample_dir = os.path.join(workdir, "samples")
-        self.evaluation_path = os.path.join(workdir, "evaluation.jsonl")
-        self.metrics_path = os.path.join(workdir, "metrics.jsonl")  # the scalars, for scripts
+        self.log_dir = storage.join(workdir, "logs")
+        self.sample_dir = storage.join(workdir, "samples")
+        self.evaluation_path = storage.join(workdir, "evaluation.jsonl")
+        self.metrics_path = storage.join(workdir, "metrics.jsonl")  # the scalars, for scripts
         if self.lead:  # lines after the step resumed from are trained, and logged, again
             for path in (self.metrics_path, self.evaluation_path):
                 _drop_lines_after(path, start_step)
-        self.writer = SummaryWriter(self.log_dir) if self.lead else None
+        self.staging = tempfile.mkdtemp(prefix="isodiff_tensorboard_") if self.lead and storage.is_url(workdir) \
+            else None
+        self.writer = SummaryWriter(self.staging or self.log_dir) if self.lead else None
         self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
                              disable=not (self.lead and progress_bar))
         self.last = {}  # the newest logged value of each metric (for the bar and the summary)
@@ -45,9 +53,8 @@ class Monitor:
         if self.writer is not None:
             for name, value in means.items():
                 self.writer.add_scalar(name, value, step)
-            self.writer.flush()
-            with open(self.metrics_path, "a") as f:
-                f.write(json.dumps({"step": step, **means}) + "\n")
+            self._flush_writer()
+            storage.append_text(self.metrics_path, json.dumps({"step": step, **means}) + "\n")
         postfix = {"loss": f"{self.last['loss']:.4f}"} if "loss" in self.last else {}
         if "reg_loss" in self.last:
             postfix["iso"] = f"{self.last['reg_loss']:.3g}"
@@ -63,9 +70,9 @@ class Monitor:
             return None
         pixels = images.to_uint8(x0)
         scale = max(1, 128 // pixels.shape[1])
-        path = images.save_grid(os.path.join(self.sample_dir, f"step_{step:07d}.png"), pixels, scale=scale)
+        path = images.save_grid(storage.join(self.sample_dir, f"step_{step:07d}.png"), pixels, scale=scale)
         self.writer.add_image("samples", images.grid(pixels), step, dataformats="HWC")
-        self.writer.flush()
+        self._flush_writer()
         return path
 
     def evaluation(self, step: int, results: dict) -> None:
@@ -75,9 +82,8 @@ class Monitor:
             return
         for name, value in results.items():
             self.writer.add_scalar(f"eval/{name}", value, step)
-        self.writer.flush()
-        with open(self.evaluation_path, "a") as f:
-            f.write(json.dumps({"step": step, **results}) + "\n")
+        self._flush_writer()
+        storage.append_text(self.evaluation_path, json.dumps({"step": step, **results}) + "\n")
         headline = {k: v for k, v in results.items() if "_t" not in k and not k.endswith("_pairs")}
         self.print(f"evaluation at step {step}: " + ", ".join(f"{k}={v:.4g}" for k, v in headline.items()))
 
@@ -85,22 +91,39 @@ class Monitor:
         if self.lead:
             self.bar.write(text)
 
+    def _flush_writer(self) -> None:
+        """Flushes the events; a staged events file is copied to the workdir whole."""
+        self.writer.flush()
+        if self.staging is not None:
+            for path in storage.walk_files(self.staging):
+                storage.write_bytes(storage.join(self.log_dir, path[len(self.staging) + 1:]), storage.read_bytes(path))
+
     def close(self) -> None:
         self.bar.close()
         if self.writer is not None:
+            self._flush_writer()
             self.writer.close()
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+
+
+def _record(line: str) -> dict | None:
+    """One JSON line as a dict; None for a blank or damaged line (a file cut short by a full disk)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def _drop_lines_after(path: str, step: int) -> None:
     """Removes the JSON lines of `path` logged after `step` (an interrupted run logged them after
-    its last checkpoint); the file is replaced atomically, and left alone when nothing goes."""
-    if not os.path.exists(path):
+    its last checkpoint), and damaged lines; the file is replaced atomically, and left alone when
+    nothing goes."""
+    if not storage.exists(path):
         return
-    with open(path) as f:
-        lines = f.readlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    lines = storage.read_text(path).splitlines(keepends=True)
+    kept = [line for line in lines if (record := _record(line)) is not None and record.get("step", 0) <= step]
     if len(kept) == len(lines):
         return
-    with open(path + ".tmp", "w") as f:
-        f.writelines(kept)
-    os.replace(path + ".tmp", path)
+    storage.write_text(path, "".join(kept))

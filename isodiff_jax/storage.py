@@ -1,0 +1,264 @@
+"""Every path the project reads or writes, on the local disk or in a bucket, through one module.
+
+A path is a string: a local path, or a URL such as `gs://bucket/run` (any protocol that fsspec
+serves; `gs://` through gcsfs is the one tested, against fake-gcs-server). Local paths keep their
+POSIX behaviour exactly (`os`, `open`, `os.replace`); URLs go through fsspec, the layer under
+etils.epath, which Orbax uses for the same paths (fsspec directly, because it offers the
+exclusive create the lock needs). No other module calls `open`, `os.path` or `os.replace` on a
+user's path.
+
+What a bucket lacks, and what stands in for it:
+- atomic replace: a local file is written beside its target and renamed over it; an object is
+  written in one request, and GCS shows a new object only once it is complete, so a reader
+  sees the old object or the new one, never a part.
+- exclusive create (the workdir lock): GCS's `ifGenerationMatch=0` precondition (gcsfs's
+  `pipe(mode="create")`), so of two runs exactly one creates the object.
+- rename of a folder (a damaged checkpoint moved aside): copy every object, then delete the
+  source. Not atomic: a run killed in between leaves both copies, and the next run moves the
+  source aside again; nothing is lost.
+- append (`metrics.jsonl`): the object is read and written whole (a few kB per 1,000 steps).
+- folders: objects need none; `make_dirs` creates nothing in a bucket, and never a bucket.
+
+Listings are never cached: Orbax writes the same bucket through TensorStore, another client.
+"""
+import io
+import json
+import os
+import shutil
+
+import fsspec
+
+from isodiff_jax.errors import MissingPath, UserError
+
+
+class StorageUnavailable(UserError):
+    """A bucket that does not exist or cannot be reached (an environment fault, not bad usage)."""
+    exit_status = 1
+
+
+def is_url(path) -> bool:
+    """Whether `path` names a bucket (or any fsspec protocol) rather than a local file."""
+    return "://" in str(path)
+
+
+def _fs(path: str):
+    """-> (fsspec filesystem, the path in its terms) for a URL."""
+    return fsspec.core.url_to_fs(path, use_listings_cache=False)
+
+
+def absolute(path) -> str:
+    """A local path made absolute, a URL without its trailing slash."""
+    path = os.fspath(path)
+    return path.rstrip("/") if is_url(path) else os.path.abspath(path)
+
+
+def join(path, *parts: str) -> str:
+    path = os.fspath(path)
+    if is_url(path):
+        return "/".join([path.rstrip("/"), *(p.strip("/") for p in parts)])
+    return os.path.join(path, *parts)
+
+
+def name(path) -> str:
+    """The last component: `gs://b/runs/a/` -> `a`."""
+    return os.path.basename(os.fspath(path).rstrip("/")) if is_url(path) else os.path.basename(os.path.normpath(path))
+
+
+def parent(path) -> str:
+    path = absolute(path)
+    return path.rsplit("/", 1)[0] if is_url(path) else os.path.dirname(path)
+
+
+def exists(path) -> bool:
+    if not is_url(path):
+        return os.path.exists(path)
+    fs, p = _fs(path)
+    return fs.exists(p)
+
+
+def is_dir(path) -> bool:
+    if not is_url(path):
+        return os.path.isdir(path)
+    fs, p = _fs(path)
+    return fs.isdir(p)
+
+
+def is_file(path) -> bool:
+    if not is_url(path):
+        return os.path.isfile(path)
+    fs, p = _fs(path)
+    return fs.isfile(p)
+
+
+def make_dirs(path) -> None:
+    """Creates a local folder and its parents; nothing for a URL (objects need no folders)."""
+    if not is_url(path):
+        os.makedirs(path, exist_ok=True)
+
+
+def list_dir(path) -> list[str]:
+    """The names directly inside a folder ([] when it does not exist)."""
+    if not is_url(path):
+        return os.listdir(path) if os.path.isdir(path) else []
+    fs, p = _fs(path)
+    if not fs.isdir(p):
+        return []
+    return sorted({name(entry) for entry in fs.ls(p, detail=False)} - {""})
+
+
+def walk_files(root) -> list[str]:
+    """Every file below `root`, recursively, as full paths (local paths or URLs), sorted."""
+    if not is_url(root):
+        return sorted(os.path.join(directory, f) for directory, _, files in os.walk(root, followlinks=True)
+                      for f in files)
+    fs, p = _fs(root)
+    protocol = os.fspath(root).split("://", 1)[0]
+    return sorted(f"{protocol}://{found}" for found in fs.find(p))
+
+
+def read_bytes(path) -> bytes:
+    if not is_url(path):
+        with open(path, "rb") as f:
+            return f.read()
+    fs, p = _fs(path)
+    return fs.cat_file(p)
+
+
+def read_text(path) -> str:
+    return read_bytes(path).decode()
+
+
+def read_json(path):
+    return json.loads(read_text(path))
+
+
+def open_read(path):
+    """A binary file object to read `path` (a local file, or the object's bytes in memory)."""
+    return open(path, "rb") if not is_url(path) else io.BytesIO(read_bytes(path))
+
+
+def write_bytes(path, data: bytes) -> None:
+    """Writes `data` to `path` atomically: a reader sees the old content or the new, never a
+    part. Creates a local file's folder."""
+    if is_url(path):
+        fs, p = _fs(path)
+        fs.pipe_file(p, data)
+        return
+    make_dirs(os.path.dirname(os.path.abspath(path)))
+    tmp = f"{path}.tmp"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        _remove_quietly(tmp)  # a full disk leaves no half-written file behind
+        raise
+
+
+def write_text(path, text: str) -> None:
+    write_bytes(path, text.encode())
+
+
+def write_json(path, value, **dump_options) -> None:
+    write_text(path, json.dumps(value, **dump_options))
+
+
+def append_text(path, text: str) -> None:
+    """Appends to a file (a local append; an object is read and rewritten whole)."""
+    if not is_url(path):
+        make_dirs(os.path.dirname(os.path.abspath(path)))
+        with open(path, "a") as f:
+            f.write(text)
+        return
+    old = read_bytes(path) if exists(path) else b""
+    write_bytes(path, old + text.encode())
+
+
+def create_exclusive(path, text: str) -> bool:
+    """Creates `path` holding `text` unless it exists -> whether this call created it. Atomic
+    against other processes and hosts (O_EXCL; GCS's ifGenerationMatch=0)."""
+    if is_url(path):
+        fs, p = _fs(path)
+        try:
+            fs.pipe_file(p, text.encode(), mode="create")
+        except FileExistsError:
+            return False
+        return True
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return True
+
+
+def remove(path) -> None:
+    """Removes a file; nothing when it is gone already."""
+    if not is_url(path):
+        _remove_quietly(path)
+        return
+    fs, p = _fs(path)
+    try:
+        fs.rm_file(p)
+    except FileNotFoundError:
+        pass
+
+
+def remove_tree(path) -> None:
+    """Removes a folder and everything in it; nothing when it is gone already."""
+    if not is_url(path):
+        shutil.rmtree(path, ignore_errors=True)
+        return
+    fs, p = _fs(path)
+    if fs.exists(p):
+        fs.rm(p, recursive=True)
+
+
+def move(source, target) -> None:
+    """Renames a file or folder (a bucket: copies everything, then deletes the source)."""
+    if not is_url(source):
+        os.rename(source, target)
+        return
+    fs, src = _fs(source)
+    _, dst = _fs(target)
+    if fs.isdir(src):
+        for found in fs.find(src):
+            fs.copy(found, dst + found[len(src):])
+        fs.rm(src, recursive=True)
+    else:
+        fs.mv(src, dst)
+
+
+def check_reachable(path) -> None:
+    """For a URL: StorageUnavailable naming the bucket when it does not exist or cannot be
+    reached (wrong host, no credentials, no network). Nothing for a local path."""
+    if not is_url(path):
+        return
+    bucket = os.fspath(path).split("://", 1)[1].split("/", 1)[0]
+    protocol = os.fspath(path).split("://", 1)[0]
+    try:
+        fs, _ = _fs(path)
+        found = fs.exists(bucket)
+    except ImportError as error:
+        raise StorageUnavailable(f"{path}: no client for {protocol}:// is installed ({error})") from None
+    except Exception as error:  # noqa: BLE001 - connection, credential and HTTP errors all mean unreachable
+        raise StorageUnavailable(f"the bucket {protocol}://{bucket} cannot be reached: "
+                                 f"{type(error).__name__}: {str(error).splitlines()[0][:200]}") from None
+    if not found:
+        raise StorageUnavailable(f"the bucket {protocol}://{bucket} does not exist (or this account cannot see it); "
+                                 f"create it first")
+
+
+def require(path, what: str) -> str:
+    """`path` made absolute, or MissingPath saying that `what` is not there."""
+    if not exists(path):
+        raise MissingPath(f"{absolute(path)} does not exist: {what}")
+    return absolute(path)
+
+
+def _remove_quietly(path) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
