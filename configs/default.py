@@ -101,6 +101,7 @@ def get_config():
     lg.sample_steps = 200  # DDIM steps for the grid
     lg.sample_eta = 1.0  # DDIM η of the grid: 1 (stochastic, fixed seed) is much cleaner than 0 for short runs
     lg.progress_bar = True  # tqdm progress bar on process 0
+    lg.profile_steps = ()  # (START, STOP): a jax.profiler trace of those steps in workdir/profile/ (process 0)
 
     # analysis evaluators on the EMA parameters; every field of isodiff_jax.analysis.options.Options
     # (num_pairs, timesteps, num_samples, ...) is here with its default, except seed (= c.seed)

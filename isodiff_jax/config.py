@@ -241,6 +241,10 @@ def _validate_run(config, num_devices) -> None:
     _check_positive_int(lg.num_samples, "logging.num_samples")
     _check_positive_int(lg.sample_steps, "logging.sample_steps")
     _check_finite(lg.sample_eta, "logging.sample_eta", 0, "a finite DDIM η >= 0")
+    steps = tuple(lg.profile_steps)
+    _check(steps == () or (len(steps) == 2 and all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
+                            and 0 <= steps[0] < steps[1]), "logging.profile_steps", lg.profile_steps,
+           "() or START,STOP with 0 <= START < STOP (the steps START..STOP-1 are traced)")
 
 
 def evaluation_metrics(config) -> list:
@@ -351,7 +355,8 @@ def train_settings(config) -> TrainSettings:
         latent_cache=os.path.abspath(config.data.latent_cache) if config.data.latent_cache else "",
         checkpoint_keep=ck.keep, log_every=lg.log_every_steps, sample_every=lg.sample_every_steps,
         num_samples=lg.num_samples, sample_steps=lg.sample_steps, sample_eta=lg.sample_eta,
-        evaluate_every=config.evaluation.every_steps, progress_bar=lg.progress_bar)
+        evaluate_every=config.evaluation.every_steps, progress_bar=lg.progress_bar,
+        profile_steps=tuple(lg.profile_steps))
 
 
 def train_setup(config) -> TrainSetup:

@@ -32,6 +32,7 @@ from isodiff_jax.errors import InvalidValue
 from isodiff_jax.isometry import Regularizer
 from isodiff_jax.spec import ModelSpec, Params
 from isodiff_jax.train import latents, lock, preemption
+from isodiff_jax.train.profile import StepProfiler
 from isodiff_jax.train import step as step_lib
 from isodiff_jax.train.monitor import Monitor
 
@@ -67,6 +68,7 @@ class TrainSettings:
     sample_eta: float = 1.0
     evaluate_every: int = 0  # 0: never (with evaluators: at the end only)
     progress_bar: bool = True
+    profile_steps: tuple = ()  # (START, STOP): a jax.profiler trace of steps START..STOP-1 (train/profile.py)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -359,8 +361,10 @@ def _train_until_stopped(setup: TrainSetup, workdir: str, mesh: Mesh, evaluators
     batches = input_batches(setup, source, start, cache)
     started, failed = time.perf_counter(), True
     try:
-        run = _Run(setup, mesh, mngr, monitor, list(evaluators), encode=cache is None)
+        run = _Run(setup, mesh, mngr, monitor, list(evaluators), encode=cache is None,
+                   profiler=StepProfiler(workdir, s.profile_steps))
         state, reached = run.loop(state, start, total, batches, stop)
+        run.profiler.stop(state)
         mngr.wait_until_finished()
         failed = False
     except Exception as error:
@@ -416,8 +420,9 @@ class _Run:
     """The per-step work of one run (compiled steps, fetching, logging, saving, sampling)."""
 
     def __init__(self, setup: TrainSetup, mesh: Mesh, mngr, monitor: Monitor, evaluators: list,
-                 encode: bool = True):
+                 encode: bool = True, profiler: StepProfiler | None = None):
         self.setup, self.mesh, self.mngr, self.monitor = setup, mesh, mngr, monitor
+        self.profiler = profiler or StepProfiler("", ())
         self.steps, self._empty_totals = compile_steps(setup, mesh)
         self.totals = self._empty_totals()
         self.names = sorted(self.totals["sums"])
@@ -453,9 +458,11 @@ class _Run:
             if self.encoder is not None:  # latent diffusion: the batch's latents
                 x0 = self.encoder(self.autoencoder_params, x0)
             kind = regularized_step(self.setup, step)
+            self.profiler.before_step(step, state)
             state, self.totals = self.steps[kind](state, self.totals, x0, *self.arguments)
             self._settle_heap(kind, state)
             done = step + 1
+            self.profiler.after_step(done, state)
             self.monitor.step(done)
             last = done == total
             log, save = every(s.log_every, done) or last, every(s.checkpoint_every, done) or last
