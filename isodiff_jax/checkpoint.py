@@ -33,7 +33,7 @@ from isodiff_jax.errors import DiskFull, MissingPath, UserError
 from isodiff_jax.spec import ModelSpec, Params
 
 CONFIG_FILE = "config.json"
-ITEMS = ("state", "spec", "config", "integrity")
+ITEMS = ("state", "spec", "config", "integrity", "topology")
 FINGERPRINT_RTOL = 1e-4  # float32 sums; another device may add in another order
 log = logging.getLogger(__name__)
 
@@ -112,8 +112,23 @@ def save(mngr: ocp.CheckpointManager, step: int, state: Any, *, spec: ModelSpec,
         raise FloatingPointError(f"refusing to save step {step}: non-finite values in {', '.join(bad[:5])}")
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), spec=ocp.args.JsonSave(spec.to_dict()),
                               config=ocp.args.JsonSave(json.loads(config_json)),
-                              integrity=ocp.args.JsonSave(prints))
+                              integrity=ocp.args.JsonSave(prints), topology=ocp.args.JsonSave(topology(state)))
     mngr.save(step, args=args, force=True)
+
+
+def topology(state: Any) -> dict:
+    """{"devices": the devices `state` lives on, "processes": the processes of the run}: saved
+    with each checkpoint, so that a resume on another slice can say what changed."""
+    leaf = jax.tree.leaves(state)[0]
+    devices = len(leaf.sharding.device_set) if isinstance(leaf, jax.Array) else 1
+    return {"devices": devices, "processes": jax.process_count()}
+
+
+def saved_topology(mngr: ocp.CheckpointManager, step: int) -> Optional[dict]:
+    """The topology saved with `step`, or None for checkpoints written before it was recorded."""
+    if not storage.is_dir(storage.join(str(mngr.directory), str(step), "topology")):
+        return None
+    return _read_json(mngr, step, "topology")
 
 
 def is_disk_full(error: BaseException) -> bool:

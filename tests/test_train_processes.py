@@ -170,3 +170,36 @@ def test_a_full_disk_stops_in_one_line_and_the_same_command_resumes_once_freed(r
     os.remove(small_disk / "filler")
     assert launch.train(small_config(), str(workdir))["steps"] == STEPS - 3  # what train.py runs, in process
     assert_identical(saved_state(workdir)[1], saved_state(reference[0])[1])
+
+
+def _two_processes(workdir, *overrides):
+    """train.py as 2 processes × 1 CPU device (gloo collectives): a 2-device slice."""
+    address = f"localhost:{_free_port()}"
+    processes = [train_py(workdir, *overrides, devices=1, wait=False,
+                          extra=("--coordinator_address", address, "--num_processes", "2", "--process_id", str(i)))
+                 for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in processes]
+    assert all(p.returncode == 0 for p in processes), outputs
+    return outputs[0]
+
+
+def test_a_run_saved_on_four_devices_resumes_on_two_processes(reference, tmp_path):
+    """4 devices in 1 process -> 2 devices in 2 processes; the bound is test_train_loop's (2e-5,
+    float32 sums split otherwise over the devices)."""
+    workdir = tmp_path / "run"
+    shutil.copytree(reference[0], workdir)
+    shutil.rmtree(workdir / "checkpoints" / "6")
+    output = _two_processes(workdir)
+    assert ("resumed from the checkpoint at step 3 (saved on 4 devices in 1 processes, resumed on 2 in 2: "
+            "the global batch is unchanged)") in output, output
+    assert_close(saved_state(workdir)[1], saved_state(reference[0])[1], atol=2e-5)
+
+
+def test_a_run_saved_by_two_processes_resumes_on_four_devices_in_one(reference, tmp_path, capsys):
+    """2 devices in 2 processes -> 4 devices in 1 process, the other way round."""
+    _two_processes(tmp_path, "--config.training.num_steps=3")
+    capsys.readouterr()
+    launch.train(small_config(), str(tmp_path))
+    assert "(saved on 2 devices in 2 processes, resumed on 4 in 1: the global batch is unchanged)" in \
+        capsys.readouterr().out
+    assert_close(saved_state(tmp_path)[1], saved_state(reference[0])[1], atol=2e-5)

@@ -305,7 +305,12 @@ def initial_state(setup: TrainSetup, mesh: Mesh, mngr):
     moved aside, so the run can save those steps again), else a fresh state."""
     step, state = checkpoint.restore(mngr, abstract_state(setup, mesh), move_damaged_aside=True)
     if step is not None:
-        return state, f"resumed from the checkpoint at step {step}"
+        how = f"resumed from the checkpoint at step {step}"
+        saved, now = checkpoint.saved_topology(mngr, step), checkpoint.topology(state)
+        if saved is not None and saved != now:  # another slice: same global batch, so the same run
+            how += (f" (saved on {saved['devices']} devices in {saved['processes']} processes, resumed on "
+                    f"{now['devices']} in {now['processes']}: the global batch is unchanged)")
+        return state, how
     state = fresh_state(setup, mesh)
     origin = f"parameters from {setup.settings.init_from}" if setup.settings.init_from else "random init"
     return state, f"started at step 0 ({origin})"
