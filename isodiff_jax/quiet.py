@@ -5,6 +5,8 @@ What is dropped, and why it says nothing to a user:
   provided", and the tracebacks of its background threads when a save or a read fails): every
   failure Orbax has reaches this package as an exception, which is reported in one line (a
   damaged checkpoint, a full disk) or keeps its traceback (a bug).
+- gcsfs's tracebacks of each retried request: a request that fails for good reaches this
+  package as an exception (a bucket that cannot be reached is one line).
 - asyncio's "Task exception was never retrieved" and the "Event loop is closed" errors that
   TensorStore's callbacks raise after Orbax has given up on a damaged checkpoint (hundreds of
   tracebacks for one missing file).
@@ -47,6 +49,7 @@ def quiet_third_party() -> bool:
     if not any(isinstance(f, _DropOrbax) for f in absl.filters):
         absl.addFilter(_DropOrbax())
     logging.getLogger("asyncio").setLevel(logging.CRITICAL)
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
     if not getattr(sys.unraisablehook, "isodiff_quiet", False):
         previous = sys.unraisablehook
 

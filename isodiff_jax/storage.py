@@ -19,12 +19,14 @@ What a bucket lacks, and what stands in for it:
 - append (`metrics.jsonl`): the object is read and written whole (a few kB per 1,000 steps).
 - folders: objects need none; `make_dirs` creates nothing in a bucket, and never a bucket.
 
-Listings are never cached: Orbax writes the same bucket through TensorStore, another client.
+Listings are never trusted from a cache: Orbax writes the same bucket through TensorStore,
+another client (see `_fs`).
 """
 import io
 import json
 import os
 import shutil
+import threading
 
 import fsspec
 
@@ -42,8 +44,19 @@ def is_url(path) -> bool:
 
 
 def _fs(path: str):
-    """-> (fsspec filesystem, the path in its terms) for a URL."""
-    return fsspec.core.url_to_fs(path, use_listings_cache=False)
+    """-> (fsspec filesystem, the path in its terms) for a URL, with the cached listings of every
+    instance of its kind dropped (see `_forget_listings`)."""
+    fs, p = fsspec.core.url_to_fs(path)
+    _forget_listings(fs)
+    return fs, p
+
+
+def _forget_listings(fs) -> None:
+    """Drops the cached listings of `fs` and of every other instance of its class: etils.epath
+    (Orbax) keeps its own instance (other options), so a folder moved here would otherwise
+    stay in the listing Orbax reads next; and TensorStore writes the bucket behind both."""
+    for instance in [fs, *getattr(type(fs), "_cache", {}).values()]:
+        instance.invalidate_cache()
 
 
 def absolute(path) -> str:
@@ -88,6 +101,14 @@ def is_file(path) -> bool:
         return os.path.isfile(path)
     fs, p = _fs(path)
     return fs.isfile(p)
+
+
+def size(path) -> int:
+    """A file's size in bytes."""
+    if not is_url(path):
+        return os.path.getsize(path)
+    fs, p = _fs(path)
+    return fs.size(p)
 
 
 def make_dirs(path) -> None:
@@ -143,9 +164,10 @@ def write_bytes(path, data: bytes) -> None:
     if is_url(path):
         fs, p = _fs(path)
         fs.pipe_file(p, data)
+        _forget_listings(fs)
         return
     make_dirs(os.path.dirname(os.path.abspath(path)))
-    tmp = f"{path}.tmp"
+    tmp = f"{path}.{os.getpid()}.tmp"  # per process: hosts of a pod may write the same local cache
     try:
         with open(tmp, "wb") as f:
             f.write(data)
@@ -183,6 +205,8 @@ def create_exclusive(path, text: str) -> bool:
             fs.pipe_file(p, text.encode(), mode="create")
         except FileExistsError:
             return False
+        finally:
+            _forget_listings(fs)
         return True
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
@@ -203,6 +227,7 @@ def remove(path) -> None:
         fs.rm_file(p)
     except FileNotFoundError:
         pass
+    _forget_listings(fs)
 
 
 def remove_tree(path) -> None:
@@ -213,6 +238,7 @@ def remove_tree(path) -> None:
     fs, p = _fs(path)
     if fs.exists(p):
         fs.rm(p, recursive=True)
+    _forget_listings(fs)
 
 
 def move(source, target) -> None:
@@ -228,23 +254,41 @@ def move(source, target) -> None:
         fs.rm(src, recursive=True)
     else:
         fs.mv(src, dst)
+    _forget_listings(fs)
 
 
-def check_reachable(path) -> None:
-    """For a URL: StorageUnavailable naming the bucket when it does not exist or cannot be
-    reached (wrong host, no credentials, no network). Nothing for a local path."""
+def check_reachable(path, timeout: float = 20.0) -> None:
+    """For a URL: StorageUnavailable naming the bucket when it does not exist or does not answer
+    within `timeout` seconds (wrong host, no credentials, no network: gcsfs would retry for
+    over a minute). Nothing for a local path."""
     if not is_url(path):
         return
-    bucket = os.fspath(path).split("://", 1)[1].split("/", 1)[0]
-    protocol = os.fspath(path).split("://", 1)[0]
-    try:
-        fs, _ = _fs(path)
-        found = fs.exists(bucket)
-    except ImportError as error:
-        raise StorageUnavailable(f"{path}: no client for {protocol}:// is installed ({error})") from None
-    except Exception as error:  # noqa: BLE001 - connection, credential and HTTP errors all mean unreachable
+    protocol, rest = os.fspath(path).split("://", 1)
+    bucket = rest.split("/", 1)[0]
+
+    answer: dict = {}
+
+    def ask() -> None:
+        try:
+            fs, _ = _fs(path)
+            answer["found"] = fs.exists(bucket)
+        except BaseException as error:  # noqa: BLE001 - handed to the caller below
+            answer["error"] = error
+
+    # a daemon thread: one that still retries must not keep the process from exiting
+    asking = threading.Thread(target=ask, name="storage-check", daemon=True)
+    asking.start()
+    asking.join(timeout)
+    error = answer.get("error")
+    if asking.is_alive():
+        raise StorageUnavailable(f"the bucket {protocol}://{bucket} cannot be reached: no answer within "
+                                 f"{timeout:.0f} s (network, endpoint or credentials)")
+    if isinstance(error, ImportError):
+        raise StorageUnavailable(f"{path}: no client for {protocol}:// is installed ({error})")
+    if error is not None:  # connection, credential and HTTP errors all mean unreachable
         raise StorageUnavailable(f"the bucket {protocol}://{bucket} cannot be reached: "
-                                 f"{type(error).__name__}: {str(error).splitlines()[0][:200]}") from None
+                                 f"{type(error).__name__}: {str(error).splitlines()[0][:200]}")
+    found = answer["found"]
     if not found:
         raise StorageUnavailable(f"the bucket {protocol}://{bucket} does not exist (or this account cannot see it); "
                                  f"create it first")

@@ -138,3 +138,27 @@ class CompileCounter:
 @pytest.fixture
 def count_compiles():
     return CompileCounter
+
+
+@pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory):
+    """fake-gcs-server on localhost (tests/gcs_emulator.py), one per test worker, with the
+    environment pointing gcsfs and TensorStore at it (set here, so subprocesses inherit it)."""
+    from gcs_emulator import Emulator
+    server = Emulator(str(tmp_path_factory.mktemp("gcs") / "server.log"))
+    saved = {name: os.environ.get(name) for name in server.environment}
+    os.environ.update(server.environment)
+    yield server
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    server.stop()
+
+
+@pytest.fixture
+def bucket(gcs_server):
+    """A new, empty bucket of the emulator -> its URL "gs://name"."""
+    import uuid
+    return gcs_server.create_bucket(f"test-{uuid.uuid4().hex[:12]}")

@@ -527,3 +527,45 @@ def test_a_digits_config_trains_without_data_dir():
     c = digits16.get_config()
     config_lib.validate(c, 1)
     assert config_lib.model_spec(c).data.source().get(np.array([0])).shape == (1, 16, 16, 3)
+
+
+class _Recording:
+    """A source that records the indices it is asked for."""
+
+    def __init__(self, source):
+        self.source, self.asked = source, []
+
+    def __len__(self):
+        return len(self.source)
+
+    def get(self, indices):
+        self.asked += [int(i) for i in indices]
+        return self.source.get(indices)
+
+
+@pytest.mark.parametrize("kind", ["shapes", "folder", "tfds"])
+def test_each_process_loads_only_its_rows_and_together_they_make_the_batch(kind, tmp_path):
+    """Multi-host input: process p of 2 asks its source for its half of the rows of every global
+    batch (pipeline.process_rows), never the other half, and the halves stacked are the batch a
+    single process loads. (The loader takes the process index as an argument; the 2-process
+    training test shows the same end to end, through jax.distributed.)"""
+    if kind == "shapes":
+        source = shapes.ShapesSource(8, seed=0, size=64)
+    elif kind == "folder":
+        rng = np.random.default_rng(0)
+        for i in range(20):
+            Image.fromarray(rng.integers(0, 256, (10, 10, 3), np.uint8)).save(tmp_path / f"{i:02d}.png")
+        source = folder.FolderSource(tmp_path, resolution=8)
+    else:
+        TinyTestImages(data_dir=tmp_path, file_format="array_record").download_and_prepare()
+        source = tfds_source.TfdsSource("tiny_test_images", resolution=8, data_dir=tmp_path)
+    batch = 6 if kind == "tfds" else 8  # one epoch of the tiny TFDS set: no example twice in a batch
+    for step in (0, 1, 5):
+        whole = pipeline.load_images(source, step, seed=3, global_batch=batch, random_flip=True)
+        parts = [_Recording(source), _Recording(source)]
+        halves = [pipeline.load_images(part, step, seed=3, global_batch=batch, process_index=p, process_count=2,
+                                       random_flip=True) for p, part in enumerate(parts)]
+        expected = pipeline.batch_indices(3, step, batch, len(source))
+        assert parts[0].asked == list(expected[:batch // 2]) and parts[1].asked == list(expected[batch // 2:])
+        assert not set(parts[0].asked) & set(parts[1].asked)
+        np.testing.assert_array_equal(np.concatenate(halves), whole)

@@ -1,6 +1,6 @@
 """Checks that the package's imports point one way, bottom to top:
 
-    core       geometry, isometry, unet, diffusion, images, runtime, quiet, errors
+    core       geometry, isometry, unet, diffusion, images, runtime, quiet, errors, storage
     data       isodiff_jax.data
     model      autoencoder (on the U-Net's layers), spec, sharding, checkpoint,
                                                 (what training and analysis share)
@@ -11,7 +11,8 @@
 A module belongs to the layer of the longest listed prefix of its name: pretrained.cli (the
 import command, which writes a training state) is an entry point, the rest of pretrained is not.
 
-Inside core, only isometry may import (geometry); anything may import errors. Every `import` counts, also those inside
+Inside core, only isometry may import (geometry); anything may import errors and storage (every path
+the project reads or writes goes through it). Every `import` counts, also those inside
 functions. Prints each offending import and exits 1, or prints a summary and exits 0.
 
 Usage: python tools/check_layers.py [ROOT]   (ROOT: the repository, default: this file's parent)
@@ -22,7 +23,7 @@ import sys
 
 PACKAGE = "isodiff_jax"
 LAYERS = {  # layer -> (rank, module prefixes)
-    "core": (0, ("geometry", "isometry", "unet", "diffusion", "images", "runtime", "quiet", "errors")),
+    "core": (0, ("geometry", "isometry", "unet", "diffusion", "images", "runtime", "quiet", "errors", "storage")),
     "data": (1, ("data",)),
     "model": (2, ("autoencoder", "spec", "sharding", "checkpoint", "pretrained")),
     "train": (3, ("train",)),
@@ -90,8 +91,9 @@ def violations(root: str) -> tuple[list, int]:
 def _why_not(module: str, here: str, target: str, there: str):
     if here == there:
         source, imported = module.split(".")[1], target.split(".")[1]
-        if here == "core" and imported not in CORE_IMPORTS.get(source, set()) | {source, "errors"}:
-            return "core modules do not import each other (only isometry -> geometry, and anything -> errors)"
+        if here == "core" and imported not in CORE_IMPORTS.get(source, set()) | {source, "errors", "storage"}:
+            return ("core modules do not import each other (only isometry -> geometry, and anything -> errors "
+                    "and storage)")
         return None
     (rank_here, _), (rank_there, _) = LAYERS[here], LAYERS[there]
     if rank_there > rank_here:

@@ -4,6 +4,13 @@ Reads through `tfds.data_source`: random access into ArrayRecord files, decoded 
 PIL, so TensorFlow is not needed. Nothing is ever downloaded here (training hosts may have no
 internet): the data set must already be prepared, in the ArrayRecord format, under an explicit
 `data_dir`. When it is not, `DataNotPreparedError` says where it looked and how to prepare it.
+
+A `data_dir` in a bucket (`gs://…`): TFDS reads the data set's metadata from there, but its
+ArrayRecord reader opens files through its own C++ layer, which hangs on an emulated bucket and
+would read a real one record by record over the network. So the prepared files of the one data
+set asked for are copied once to a local cache (`~/.cache/isodiff_jax/tfds/<bucket>/<path>`,
+or `$ISODIFF_CACHE/tfds/…`), checked by size on every start, and read from there: each host
+keeps its own copy on its local disk.
 """
 import os
 from typing import Any, Mapping, Sequence
@@ -12,6 +19,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 import tensorflow_datasets as tfds
 
+from isodiff_jax import storage
 from isodiff_jax.data.folder import fit_to_resolution
 from isodiff_jax.data.source import check_indices
 
@@ -67,6 +75,28 @@ def open_data_source(name: str, *, split: str, data_dir: str) -> Sequence[Mappin
         raise explained from error
 
 
+def cache_root() -> str:
+    return os.path.join(os.environ.get("ISODIFF_CACHE") or os.path.expanduser("~/.cache/isodiff_jax"), "tfds")
+
+
+def local_copy(name: str, data_dir: str) -> str:
+    """The data set `name` prepared under the bucket folder `data_dir`, copied (once; files of
+    another size again) into a local data_dir of the same layout -> that local data_dir."""
+    if not storage.is_dir(data_dir):
+        raise DataNotPreparedError(f"TFDS data_dir {data_dir} does not exist")
+    local = os.path.join(cache_root(), data_dir.split("://", 1)[1].strip("/"))
+    remote = tfds.builder(name, data_dir=data_dir).data_path  # <data_dir>/<name>/<config>/<version>
+    files = storage.walk_files(remote)
+    if not files:
+        raise DataNotPreparedError(f"TFDS data set {name!r} is not prepared under data_dir {data_dir}: "
+                                   f"nothing in {remote}")
+    for path in files:
+        target = os.path.join(local, os.path.relpath(str(path).split("://", 1)[1], data_dir.split("://", 1)[1]))
+        if not (os.path.exists(target) and os.path.getsize(target) == storage.size(path)):
+            storage.write_bytes(target, storage.read_bytes(path))
+    return local
+
+
 class TfdsSource:
     """Split `split` of the TFDS data set `name`, its `image_key` images fitted to `resolution`."""
 
@@ -78,7 +108,10 @@ class TfdsSource:
             raise ValueError(f"resolution must be >= 1, got {resolution}")
         self.name, self.split, self.image_key = name, split, image_key
         self.resolution = resolution
-        self._examples = open_data_source(name, split=split, data_dir=str(data_dir))
+        data_dir = str(data_dir)
+        if storage.is_url(data_dir):
+            data_dir = local_copy(name, data_dir)
+        self._examples = open_data_source(name, split=split, data_dir=data_dir)
 
     def __len__(self) -> int:
         return len(self._examples)
