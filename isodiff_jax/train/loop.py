@@ -455,6 +455,7 @@ class _Run:
         """-> (state, the step reached): `total`, or the step at which `stop` asked to stop."""
         s = self.setup.settings
         every = lambda n, done: bool(n) and done % n == 0
+        self.monitor.begin()
         for step in range(start, total):
             if stop.reached(step):
                 self._save_on_stop(step, state, batches)
@@ -496,6 +497,7 @@ class _Run:
         """Brings the device totals to the host (the only sync), stops at a non-finite step, and
         writes the interval's means when `log`."""
         totals = jax.device_get(self.totals)
+        self.monitor.synced()  # the steps so far are done: the bar moves now, not at dispatch
         if totals["first_non_finite"] >= 0:
             self._stop_non_finite(int(totals["first_non_finite"]), totals["bad_metrics"])
         means = {n: float(totals["sums"][n] / totals["counts"][n]) for n in self.names if totals["counts"][n]}
