@@ -19,7 +19,7 @@ $(VENV)/.installed: requirements.txt pyproject.toml
 run: install
 	$(PY) train.py --config configs/shapes16_iso.py --workdir runs/shapes16_iso
 
-# Analysis of the main job: trains the shapes factor oracle once (runs/oracle), then runs every
+# Analysis of the main job: trains the shapes factor oracle once (runs/oracle16), then runs every
 # metric on runs/shapes16_iso and writes runs/shapes16_iso/analysis/ (metrics.json and PNG pictures).
 analysis: install
 	test -e runs/oracle16/oracle.json || $(PY) -m isodiff_jax.analysis.oracle --out runs/oracle16 --resolution 16

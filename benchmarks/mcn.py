@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 
 from configs import bench_cpu32  # noqa: E402
 from isodiff_jax import config as config_lib, data, diffusion  # noqa: E402
+from isodiff_jax.data import pipeline  # noqa: E402
 from isodiff_jax.analysis import spectrum  # noqa: E402
 from isodiff_jax.unet import UNet  # noqa: E402
 
@@ -64,7 +65,7 @@ def encoder(workdir):
 def noised_samples(count, timestep, seed=0):
     """x_t (count, 32, 32, 3) float32: shapes images 0..count-1 noised to `timestep`."""
     x0 = data.make_source("shapes", resolution=32, seed=seed).get(np.arange(count))
-    x0 = jnp.asarray(x0.astype(np.float32) / 127.5 - 1.0)
+    x0 = jnp.asarray(pipeline.to_unit_range(x0))
     schedule = config_lib.schedule(bench_cpu32.get_config())
     eps = jax.random.normal(jax.random.PRNGKey(seed + 1), x0.shape)
     return diffusion.q_sample(schedule, x0, jnp.full((count,), timestep, jnp.int32), eps)

@@ -23,6 +23,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from isodiff_jax.storage import read_json  # noqa: E402  (after the path above)
+
 
 def load_config(path: str):
     """get_config() of a config file given by its path (relative to the repository)."""
@@ -85,7 +87,7 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     train_oracle(args.oracle, args.oracle_steps)
     training = launch.train(config, run_dir)
-    previous = json.load(open(summary_path)) if os.path.exists(summary_path) else {}
+    previous = read_json(summary_path) if os.path.exists(summary_path) else {}
     if previous.get("scores", {}).get("step") == config.training.num_steps:
         scores = previous["scores"]
     else:

@@ -1,4 +1,4 @@
-"""Issue 22: does isometric regularization make the latent space more disentangled?
+"""Does isometric regularization make the latent space more disentangled?
 
 Every measure is first run on controls whose answer is known (`analysis/controls.py`: factors on
 axes, rotated, and a nonlinear mix), then on trained models:
@@ -39,6 +39,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import lambda_study  # noqa: E402  (a sibling script: the λ study's run recipe)
+
+from isodiff_jax.storage import read_json  # noqa: E402  (after the path above)
 
 
 
@@ -161,11 +163,11 @@ def digits_probe(spec, o, quick: bool):
     """A class probe from h, fitted on the classifier's training scans, scored on the held-out ones
     (quick: 72 and 24 scans)."""
     from isodiff_jax.analysis import probe
-    from isodiff_jax.data import digits
+    from isodiff_jax.data import digits, pipeline
     source = digits.DigitsSource(spec.data.resolution)
     indices = np.arange(96 if quick else digits.NUM_EXAMPLES)
     train = 72 if quick else digits.TEST_START
-    images = source.get(indices).astype(np.float32) / 127.5 - 1.0
+    images = pipeline.to_unit_range(source.get(indices))
     return probe.ClassProbe(spec.encode, spec.noise_schedule, images, source.labels(indices),
                             num_classes=digits.NUM_CLASSES, timesteps=o.timesteps, num_train=train, seed=o.seed)
 
@@ -176,7 +178,7 @@ def measured(run: Run, args, measurers: dict) -> dict:
     from isodiff_jax import checkpoint
     path = os.path.join(args.results, f"{run.name}.json")
     if os.path.exists(path):
-        return json.load(open(path))
+        return read_json(path)
     started = time.perf_counter()
     if args.measure_only:
         workdir = os.path.join(args.out, run.name)
@@ -206,7 +208,7 @@ def control_results(args) -> dict:
     the oracle (shapes) and the digit classifier (digits)."""
     path = os.path.join(args.results, "controls.json")
     if os.path.exists(path):
-        return json.load(open(path))
+        return read_json(path)
     from isodiff_jax.analysis import controls, digit_classifier, edit_scores, oracle
     reader = edit_scores.FactorReader(oracle.load(args.oracle))
     classes = edit_scores.ClassReader(digit_classifier.load(args.classifier), digit_classifier.CLASS_NAMES)

@@ -34,6 +34,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from isodiff_jax.storage import read_json  # noqa: E402  (after the path above)
+
 METRICS = ("mrtl", "mcn", "vor", "ppl", "inversion", "fd", "factor_rtl", "edit", "probe")
 COLUMNS = ("mrtl", "mrtl_floor", "mrtl_over_floor", "t500_mcn", "t500_vor", "ppl_pixel_l2", "fd_oracle",
            "oracle_confident_fraction", "inversion_psnr", "factor_rtl", "edit_xT_precision", "edit_h_precision",
@@ -177,7 +179,7 @@ def measured(run: Run, args, measurers: dict) -> dict:
     workdir = os.path.join(args.out, run.name)
     path = os.path.join(workdir, "measured.json")
     if os.path.exists(path):
-        return json.load(open(path))
+        return read_json(path)
     started = time.perf_counter()
     launch.train(run_config(run, args), workdir)
     from isodiff_jax import checkpoint

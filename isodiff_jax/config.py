@@ -52,11 +52,11 @@ def _check_positive_int(value, field, minimum=1):
            f"an integer >= {minimum}")
 
 
-def _check_finite(value, field, low=-math.inf, allowed="a finite number", *, strict=False):
-    """A finite real number >= low (> low when `strict`); inf and nan pass most comparisons, so
-    they are named here."""
+def _check_finite(value, field, low=-math.inf, allowed="a finite number", *, strict=False, high=math.inf):
+    """A finite real number >= low (> low when `strict`) and <= high; inf and nan pass most
+    comparisons, so they are named here."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
-        and (value > low if strict else value >= low)
+        and (value > low if strict else value >= low) and value <= high
     _check(ok, field, value, allowed)
 
 
@@ -192,8 +192,7 @@ def _validate_diffusion(config) -> None:
         ok = all(isinstance(b, (int, float)) for b in (df.beta_start, df.beta_end))
         _check(ok and 0 < df.beta_start < df.beta_end < 1, "diffusion.beta_start/beta_end",
                (df.beta_start, df.beta_end), "0 < beta_start < beta_end < 1")
-    _check_finite(df.logsnr_shift, "diffusion.logsnr_shift", -10, "a finite shift in [-10, 10]")
-    _check(df.logsnr_shift <= 10, "diffusion.logsnr_shift", df.logsnr_shift, "a finite shift in [-10, 10]")
+    _check_finite(df.logsnr_shift, "diffusion.logsnr_shift", -10, "a finite shift in [-10, 10]", high=10)
     _check_choice(config, "diffusion.loss_weighting", diffusion.LOSS_WEIGHTINGS)
     _check_choice(config, "diffusion.t_sampling", diffusion.T_SAMPLINGS)
     _check_finite(df.min_snr_gamma, "diffusion.min_snr_gamma", 0, "a finite γ > 0", strict=True)

@@ -29,7 +29,7 @@ import numpy as np
 from scipy.special import ndtr
 
 from isodiff_jax.analysis import directions, edit_scores, editing, factors, probe
-from isodiff_jax.data import digits, shapes
+from isodiff_jax.data import digits, pipeline, shapes
 
 CONTROLS = ("axes", "rotated", "mixed")
 POSITIVE = ("axes", "rotated")
@@ -103,7 +103,7 @@ class Control:
             weights = np.exp(DIGIT_SHARPNESS * (z - z.max(axis=1, keepdims=True)))
             weights /= weights.sum(axis=1, keepdims=True)
             return np.einsum("bc,chwk->bhwk", weights, digit_prototypes(self.resolution)).astype(np.float32)
-        return shapes.render(self.factors_of(x), self.resolution).astype(np.float32) / 127.5 - 1.0
+        return pipeline.to_unit_range(shapes.render(self.factors_of(x), self.resolution))
 
 
 DIGIT_SHARPNESS = 2.0  # prototype weights softmax(2 z): one or two classes dominate most images
@@ -114,7 +114,7 @@ def digit_prototypes(resolution: int) -> np.ndarray:
     """The mean training scan of each digit (10, R, R, 3) in [-1, 1]."""
     source = digits.DigitsSource(resolution)
     indices = np.arange(digits.TEST_START)
-    images, labels = source.get(indices).astype(np.float32) / 127.5 - 1.0, source.labels(indices)
+    images, labels = pipeline.to_unit_range(source.get(indices)), source.labels(indices)
     return np.stack([images[labels == c].mean(axis=0) for c in range(digits.NUM_CLASSES)])
 
 

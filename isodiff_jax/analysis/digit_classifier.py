@@ -22,7 +22,7 @@ import tqdm
 
 from isodiff_jax import storage
 from isodiff_jax.analysis import oracle as oracle_lib
-from isodiff_jax.data import digits
+from isodiff_jax.data import digits, pipeline
 
 CLASS_NAMES = tuple(f"digit_{c}" for c in range(digits.NUM_CLASSES))
 
@@ -66,7 +66,7 @@ class Classifier:
 
 def images_and_labels(indices, resolution: int) -> tuple[np.ndarray, np.ndarray]:
     source = digits.DigitsSource(resolution)
-    return source.get(indices).astype(np.float32) / 127.5 - 1.0, source.labels(indices)
+    return pipeline.to_unit_range(source.get(indices)), source.labels(indices)
 
 
 def _shift(images, rng, max_shift: int) -> np.ndarray:

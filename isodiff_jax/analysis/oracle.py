@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 import tqdm
 
 from isodiff_jax import storage
-from isodiff_jax.data import shapes
+from isodiff_jax.data import pipeline, shapes
 from isodiff_jax.errors import MissingPath
 
 CIRCULAR = ("object_hue", "background_hue")
@@ -85,7 +85,7 @@ def decode(logits, regression) -> dict:
 
 def images_of(seed: int, indices, resolution: int) -> tuple[np.ndarray, dict]:
     factors = shapes.sample_factors(seed, indices)
-    return shapes.render(factors, resolution).astype(np.float32) / 127.5 - 1.0, factors
+    return pipeline.to_unit_range(shapes.render(factors, resolution)), factors
 
 
 def chunked_outputs(apply, params, images, resolution: int, batch_size: int, name: str) -> tuple:

@@ -25,6 +25,7 @@ from jax.sharding import Mesh
 from isodiff_jax import diffusion, geometry, sharding
 from isodiff_jax.analysis import editing, factors, inversion, ppl, probe, quality, rtl, spectrum
 from isodiff_jax.analysis.options import Options
+from isodiff_jax.data import pipeline
 from isodiff_jax.errors import InvalidValue
 from isodiff_jax.spec import ModelSpec
 
@@ -134,7 +135,7 @@ def real_images(spec: ModelSpec, count: int, seed: int) -> np.ndarray:
     if len(source) < count:
         raise ValueError(f"the data set has {len(source)} images, {count} are needed")
     index = np.random.default_rng(seed).choice(len(source), size=count, replace=False)
-    return source.get(np.sort(index)).astype(np.float32) / 127.5 - 1.0
+    return pipeline.to_unit_range(source.get(np.sort(index)))
 
 
 def real_x0(spec: ModelSpec, images: np.ndarray, batch_size: int = 16) -> np.ndarray:
