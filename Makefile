@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTHON ?= $(shell tools/find_python.sh)
 
-.PHONY: install run analysis test bench clean
+.PHONY: install run analysis test test-fast bench clean
 
 install: $(VENV)/.installed
 
@@ -25,8 +25,13 @@ analysis: install
 	test -e runs/oracle16/oracle.json || $(PY) -m isodiff_jax.analysis.oracle --out runs/oracle16 --resolution 16
 	$(PY) -m isodiff_jax.analysis --workdir runs/shapes16_iso --oracle runs/oracle16 --out runs/shapes16_iso/analysis
 
+# Everything (the README's and CI's test command), and the tier to run while working: all but the
+# tests marked slow (@pytest.mark.slow: several training runs, subprocesses, the studies).
 test: install
 	$(PY) -m pytest -q
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow"
 
 bench: install
 	$(PY) benchmarks/train_step.py

@@ -225,14 +225,19 @@ def load(directory: str) -> Oracle:
     return Oracle(net=net, params=restore_params(directory, net, meta["resolution"]), resolution=meta["resolution"])
 
 
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m isodiff_jax.analysis.oracle", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/oracle", help="where the oracle is written")
+    p.add_argument("--resolution", type=int, default=32)
+    p.add_argument("--steps", type=int, default=3000)
+    p.add_argument("--batch_size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=1)
+    return p
+
+
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/oracle", help="where the oracle is written")
-    parser.add_argument("--resolution", type=int, default=32)
-    parser.add_argument("--steps", type=int, default=3000)
-    parser.add_argument("--batch_size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=1)
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
     oracle = train(args.resolution, steps=args.steps, batch_size=args.batch_size, seed=args.seed)
     metrics = evaluate(oracle, seed=args.seed + 1)
     save(oracle, args.out, metrics)
