@@ -122,6 +122,8 @@ def _validate_data(config) -> None:
            "'shapes', 'digits', 'folder' or a TFDS data set name such as 'cifar10' or 'celeb_a_hq/256'")
     _check(d.name in data.BUILT_IN or bool(d.data_dir), "data.data_dir", d.data_dir,
            f"a directory (required for data.name={d.name!r})")
+    _check(d.name not in data.BUILT_IN or not d.data_dir, "data.data_dir", d.data_dir,
+           f"'' for the built-in data set {d.name!r}, which is made here and reads no files")
     _check_positive_int(d.resolution, "data.resolution", 4)
     _check_positive_int(d.prefetch, "data.prefetch")
     _check(isinstance(d.workers, int) and not isinstance(d.workers, bool) and d.workers >= 0, "data.workers",
@@ -417,7 +419,7 @@ def to_json(config) -> str:
 def from_json(text: str) -> ml_collections.ConfigDict:
     """The inverse of to_json (tuples come back as tuples where the defaults have tuples)."""
     values = json.loads(text)
-    for section in ("model", "evaluation", "autoencoder"):
+    for section in ("model", "evaluation", "autoencoder", "logging"):
         for key, value in values.get(section, {}).items():
             if isinstance(value, list):
                 values[section][key] = tuple(value)

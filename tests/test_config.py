@@ -20,9 +20,19 @@ def load(name):
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_configs_are_valid(name):
     config = load(name)
-    if config.data.name != "shapes":
+    if config.data.name not in ("shapes", "digits"):  # the built-in ones read no files
         config.data.data_dir = "/somewhere"
     config_lib.validate(config, num_devices=1)
+
+
+@pytest.mark.parametrize("name", ["shapes16", "digits16"])
+def test_a_data_dir_for_a_built_in_data_set_is_one_config_error(name):
+    """It was refused only when the source was made, as a ValueError traceback."""
+    config = load(name)
+    config.data.data_dir = "/nonexistent"
+    with pytest.raises(config_lib.ConfigError, match=r"config.data.data_dir='/nonexistent' is invalid: allowed '' "
+                                                     r"for the built-in data set"):
+        config_lib.validate(config, num_devices=1)
 
 
 def test_bench_config_is_the_benchmark_model():
