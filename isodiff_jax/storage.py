@@ -128,10 +128,20 @@ def list_dir(path) -> list[str]:
 
 
 def walk_files(root) -> list[str]:
-    """Every file below `root`, recursively, as full paths (local paths or URLs), sorted."""
+    """Every file below `root`, recursively, as full paths (local paths or URLs), sorted. Local
+    symbolic links to folders are followed, each folder once: a link back up the tree (`ln -s .
+    sub/loop`) would otherwise list every file below it again and again."""
     if not is_url(root):
-        return sorted(os.path.join(directory, f) for directory, _, files in os.walk(root, followlinks=True)
-                      for f in files)
+        found, seen = [], set()
+        for directory, subdirectories, files in os.walk(root, followlinks=True):
+            real = os.path.realpath(directory)
+            if real in seen:
+                subdirectories[:] = []  # a folder already listed, reached again through a link
+                continue
+            seen.add(real)
+            subdirectories.sort()  # a fixed visiting order: which path of a linked folder is kept
+            found += [os.path.join(directory, f) for f in files]
+        return sorted(found)
     fs, p = _fs(root)
     protocol = os.fspath(root).split("://", 1)[0]
     return sorted(f"{protocol}://{found}" for found in fs.find(p))

@@ -1,5 +1,6 @@
 """Input pipelines: synthetic shapes, image folders, TFDS (mocked and a real prepared copy), and
 batches as pure functions of (seed, step)."""
+import os
 import threading
 import time
 
@@ -569,3 +570,18 @@ def test_each_process_loads_only_its_rows_and_together_they_make_the_batch(kind,
         assert parts[0].asked == list(expected[:batch // 2]) and parts[1].asked == list(expected[batch // 2:])
         assert not set(parts[0].asked) & set(parts[1].asked)
         np.testing.assert_array_equal(np.concatenate(halves), whole)
+
+
+def test_a_symlink_loop_in_a_folder_lists_each_image_once(tmp_path):
+    """`ln -s . sub/loop` made os.walk(followlinks=True) list each image under sub/ 41 times
+    (413 files for 13 images): the data set silently reweighted."""
+    rng = np.random.default_rng(0)
+    (tmp_path / "sub").mkdir()
+    for i in range(13):
+        where = tmp_path / ("sub" if i % 2 else ".") / f"{i:02d}.png"
+        Image.fromarray(rng.integers(0, 256, (6, 6, 3), np.uint8)).save(where)
+    os.symlink(".", tmp_path / "sub" / "loop")
+    os.symlink("..", tmp_path / "sub" / "up")
+    source = folder.FolderSource(tmp_path, resolution=4)
+    assert len(source) == 13
+    assert sorted(p.name for p in source.paths) == [f"{i:02d}.png" for i in range(13)]
