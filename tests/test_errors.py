@@ -132,3 +132,14 @@ def test_quiet_drops_orbax_records_and_closed_loop_errors_unless_verbose(verbose
         assert kept == [f"from {orbax_file}", "from mine.py"] and len(seen) == 2
     else:
         assert kept == ["from mine.py"] and seen == ["something else"]
+
+
+@pytest.mark.parametrize("metrics", ["", ",", " "])
+def test_an_analysis_with_no_metric_named_is_refused_before_anything_is_written(tmp_path, capsys, metrics):
+    """`--metrics ""` exited 0 with no metrics, and recorded timesteps the model does not have."""
+    from isodiff_jax.analysis import cli
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["--workdir", str(tmp_path), "--metrics", metrics, "--out", str(tmp_path / "out")])
+    assert exit.value.code == 2
+    assert one_error_line(capsys).startswith(f"error: --metrics {metrics!r} names no metric: give some of mrtl,")
+    assert not (tmp_path / "out").exists()

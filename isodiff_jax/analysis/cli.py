@@ -185,7 +185,10 @@ def _parser():
 def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Checks every input (options, workdirs, weights, metrics, output directories), then analyses."""
     options = Options(**{f.name: getattr(args, f.name) for f in options_lib.fields()})
-    metrics = None if args.metrics is None else [m for m in args.metrics.split(",") if m]
+    metrics = None if args.metrics is None else [m for m in args.metrics.split(",") if m.strip()]
+    if metrics == []:
+        raise InvalidValue(f"--metrics {args.metrics!r} names no metric: give some of {','.join(suite.METRICS)}, "
+                           f"or leave --metrics out to run every metric that can run")
     workdirs = args.compare or [args.workdir]
     names = [storage.name(w) for w in workdirs]
     if len(set(names)) != len(names):
