@@ -11,6 +11,9 @@ from isodiff_jax.analysis import editing, factors, load, oracle, probe, quality,
 from isodiff_jax.data import shapes
 
 
+pytestmark = pytest.mark.slow  # a trained oracle and the factor evaluators
+
+
 def _path(num_frames, **moving):
     """Factors of one pair along num_frames frames: fixed except the given (K+1,) arrays."""
     base = {name: np.full((num_frames, 1), value) for name, value in

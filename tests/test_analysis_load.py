@@ -12,6 +12,9 @@ from isodiff_jax.analysis import load, suite
 from isodiff_jax.analysis.options import Options
 
 
+pytestmark = pytest.mark.slow  # a trained workdir and every evaluator compiled
+
+
 @pytest.fixture(scope="module")
 def workdir(trained_workdir):
     return trained_workdir

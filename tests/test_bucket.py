@@ -108,6 +108,7 @@ def _closed_port() -> int:
         return s.getsockname()[1]  # closed again when this returns
 
 
+@pytest.mark.slow
 def test_training_in_a_bucket_resumes_exactly_and_leaves_nothing_local(reference, bucket, gcs_server, local_only):
     run = f"{bucket}/runs/a"
     launch.train(small_config(training__num_steps=3, logging__profile_steps=(1, 3)), run)
@@ -126,6 +127,7 @@ def test_training_in_a_bucket_resumes_exactly_and_leaves_nothing_local(reference
     assert Image.open(io.BytesIO(storage.read_bytes(f"{run}/samples/step_0000006.png"))).size[0] > 16
 
 
+@pytest.mark.slow
 def test_sigterm_in_a_bucket_saves_the_step_reached_and_the_resume_is_exact(reference, bucket, gcs_server):
     run = f"{bucket}/run"
     process = train_py(run, "--config.checkpoint.every_steps=1", "--config.logging.log_every_steps=1", wait=False)
@@ -143,6 +145,7 @@ def test_sigterm_in_a_bucket_saves_the_step_reached_and_the_resume_is_exact(refe
     assert_identical(saved_state(run)[1], saved_state(reference[0])[1])
 
 
+@pytest.mark.slow
 def test_a_damaged_newest_step_in_a_bucket_is_moved_aside_and_trained_again(reference, bucket, gcs_server):
     run = _upload(reference[0], f"{bucket}/run")
     data = [o for o in gcs_server.objects(_name(bucket)) if o.startswith("run/checkpoints/6/state/ocdbt.process_")
@@ -158,6 +161,7 @@ def test_a_damaged_newest_step_in_a_bucket_is_moved_aside_and_trained_again(refe
     assert_identical(saved_state(run)[1], saved_state(reference[0])[1])
 
 
+@pytest.mark.slow
 def test_analysis_and_diffusers_export_import_in_a_bucket(reference, bucket, tmp_path, local_only):
     run = _upload(reference[0], f"{bucket}/run")
     flags = ["--metrics", "mrtl", "--num_pairs", "4", "--timesteps", "50", "--sample_steps", "4"]

@@ -3,7 +3,11 @@ steps, scores the samples, writes the summary and the sample grid, and resumes w
 import json
 import math
 
+import pytest
 from support import load_module
+
+
+pytestmark = pytest.mark.slow  # trains a base model
 
 
 def _script():

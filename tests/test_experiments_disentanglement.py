@@ -10,6 +10,9 @@ from support import load_module
 from isodiff_jax.analysis import oracle
 
 
+pytestmark = pytest.mark.slow  # the disentanglement study's smallest setting: six runs, controls
+
+
 @pytest.fixture(scope="module")
 def study(oracle16, tmp_path_factory):
     """The study with seed 0, then seed 1's pair trained, then the study with seeds 0 and 1 (which

@@ -9,6 +9,9 @@ import pytest
 from support import json_numbers, load_module
 
 
+pytestmark = pytest.mark.slow  # the estimator study: many compiled estimators
+
+
 @pytest.fixture(scope="module")
 def study():
     return load_module("experiments/estimator_accuracy.py")

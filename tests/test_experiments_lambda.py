@@ -12,6 +12,9 @@ from support import ROOT, load_module
 from isodiff_jax.analysis import oracle
 
 
+pytestmark = pytest.mark.slow  # the λ study's smallest setting: several training runs
+
+
 @pytest.fixture(scope="module")
 def study(trained_workdir, oracle16, tmp_path_factory):
     """The λ study's quick setting with λ ∈ {0, 0.1}: (argv, summary, out directory, the

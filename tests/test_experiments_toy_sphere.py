@@ -12,6 +12,9 @@ from support import json_numbers, load_module
 
 from isodiff_jax import geometry
 
+pytestmark = pytest.mark.slow  # trains the toy encoders
+
+
 @pytest.fixture(scope="module")
 def toy():
     return load_module("experiments/toy_sphere.py")

@@ -30,6 +30,9 @@ from isodiff_jax.spec import DataSpec, ModelSpec
 from isodiff_jax.train import latents, loop
 from isodiff_jax.unet import UNet
 
+pytestmark = pytest.mark.slow  # latent-diffusion training runs
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DATA = os.path.join(ROOT, "tests", "data", "diffusers", "ldm")
 

@@ -16,6 +16,9 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
+pytestmark = pytest.mark.slow  # runs the whole tour notebook in a kernel
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "tour.ipynb")
 KERNEL = "python3"  # the name the notebook's metadata gives

@@ -18,6 +18,9 @@ from isodiff_jax.errors import MissingPath, UserError
 from isodiff_jax.pretrained import cli, safetensors_io
 from isodiff_jax.spec import ScheduleSpec
 
+pytestmark = pytest.mark.slow  # latent-diffusion import and fine-tuning
+
+
 DATA = os.path.join(os.path.dirname(__file__), "data", "diffusers")
 VQ_CASES = ("ldm", "vq_options")
 

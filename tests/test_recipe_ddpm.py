@@ -23,6 +23,9 @@ from isodiff_jax import checkpoint, pretrained
 from isodiff_jax import config as config_lib
 from isodiff_jax.pretrained import cli as pretrained_cli
 
+pytestmark = pytest.mark.slow  # the DDPM recipe's training runs
+
+
 STAND_IN = {"block_out_channels": "(4,8)", "attention_levels": "(False,True)", "layers_per_block": "1",
             "norm_num_groups": "2"}  # config.model overrides; data.resolution 16
 

@@ -18,6 +18,9 @@ from isodiff_jax import config as config_lib
 from isodiff_jax.train import loop
 
 
+pytestmark = pytest.mark.slow  # training runs with injected faults
+
+
 def copy_of(reference, tmp_path, drop_steps=()):
     """The shared uninterrupted run (checkpoints at steps 3 and 6), without `drop_steps`."""
     workdir = tmp_path / "run"

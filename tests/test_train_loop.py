@@ -19,6 +19,9 @@ from isodiff_jax import config as config_lib
 from isodiff_jax.train import loop
 
 
+pytestmark = pytest.mark.slow  # in-process training runs (the shared reference run and its variants)
+
+
 def test_resume_is_exact(reference, tmp_path):
     launch.train(small_config(training__num_steps=3), str(tmp_path))
     summary = launch.train(small_config(), str(tmp_path))

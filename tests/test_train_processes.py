@@ -21,6 +21,9 @@ from isodiff_jax.analysis import load, suite
 from isodiff_jax.analysis.options import Options
 
 
+pytestmark = pytest.mark.slow  # train.py in subprocesses, one or two processes each
+
+
 def test_train_py_writes_checkpoints_samples_logs_and_resumes(reference, tmp_path):
     # `reference` (unused here) is built first: its in-process run compiles the programs that
     # train.py then finds in the compilation cache, instead of compiling them in the subprocess
