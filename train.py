@@ -43,7 +43,10 @@ def parse_flags(argv):
     try:
         rest = FLAGS(argv)
     except flags.Error as error:
-        raise errors.UserError(str(error)) from error
+        raise errors.UserError(_flag_error(error, argv)) from error
+    except SyntaxError as error:  # --config names a file that is not Python (README.md, a JSON file)
+        raise errors.UserError(f"--config {_config_path(argv)}: not a Python config file ({error.msg}, line "
+                               f"{error.lineno})") from error
     except (KeyError, AttributeError) as error:  # only ml_collections' --config.<unknown field> raise these here
         raise errors.UserError(_unknown_field(error, argv)) from error
     except OSError as error:  # ml_collections: an override of a config file that did not load
@@ -53,6 +56,16 @@ def parse_flags(argv):
     if len(rest) > 1:
         raise errors.UserError(f"unexpected arguments {rest[1:]}: train.py takes only flags (see --help)")
     return rest
+
+
+def _flag_error(error: Exception, argv) -> str:
+    """absl's message, without the traceback that ml_collections embeds when get_config fails
+    (`--config file.py:argument` for a get_config that takes none): its last line says why."""
+    text = str(error)
+    if "Error whilst parsing config file" not in text:
+        return text
+    reason = [line for line in text.strip().splitlines() if line.strip()][-1].strip()
+    return f"--config {_config_path(argv)}: its get_config() failed: {reason}"
 
 
 def _unknown_field(error: Exception, argv) -> str:
@@ -67,14 +80,20 @@ def _unknown_field(error: Exception, argv) -> str:
     return f"the config has no field {name!r}{where}" + (f": {hint[0].lower()}{hint[1:]}" if hint else "")
 
 
-def _config_not_loaded(argv) -> str:
-    """Why the last --config in argv did not load (ml_collections keeps only a deferred error)."""
+def _config_path(argv) -> str:
+    """The value of the last --config in argv."""
     path = ""
     for i, arg in enumerate(argv):
         if arg.startswith("--config="):
             path = arg[len("--config="):]
         elif arg == "--config" and i + 1 < len(argv):
             path = argv[i + 1]
+    return path
+
+
+def _config_not_loaded(argv) -> str:
+    """Why the last --config in argv did not load (ml_collections keeps only a deferred error)."""
+    path = _config_path(argv)
     file = path.split(":")[0]  # config_file:argument passes the argument to get_config
     reason = "no such file" if not os.path.exists(file) else "not a file" if not os.path.isfile(file) else \
         "it did not load"
@@ -89,6 +108,7 @@ def main(argv):
         jax.config.update("jax_cpu_collectives_implementation", "gloo")  # CPU hosts; others ignore it
         jax.distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
     with errors.exit_on_user_error():
+        _check_backend()
         try:
             summary = launch.train(FLAGS.config, FLAGS.workdir)
         except KeyboardInterrupt:  # Ctrl-C before training began (during the set-up): nothing to save
@@ -96,6 +116,19 @@ def main(argv):
             raise SystemExit(preemption.EXIT_STATUS["SIGINT"]) from None
     if summary["stopped_by"]:
         raise SystemExit(preemption.EXIT_STATUS[summary["stopped_by"]])
+
+
+def _check_backend() -> None:
+    """The devices of the backend JAX_PLATFORMS asks for, or one line saying it is not here
+    (JAX_PLATFORMS=cuda on a machine without a GPU raised a bare AssertionError inside JAX)."""
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError) as error:
+        asked = os.environ.get("JAX_PLATFORMS", "")
+        why = str(error).strip().splitlines()[0] if str(error).strip() else "no such backend on this machine"
+        raise errors.Unavailable(f"JAX cannot start the backend JAX_PLATFORMS={asked!r} asks for: {why}. "
+                                 f"Unset JAX_PLATFORMS (or set it to cpu) on a machine without that "
+                                 f"accelerator") from None
 
 
 def _parse_flags_or_exit(argv):

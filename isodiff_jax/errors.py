@@ -22,6 +22,12 @@ class MissingPath(UserError, FileNotFoundError):
     """A path the user gave that does not exist or holds nothing usable."""
 
 
+class Unavailable(UserError):
+    """Something the run needs is not there on this machine (a bucket, an accelerator backend):
+    an environment fault, not bad usage; the same command works once it is there."""
+    exit_status = 1
+
+
 class DiskFull(UserError):
     """The disk filled up while the run was writing; the message names the last complete checkpoint."""
     exit_status = 1  # not a usage error: the same command works once space is freed

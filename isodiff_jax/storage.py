@@ -30,12 +30,11 @@ import threading
 
 import fsspec
 
-from isodiff_jax.errors import MissingPath, UserError
+from isodiff_jax.errors import MissingPath, Unavailable
 
 
-class StorageUnavailable(UserError):
-    """A bucket that does not exist or cannot be reached (an environment fault, not bad usage)."""
-    exit_status = 1
+class StorageUnavailable(Unavailable):
+    """A bucket that does not exist or cannot be reached."""
 
 
 def is_url(path) -> bool:

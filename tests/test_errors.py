@@ -143,3 +143,21 @@ def test_an_analysis_with_no_metric_named_is_refused_before_anything_is_written(
     assert exit.value.code == 2
     assert one_error_line(capsys).startswith(f"error: --metrics {metrics!r} names no metric: give some of mrtl,")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("config, environment, status, message", [
+    ("README.md", {}, 2, "error: --config README.md: not a Python config file (unterminated string literal"),
+    ("configs/test.py:bogus_arg", {}, 2, "error: --config configs/test.py:bogus_arg: its get_config() failed: "
+                                         "TypeError: get_config() takes 0 positional arguments but 1 was given"),
+    ("configs/test.py", {"JAX_PLATFORMS": "cuda"}, 1, "error: JAX cannot start the backend JAX_PLATFORMS='cuda' "
+                                                      "asks for"),
+])
+def test_train_py_input_and_backend_faults_are_one_line(tmp_path, config, environment, status, message):
+    """Each printed a traceback (hardening issue, cases 4 and 5); nothing is written."""
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **environment}
+    result = subprocess.run([sys.executable, "train.py", "--config", config, "--workdir", str(tmp_path / "run")],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == status, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(message), result.stderr
+    assert not (tmp_path / "run").exists()
