@@ -28,6 +28,7 @@ import argparse
 import dataclasses
 import glob
 import json
+import math
 import os
 import sys
 import time
@@ -196,6 +197,23 @@ def measured(run: Run, args, measurers: dict) -> dict:
     return result
 
 
+def trained(run: Run, args) -> bool:
+    """Whether `run` is measured already, or trained to --steps."""
+    return os.path.exists(os.path.join(args.results, f"{run.name}.json")) or \
+        os.path.isdir(os.path.join(args.out, run.name, "checkpoints", str(args.steps)))
+
+
+def write_summary(path: str, summary: dict) -> str:
+    """Writes the summary, unless the one there holds runs this one lacks: then it goes beside it
+    (summary.partial.json) and the line printed says so -> the path written."""
+    if os.path.exists(path) and (lost := sorted(set(read_json(path).get("runs", [])) - set(summary["runs"]))):
+        path = path[:-len(".json")] + ".partial.json"
+        print(f"{len(lost)} runs of the summary there are not in this one ({', '.join(lost[:3])}...): written to "
+              f"{path} instead", flush=True)
+    write_json(path, summary)
+    return path
+
+
 def write_json(path: str, value) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:
@@ -299,16 +317,31 @@ def table(stats: dict) -> str:
 def planned_runs(args) -> list:
     """The key pair (λ = 0 and --best_lambda from scratch on shapes) for every seed, the digits pair
     for --digits_seeds, then the λ study's fine-tunes (λ = 0, 0.1, 1) when --finetune is on."""
-    floats = lambda text: [float(v) for v in text.split(",") if v.strip()]
-    ints = lambda text: [int(v) for v in text.split(",") if v.strip()]
     runs = []
-    for seed in ints(args.seeds):
+    for seed in args.seeds:
         runs += [Run("shapes", 0.0, seed), Run("shapes", args.best_lambda, seed)]
-        if seed in ints(args.digits_seeds):
+        if seed in args.digits_seeds:
             runs += [Run("digits", 0.0, seed), Run("digits", args.best_lambda, seed)]
     if args.finetune:
-        runs += [Run("shapes", w, 0, from_scratch=False) for w in floats(args.finetune_lambdas)]
+        runs += [Run("shapes", w, 0, from_scratch=False) for w in args.finetune_lambdas]
     return runs
+
+
+def _listed(kind, what: str, allowed):
+    """An argparse type: comma-separated values of `kind`, each `allowed`; a bad one is one line."""
+    def parse(text: str) -> tuple:
+        try:
+            values = tuple(kind(v) for v in text.split(",") if v.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a comma-separated list of {what}") from None
+        if bad := [v for v in values if not allowed(v)]:
+            raise argparse.ArgumentTypeError(f"{bad[0]!r} in {text!r} is not one of {what}")
+        return values
+    return parse
+
+
+SEEDS = _listed(int, "seeds (integers in [0, 2**31))", lambda v: 0 <= v < 2**31)
+LAMBDAS = _listed(float, "weights λ (finite numbers >= 0)", lambda v: math.isfinite(v) and v >= 0)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -316,12 +349,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/experiments/disentanglement")
     p.add_argument("--config", default="configs/shapes16.py", help="the model and recipe (the λ study's)")
     p.add_argument("--steps", type=int, default=1000, help="training steps of every run (the λ study's)")
-    p.add_argument("--seeds", default="0,1,2", help="seeds of the key pair (λ = 0 against --best_lambda)")
-    p.add_argument("--digits_seeds", default="0", help="seeds of the digits pair")
+    p.add_argument("--seeds", type=SEEDS, default="0,1,2", help="seeds of the key pair (λ = 0 against --best_lambda)")
+    p.add_argument("--digits_seeds", type=SEEDS, default="0", help="seeds of the digits pair")
     p.add_argument("--best_lambda", type=float, default=1.0, help="the λ study's best λ")
     p.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=False,
                    help="also the λ study's fine-tunes of its base model (--base)")
-    p.add_argument("--finetune_lambdas", default="0,0.1,1")
+    p.add_argument("--finetune_lambdas", type=LAMBDAS, default="0,0.1,1")
     p.add_argument("--base", default="runs/experiments/base_model/run", help="the λ study's base model")
     p.add_argument("--oracle", default="runs/oracle16", help="the 16 px factor oracle (trained when missing)")
     p.add_argument("--classifier", default="runs/digits_classifier", help="the digit classifier (trained when missing)")
@@ -356,6 +389,9 @@ def main(argv=None, measurers: dict | None = None) -> dict:
             train(run, args)
             print(f"{run.name}: trained ({time.perf_counter() - started:.0f} s)", flush=True)
         return {}
+    if args.measure_only and not any(trained(run, args) for run in runs):
+        raise SystemExit(f"error: --measure_only: none of the {len(runs)} runs is trained to --steps={args.steps} in "
+                         f"{args.out} (nor measured in {args.results}); train them first (--train_only)")
     prepare(args)
     summary = {"controls": control_results(args)}
     measurers = {} if measurers is None else measurers
@@ -369,7 +405,7 @@ def main(argv=None, measurers: dict | None = None) -> dict:
     summary["digits"] = paired(results, "digits", DIGITS_KEYS)
     summary["runs"] = [r["name"] for r in results]
     summary["pictures"] = pictures(results, args)
-    write_json(os.path.join(args.results, "summary.json"), summary)
+    write_summary(os.path.join(args.results, "summary.json"), summary)
     print("controls:\n" + controls_table(summary["controls"]))
     for data in ("shapes", "digits"):
         print(f"\n{data} (from scratch, λ = 0 against λ = {args.best_lambda:g}):\n" + table(summary[data]))
