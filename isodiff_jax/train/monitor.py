@@ -6,6 +6,7 @@ copied to `workdir/logs/` whole at every flush (tensorboardX's own bucket writer
 TensorFlow's file system); the staging folder is deleted when the run ends.
 """
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -15,6 +16,8 @@ import tqdm
 from tensorboardX import SummaryWriter
 
 from isodiff_jax import images, storage
+
+log = logging.getLogger(__name__)
 
 
 class Monitor:
@@ -138,7 +141,10 @@ def _drop_lines_after(path: str, step: int) -> None:
     if not storage.exists(path):
         return
     lines = storage.read_text(path).splitlines(keepends=True)
+    damaged = [line for line in lines if line.strip() and _record(line) is None]
     kept = [line for line in lines if (record := _record(line)) is not None and record.get("step", 0) <= step]
     if len(kept) == len(lines):
         return
+    if damaged:
+        log.warning("dropped %d damaged line(s) of %s (cut short, or not a JSON object)", len(damaged), path)
     storage.write_text(path, "".join(kept))
