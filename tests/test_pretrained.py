@@ -284,3 +284,25 @@ def test_the_celebahq256_config_is_googles_unet():
     config = importlib.import_module("configs.celebahq256").get_config()
     assert config_lib.unet(config) == UNet(**fields, dtype=jnp.bfloat16)
     assert resolution == 32 and config.data.resolution == 256  # (the fixture's sample_size is small)
+
+
+def test_flipped_bytes_in_a_safetensors_file_are_found(tmp_path):
+    """Hardening issue, case 9: 16 flipped bytes in the data of an exported file read back as
+    weights of about ±100 and were accepted. Our files carry a SHA-256 of their tensors; in any
+    file, a flip that makes a non-finite value is refused."""
+    rng = np.random.default_rng(0)
+    arrays = {"w": (rng.standard_normal((64, 64)) * 0.06).astype(np.float32), "b": np.zeros(64, np.float32)}
+    path = tmp_path / "x.safetensors"
+    safetensors_io.write(str(path), arrays, {"format": "pt"})
+    data = bytearray(path.read_bytes())
+    middle = len(data) - 64 * 64 * 4 // 2
+    data[middle:middle + 16] = bytes(b ^ 0x5A for b in data[middle:middle + 16])
+    path.write_bytes(bytes(data))
+    with pytest.raises(InvalidValue, match="is damaged: its tensors do not match the SHA-256"):
+        safetensors_io.read(str(path))
+    # a file from elsewhere (no checksum): a NaN is refused by name, instead of failing the save
+    import safetensors.numpy
+    arrays["w"][3, 5] = np.nan
+    safetensors.numpy.save_file(arrays, str(path), metadata={"format": "pt"})
+    with pytest.raises(InvalidValue, match="tensor w holds non-finite values"):
+        safetensors_io.read(str(path))
