@@ -186,23 +186,18 @@ def _two_processes(workdir, *overrides):
     return outputs[0]
 
 
-def test_a_run_saved_on_four_devices_resumes_on_two_processes(reference, tmp_path):
-    """4 devices in 1 process -> 2 devices in 2 processes; the bound is test_train_loop's (2e-5,
+def test_a_run_moves_from_one_process_to_two_and_back(reference, tmp_path, capsys):
+    """The uninterrupted run's step 3 (4 devices, 1 process) resumed by 2 processes × 1 device to
+    step 5, then by 1 process on 4 devices to the end; the bound is test_train_loop's (2e-5,
     float32 sums split otherwise over the devices)."""
     workdir = tmp_path / "run"
     shutil.copytree(reference[0], workdir)
     shutil.rmtree(workdir / "checkpoints" / "6")
-    output = _two_processes(workdir)
+    output = _two_processes(workdir, "--config.training.num_steps=5", "--config.checkpoint.every_steps=1")
     assert ("resumed from the checkpoint at step 3 (saved on 4 devices in 1 processes, resumed on 2 in 2: "
             "the global batch is unchanged)") in output, output
-    assert_close(saved_state(workdir)[1], saved_state(reference[0])[1], atol=2e-5)
-
-
-def test_a_run_saved_by_two_processes_resumes_on_four_devices_in_one(reference, tmp_path, capsys):
-    """2 devices in 2 processes -> 4 devices in 1 process, the other way round."""
-    _two_processes(tmp_path, "--config.training.num_steps=3")
     capsys.readouterr()
-    launch.train(small_config(), str(tmp_path))
-    assert "(saved on 2 devices in 2 processes, resumed on 4 in 1: the global batch is unchanged)" in \
-        capsys.readouterr().out
-    assert_close(saved_state(tmp_path)[1], saved_state(reference[0])[1], atol=2e-5)
+    launch.train(small_config(), str(workdir))
+    assert ("resumed from the checkpoint at step 5 (saved on 2 devices in 2 processes, resumed on 4 in 1: "
+            "the global batch is unchanged)") in capsys.readouterr().out
+    assert_close(saved_state(workdir)[1], saved_state(reference[0])[1], atol=2e-5)
