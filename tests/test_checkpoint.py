@@ -80,6 +80,7 @@ def abstract_state(workdir):
     return loop.abstract_state(config_lib.train_setup(config), sharding.make_mesh())
 
 
+@pytest.mark.slow  # trains the checkpoints it damages
 @pytest.mark.parametrize("damage", DAMAGES, ids=lambda f: f.__name__)
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(workdir, damage, caplog):
     damage(workdir, 4)  # before any read: TensorStore caches what it has read in this process
@@ -96,6 +97,7 @@ def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(workdir, damag
             np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow  # trains the checkpoints it damages
 def test_every_checkpoint_damaged_is_one_error_naming_each(workdir):
     delete_chunks(workdir, 4)
     wrong_fingerprint(workdir, 2)
@@ -106,6 +108,7 @@ def test_every_checkpoint_damaged_is_one_error_naming_each(workdir):
     assert len(message) < 1000 and "\n" not in message
 
 
+@pytest.mark.slow  # trains the checkpoints it damages
 def test_an_asked_for_step_that_is_damaged_is_not_replaced(workdir):
     garble_manifest(workdir, 2)
     with pytest.raises(checkpoint.CheckpointError, match="step 2"):

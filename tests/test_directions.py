@@ -61,6 +61,7 @@ def test_local_basis_of_a_nonlinear_map_matches_dense_svd():
     _assert_same_vectors(v_part, v_ref, 2, cos=1 - 1e-4)
 
 
+@pytest.mark.slow  # a dense float64 SVD of a U-Net encoder
 def test_local_basis_of_a_unet_encoder_matches_dense_svd():
     """The real encoder (float32, h 4×4×16 = 256 > n = 192), against the float64 SVD of its
     dense Jacobian; the default iteration count (64 of 192) gives the top 4."""
@@ -128,6 +129,7 @@ def control_scores(oracle16):
             for kind in controls.CONTROLS}
 
 
+@pytest.mark.slow  # the controls' fixture measures every control
 @pytest.mark.parametrize("name,margin", [
     ("supervised_precision", 0.15), ("supervised_linearity", 0.3), ("supervised_monotone", 0.3),
     ("probe_r2", 0.5), ("pullback_purity", 0.05), ("pullback_coverage", 1.0), ("pullback_linearity", 0.2),
@@ -167,6 +169,7 @@ def digit_control_scores():
             for kind in controls.CONTROLS}
 
 
+@pytest.mark.slow  # the digits controls' fixture
 @pytest.mark.parametrize("name,margin", [
     ("probe_class_accuracy", 0.3), ("pullback_monotone", 0.3), ("pullback_coverage", 0.5),
     ("pullback_additivity_error", -0.1)])
@@ -177,6 +180,7 @@ def test_the_digits_measures_score_both_positive_controls_above_the_negative(dig
         assert (value - negative >= margin) if margin > 0 else (value - negative <= margin), (kind, value, negative)
 
 
+@pytest.mark.slow  # the digits controls' fixture
 def test_class_purity_cannot_tell_the_digits_controls_apart(digit_control_scores):
     """A classifier moves probability from one class to one other whatever the latent, so the
     purity of class gains is high on the entangled control too: the study does not judge by it."""

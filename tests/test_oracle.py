@@ -5,6 +5,9 @@ import pytest
 from isodiff_jax.analysis import oracle
 
 
+pytestmark = pytest.mark.slow  # trains the oracle (about a minute)
+
+
 @pytest.fixture(scope="module")
 def trained():
     model = oracle.train(24, steps=400, batch_size=32, progress=False)  # the CLI default: 32×32, 3000 steps

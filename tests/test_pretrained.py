@@ -237,6 +237,7 @@ def test_safetensors_round_trip_and_damage(tmp_path):
             safetensors_io.read(path)
 
 
+@pytest.mark.slow  # trains and analyses the import
 def test_import_command_writes_a_workdir_that_training_and_analysis_accept(imported, tmp_path):
     workdir = str(tmp_path / "imported")
     cli.main([os.path.join(DATA, "cifar10"), "--workdir", workdir, "--data_name", "shapes"])

@@ -43,6 +43,7 @@ def _reference_loss(model, schedule, reg, params, x0, key, t_range):
     return diffusion.epsilon_loss(eps, eps_hat) + reg.weight * iso
 
 
+@pytest.mark.slow  # compiles full training steps
 @pytest.mark.parametrize("reg", [isometry.Regularizer("sphere", weight=0.5),
                                  isometry.Regularizer("sphere", weight=0.5, radius="sqrt_n")],
                          ids=["shared-linearization", "separate-encode-sqrt_n"])
@@ -59,6 +60,7 @@ def test_regularized_step_equals_reference_objective(setup, reg):
     assert int(new_state.step) == 1 and metrics["reg_loss"] > 0
 
 
+@pytest.mark.slow  # compiles full training steps
 @pytest.mark.parametrize("kind", ["euclidean", "path_length"])
 def test_other_regularizers_run_and_update_state(setup, kind):
     model, schedule, optimizer, state, x0 = setup
@@ -89,6 +91,7 @@ def test_bad_arguments_are_named():
         train_step.make_train_step(model, diffusion.make_schedule("linear", 10), optax.sgd(0.1), t_range=(5, 20))
 
 
+@pytest.mark.slow  # compiles full training steps
 def test_gradient_accumulation_averages_micro_batches(setup):
     """accum_steps=2: micro-batch a holds rows a::2 and draws from fold_in(step key, a)."""
     model, schedule, optimizer, state, _ = setup

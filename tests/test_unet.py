@@ -99,6 +99,7 @@ def test_bad_configuration_and_input_are_named():
         UNet(**TINY).init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 8, 8)), 0)
 
 
+@pytest.mark.slow  # a dense float64 Jacobian of a U-Net
 def test_isometry_loss_on_unet_encoder_float64(tiny):
     """Chart and tangent forms agree on the real encoder; the loss has gradients in every block."""
     model, params, _, _ = tiny
