@@ -81,33 +81,29 @@ def parent(path) -> str:
     return path.rsplit("/", 1)[0] if is_url(path) else os.path.dirname(path)
 
 
-def exists(path) -> bool:
+def _ask(path, local, method: str):
+    """`local(path)` for a local path, the fsspec filesystem's `method` for a URL."""
     if not is_url(path):
-        return os.path.exists(path)
+        return local(path)
     fs, p = _fs(path)
-    return fs.exists(p)
+    return getattr(fs, method)(p)
+
+
+def exists(path) -> bool:
+    return _ask(path, os.path.exists, "exists")
 
 
 def is_dir(path) -> bool:
-    if not is_url(path):
-        return os.path.isdir(path)
-    fs, p = _fs(path)
-    return fs.isdir(p)
+    return _ask(path, os.path.isdir, "isdir")
 
 
 def is_file(path) -> bool:
-    if not is_url(path):
-        return os.path.isfile(path)
-    fs, p = _fs(path)
-    return fs.isfile(p)
+    return _ask(path, os.path.isfile, "isfile")
 
 
 def size(path) -> int:
     """A file's size in bytes."""
-    if not is_url(path):
-        return os.path.getsize(path)
-    fs, p = _fs(path)
-    return fs.size(p)
+    return _ask(path, os.path.getsize, "size")
 
 
 def make_dirs(path) -> None:

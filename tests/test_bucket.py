@@ -19,7 +19,7 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
-from training_support import ROOT, STEPS, assert_identical, saved_state, small_config
+from training_support import ROOT, STEPS, SignalWhenRun, assert_identical, saved_state, small_config
 
 from isodiff_jax import checkpoint, launch, storage
 from isodiff_jax import config as config_lib
@@ -107,17 +107,6 @@ def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]  # closed again when this returns
-
-
-class SignalWhenRun:
-    """An evaluator that sends this process `number` when it runs (at settings.evaluate_every)."""
-
-    def __init__(self, number):
-        self.number = number
-
-    def run(self, params):
-        os.kill(os.getpid(), self.number)
-        yield "signalled", 1.0
 
 
 @pytest.mark.slow

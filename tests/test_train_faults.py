@@ -11,7 +11,7 @@ import shutil
 import signal
 
 import pytest
-from training_support import STEPS, assert_identical, saved_state, small_config
+from training_support import STEPS, SignalWhenRun, assert_identical, saved_state, small_config
 
 from isodiff_jax import checkpoint, errors, launch
 from isodiff_jax import config as config_lib
@@ -28,17 +28,6 @@ def copy_of(reference, tmp_path, drop_steps=()):
     for step in drop_steps:
         shutil.rmtree(workdir / "checkpoints" / str(step))
     return workdir
-
-
-class SignalWhenRun:
-    """An evaluator that sends this process `number` when it runs (at settings.evaluate_every)."""
-
-    def __init__(self, number):
-        self.number = number
-
-    def run(self, params):
-        os.kill(os.getpid(), self.number)
-        yield "signalled", 1.0
 
 
 def test_sigint_saves_the_step_reached_and_the_resume_is_exact(reference, tmp_path, monkeypatch):
