@@ -142,6 +142,14 @@ def walk_files(root) -> list[str]:
     return sorted(f"{protocol}://{found}" for found in fs.find(p))
 
 
+def copy_tree(source, target) -> None:
+    """Copies every file below `source` to the same place below `target` (either may be a URL)."""
+    source = os.fspath(source)
+    for path in walk_files(source):
+        write_bytes(join(target, os.path.relpath(path, source) if not is_url(source) else path[len(source) + 1:]),
+                    read_bytes(path))
+
+
 def read_bytes(path) -> bytes:
     if not is_url(path):
         with open(path, "rb") as f:

@@ -35,8 +35,7 @@ def _name(url: str) -> str:
 
 def _upload(local_dir, url: str) -> str:
     """Copies a local folder into the bucket through the storage layer -> url."""
-    for path in storage.walk_files(str(local_dir)):
-        storage.write_bytes(storage.join(url, os.path.relpath(path, local_dir)), storage.read_bytes(path))
+    storage.copy_tree(local_dir, url)
     return url
 
 

@@ -112,8 +112,7 @@ class Monitor:
         """Flushes the events; a staged events file is copied to the workdir whole."""
         self.writer.flush()
         if self.staging is not None:
-            for path in storage.walk_files(self.staging):
-                storage.write_bytes(storage.join(self.log_dir, path[len(self.staging) + 1:]), storage.read_bytes(path))
+            storage.copy_tree(self.staging, self.log_dir)
 
     def close(self) -> None:
         self.synced()

@@ -43,9 +43,7 @@ class StepProfiler:
             jax.block_until_ready(state)
         jax.profiler.stop_trace()
         try:
-            for path in storage.walk_files(self.staging):
-                storage.write_bytes(storage.join(self.directory, path[len(self.staging) + 1:]),
-                                    storage.read_bytes(path))
+            storage.copy_tree(self.staging, self.directory)
         finally:
             shutil.rmtree(self.staging, ignore_errors=True)
             self.staging = None
