@@ -2,6 +2,7 @@
 entry points print their message on one line and exit with the error's status (2 for bad input,
 1 for a full disk), without a traceback. Every other exception is a bug and keeps its traceback."""
 import contextlib
+import errno
 import os
 import sys
 
@@ -45,3 +46,18 @@ def exit_on_user_error(traceback: bool = False):
             raise
         print(f"error: {error}", file=sys.stderr, flush=True)
         raise SystemExit(error.exit_status) from None
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether `error`, or an error it comes from, says that the disk is full: an OSError with
+    ENOSPC or EDQUOT, or TensorStore's RESOURCE_EXHAUSTED on a write (how Orbax reports it)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        text = str(error)
+        if "No space left on device" in text or ("RESOURCE_EXHAUSTED" in text and "writing" in text.lower()):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

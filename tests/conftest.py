@@ -8,6 +8,7 @@ import fcntl
 import json
 import os
 import shutil
+import subprocess
 
 # XLA's CPU back end without its expensive passes: most of the suite's time is compiling many
 # small programs, and these compile about a third faster; the few tests that train for longer run
@@ -112,6 +113,21 @@ def train_py():
     module.FLAGS.unparse_flags()
     for name in [n for n in module.FLAGS if n.startswith("config.")]:
         delattr(module.FLAGS, name)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 40 MB tmpfs, unmounted afterwards (fill it with support.fill); skipped where this
+    process may not mount one."""
+    path = tmp_path / "disk"
+    path.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(path)], capture_output=True,
+                             text=True)
+    if mounted.returncode:
+        pytest.skip(f"mounting a tmpfs is not allowed here ({mounted.stderr.strip() or mounted.returncode}); "
+                    f"test_train_faults.py injects the error of a full disk instead")
+    yield path
+    subprocess.run(["umount", "-l", str(path)], check=False)
 
 
 class CompileCounter:

@@ -3,6 +3,8 @@ import functools
 import importlib.util
 import os
 
+import numpy as np
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -26,3 +28,39 @@ def json_numbers(tree) -> list:
     if isinstance(tree, list):
         return [n for v in tree for n in json_numbers(v)]
     return [tree] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
+
+
+def fill(disk, leave: int) -> None:
+    """Fills the file system of the folder `disk` (conftest's `small_disk`) with one file,
+    `disk/filler`, until `leave` bytes are free."""
+    stats = os.statvfs(disk)
+    with open(os.path.join(disk, "filler"), "wb") as f:
+        f.write(bytes(stats.f_bavail * stats.f_frsize - leave))
+
+
+# Damages of a file the project reads back (test_damaged_files.py, test_checkpoint.py)
+RANDOM = np.random.default_rng(0).integers(0, 256, 300, dtype=np.uint8).tobytes()  # not UTF-8 either
+
+
+def cut(data: bytes) -> bytes:
+    return data[:len(data) // 2]
+
+
+def lost_newline(data: bytes) -> bytes:
+    return data.rstrip(b"\n")
+
+
+def wrong_type(data: bytes) -> bytes:
+    return b'["a JSON array", 1]\n'
+
+
+def random_bytes(data: bytes) -> bytes:
+    return RANDOM
+
+
+DAMAGES = (cut, lost_newline, wrong_type, random_bytes)
+
+
+def damage(path, how) -> None:
+    """Rewrites the file at `path` (a pathlib.Path) damaged by `how`."""
+    path.write_bytes(how(path.read_bytes()))

@@ -2,17 +2,22 @@
 and the analysis command."""
 import dataclasses
 import itertools
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import fill
 
 from isodiff_jax.analysis import load, suite
 from isodiff_jax.analysis.options import Options
 
 
 pytestmark = pytest.mark.slow  # a trained workdir and every evaluator compiled
+
+
+CLI_OPTIONS = ["--num_pairs", "4", "--num_samples", "8", "--timesteps", "50,90", "--sample_steps", "4", "--pool", "2"]
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +101,7 @@ def test_cli_writes_metrics_and_pictures_and_compares(workdir, tmp_path, count_c
         values = json.loads(path.read_text())
         values["data"]["seed"] = 7
         path.write_text(json.dumps(values))
-    options = ["--num_pairs", "4", "--num_samples", "8", "--timesteps", "50,90", "--sample_steps", "4", "--pool", "2"]
+    options = CLI_OPTIONS
     cli.main(["--workdir", workdir, "--out", str(tmp_path / "one"), *options])
     report = json.load(open(tmp_path / "one" / "metrics.json"))
     m = report["metrics"]
@@ -112,6 +117,24 @@ def test_cli_writes_metrics_and_pictures_and_compares(workdir, tmp_path, count_c
     table = (tmp_path / "cmp" / "comparison.md").read_text()
     assert "| metric |" in table and "mrtl_t90" in table and "other_run" in table
     assert (tmp_path / "cmp" / "interpolation_side_by_side.png").exists()
+
+
+def test_cli_on_a_full_disk_keeps_the_numbers_and_says_so_in_one_line(workdir, small_disk, capsys):
+    """Room for metrics.json (one 4 kB page of the tmpfs) but not the pictures: status 1, one
+    line, and metrics.json complete (hardening issue, case 7)."""
+    import json
+    from isodiff_jax.analysis import cli
+    fill(small_disk, leave=4096)
+    out = small_disk / "analysis"
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["--workdir", workdir, "--out", str(out), "--metrics", "mrtl", *CLI_OPTIONS])
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith(("error", "Traceback"))]
+    assert exit.value.code == 1 and lines == [f"error: the disk is full (No space left on device): {out / 'metrics.json'} "
+                                              f"holds every number, but some pictures are missing. Free some space "
+                                              f"and run the same command again"], lines
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["metrics"]["mrtl"] >= 1.0 and report["pictures"] == []
+    assert sorted(os.listdir(out)) == ["metrics.json"]  # no half-written picture
 
 
 def input_error(capsys, argv) -> str:

@@ -13,6 +13,7 @@ import time
 import jax
 import pytest
 from PIL import Image
+from support import fill
 from training_support import STEPS, assert_close, assert_identical, saved_state, small_config, train_py
 
 from isodiff_jax import checkpoint, launch
@@ -139,20 +140,6 @@ def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(reference,
     assert_close(saved_state(tmp_path)[1], saved_state(reference[0])[1], atol=2e-5)
 
 
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 40 MB tmpfs, unmounted afterwards; skipped where this process may not mount one."""
-    path = tmp_path / "disk"
-    path.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=40m", "tmpfs", str(path)], capture_output=True,
-                             text=True)
-    if mounted.returncode:
-        pytest.skip(f"mounting a tmpfs is not allowed here ({mounted.stderr.strip() or mounted.returncode}); "
-                    f"test_train_faults.py injects the same error")
-    yield path
-    subprocess.run(["umount", "-l", str(path)], check=False)
-
-
 def test_a_full_disk_stops_in_one_line_and_the_same_command_resumes_once_freed(reference, small_disk):
     """The uninterrupted run's step 3 on the disk, then the disk filled up to 1 MB (a checkpoint
     takes 4): train.py stops at the save of step 6 in one line with status 1 and leaves only step
@@ -160,9 +147,7 @@ def test_a_full_disk_stops_in_one_line_and_the_same_command_resumes_once_freed(r
     workdir = small_disk / "run"
     shutil.copytree(reference[0], workdir)
     shutil.rmtree(workdir / "checkpoints" / "6")
-    free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
-    with open(small_disk / "filler", "wb") as f:
-        f.write(bytes(free - (1 << 20)))
+    fill(small_disk, leave=1 << 20)
     process = train_py(workdir, wait=False)
     output = process.communicate(timeout=600)[0]
     assert process.returncode == 1, output

@@ -11,6 +11,7 @@ workdir into OUT/<name>/ and writes OUT/comparison.md with every metric side by 
 runs' pictures side by side.
 """
 import argparse
+import contextlib
 import dataclasses
 import itertools
 import tqdm
@@ -82,11 +83,26 @@ class Analysis:
                   "metrics_run": self.metrics, "options": dataclasses.asdict(self.suite.options),
                   "metrics": scalars, "pictures": []}
         # the numbers first: a disk that fills up while the pictures are drawn keeps them
-        storage.write_json(storage.join(out, "metrics.json"), report, indent=2)
-        paths = _draw(out, storage.name(workdir), results)
-        report["pictures"] = [storage.name(p) for p in paths]
-        storage.write_json(storage.join(out, "metrics.json"), report, indent=2)
+        metrics_json = storage.join(out, "metrics.json")
+        with _disk_full_says(f"{metrics_json} was not written: nothing of this analysis was kept"):
+            storage.write_json(metrics_json, report, indent=2)
+        with _disk_full_says(f"{metrics_json} holds every number, but some pictures are missing"):
+            paths = _draw(out, storage.name(workdir), results)
+            report["pictures"] = [storage.name(p) for p in paths]
+            storage.write_json(metrics_json, report, indent=2)
         return scalars
+
+
+@contextlib.contextmanager
+def _disk_full_says(kept: str):
+    """A full disk met in the block -> one line (exit status 1) saying what was kept."""
+    try:
+        yield
+    except OSError as error:
+        if not errors.is_disk_full(error):
+            raise
+        raise errors.DiskFull(f"the disk is full ({error.strerror or error}): {kept}. Free some space and run "
+                              f"the same command again") from None
 
 
 def read_specs(workdirs, step=None) -> list:

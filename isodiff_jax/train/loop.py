@@ -26,7 +26,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
-from isodiff_jax import checkpoint, diffusion, runtime, sharding, storage
+from isodiff_jax import checkpoint, diffusion, errors, runtime, sharding, storage
 from isodiff_jax.data import latent_cache, pipeline, workers
 from isodiff_jax.errors import InvalidValue
 from isodiff_jax.isometry import Regularizer
@@ -373,7 +373,7 @@ def _train_until_stopped(setup: TrainSetup, workdir: str, mesh: Mesh, evaluators
         mngr.wait_until_finished()
         failed = False
     except Exception as error:
-        if checkpoint.is_disk_full(error):
+        if errors.is_disk_full(error):
             raise checkpoint.disk_full(mngr, error) from error
         raise
     finally:
