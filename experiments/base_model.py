@@ -14,7 +14,6 @@ training went further. Writes runs/experiments/base_model/summary.json and sampl
 prints a summary table.
 """
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -23,7 +22,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from isodiff_jax.storage import read_json  # noqa: E402  (after the path above)
+from isodiff_jax.storage import read_saved, write_json  # noqa: E402  (after the path above)
 
 
 def load_config(path: str):
@@ -87,7 +86,7 @@ def main(argv=None) -> dict:
     started = time.perf_counter()
     train_oracle(args.oracle, args.oracle_steps)
     training = launch.train(config, run_dir)
-    previous = read_json(summary_path) if os.path.exists(summary_path) else {}
+    previous = read_saved(summary_path) or {}
     if previous.get("scores", {}).get("step") == config.training.num_steps:
         scores = previous["scores"]
     else:
@@ -100,9 +99,7 @@ def main(argv=None) -> dict:
     os.makedirs(args.out, exist_ok=True)
     if training["samples"]:
         shutil.copyfile(training["samples"], os.path.join(args.out, "samples.png"))
-    with open(summary_path + ".tmp", "w") as f:
-        json.dump(summary, f, indent=2)
-    os.replace(summary_path + ".tmp", summary_path)
+    write_json(summary_path, summary, indent=2)
     print(f"| steps | batch | oracle-confident share | fd_oracle | real vs real |\n| --- | --- | --- | --- | --- |\n"
           f"| {scores['step']} | {config.training.global_batch_size} | {scores['oracle_confident_fraction']:.3f} | "
           f"{scores['fd_oracle']:.2f} | {scores['fd_oracle_real_vs_real']:.2f} |")

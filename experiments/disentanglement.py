@@ -27,7 +27,6 @@ linearity curves under --pictures, and prints the tables.
 import argparse
 import dataclasses
 import glob
-import json
 import math
 import os
 import sys
@@ -41,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import lambda_study  # noqa: E402  (a sibling script: the λ study's run recipe)
 
-from isodiff_jax.storage import read_json  # noqa: E402  (after the path above)
+from isodiff_jax.storage import read_saved, write_json, write_results  # noqa: E402  (after the path above)
 
 
 
@@ -178,8 +177,8 @@ def measured(run: Run, args, measurers: dict) -> dict:
     --measure_only, None for a run not trained to --steps (another process may be training it)."""
     from isodiff_jax import checkpoint
     path = os.path.join(args.results, f"{run.name}.json")
-    if os.path.exists(path):
-        return read_json(path)
+    if (saved := read_saved(path)) is not None:
+        return saved
     started = time.perf_counter()
     if args.measure_only:
         workdir = os.path.join(args.out, run.name)
@@ -193,7 +192,7 @@ def measured(run: Run, args, measurers: dict) -> dict:
         measurers[key] = Measurer(spec, args)
     result = {**dataclasses.asdict(run), "name": run.name, **measurers[key].measure(workdir),
               "seconds": time.perf_counter() - started}
-    write_json(path, result)
+    write_json(path, result, indent=2)
     return result
 
 
@@ -203,30 +202,12 @@ def trained(run: Run, args) -> bool:
         os.path.isdir(os.path.join(args.out, run.name, "checkpoints", str(args.steps)))
 
 
-def write_summary(path: str, summary: dict) -> str:
-    """Writes the summary, unless the one there holds runs this one lacks: then it goes beside it
-    (summary.partial.json) and the line printed says so -> the path written."""
-    if os.path.exists(path) and (lost := sorted(set(read_json(path).get("runs", [])) - set(summary["runs"]))):
-        path = path[:-len(".json")] + ".partial.json"
-        print(f"{len(lost)} runs of the summary there are not in this one ({', '.join(lost[:3])}...): written to "
-              f"{path} instead", flush=True)
-    write_json(path, summary)
-    return path
-
-
-def write_json(path: str, value) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=2)
-    os.replace(path + ".tmp", path)
-
-
 def control_results(args) -> dict:
     """Every measure on the three controls of each data set (controls.json in --results), read by
     the oracle (shapes) and the digit classifier (digits)."""
     path = os.path.join(args.results, "controls.json")
-    if os.path.exists(path):
-        return read_json(path)
+    if (saved := read_saved(path)) is not None:
+        return saved
     from isodiff_jax.analysis import controls, digit_classifier, edit_scores, oracle
     reader = edit_scores.FactorReader(oracle.load(args.oracle))
     classes = edit_scores.ClassReader(digit_classifier.load(args.classifier), digit_classifier.CLASS_NAMES)
@@ -236,7 +217,7 @@ def control_results(args) -> dict:
                          for kind in controls.CONTROLS},
               "digits": {kind: controls.measure_digits(controls.Control(kind, data="digits"), classes, **sizes)
                          for kind in controls.CONTROLS}}
-    write_json(path, result)
+    write_json(path, result, indent=2)
     return result
 
 
@@ -405,7 +386,7 @@ def main(argv=None, measurers: dict | None = None) -> dict:
     summary["digits"] = paired(results, "digits", DIGITS_KEYS)
     summary["runs"] = [r["name"] for r in results]
     summary["pictures"] = pictures(results, args)
-    write_summary(os.path.join(args.results, "summary.json"), summary)
+    write_results(os.path.join(args.results, "summary.json"), summary)
     print("controls:\n" + controls_table(summary["controls"]))
     for data in ("shapes", "digits"):
         print(f"\n{data} (from scratch, λ = 0 against λ = {args.best_lambda:g}):\n" + table(summary[data]))

@@ -24,7 +24,6 @@ mrtl_vs_lambda.png, fd_vs_lambda.png and interpolation_best.png, and prints the 
 import argparse
 import dataclasses
 import importlib.util
-import json
 import os
 import sys
 import time
@@ -34,7 +33,8 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from isodiff_jax.storage import read_json  # noqa: E402  (after the path above)
+from isodiff_jax.storage import read_saved, write_json, write_results  # noqa: E402  (after the path above)
+from isodiff_jax.train import monitor  # noqa: E402
 
 METRICS = ("mrtl", "mcn", "vor", "ppl", "inversion", "fd", "factor_rtl", "edit", "probe")
 COLUMNS = ("mrtl", "mrtl_floor", "mrtl_over_floor", "t500_mcn", "t500_vor", "ppl_pixel_l2", "fd_oracle",
@@ -110,7 +110,7 @@ def trajectory(workdir: str) -> list:
     path = os.path.join(workdir, "metrics.jsonl")
     if not os.path.exists(path):
         return []
-    return [(line["step"], line["rank_loss"]) for line in map(json.loads, open(path)) if "rank_loss" in line]
+    return [(record["step"], record["rank_loss"]) for record in monitor.read_records(path) if "rank_loss" in record]
 
 
 TREND_T = 2.0  # |t| of the slope beyond which rank·L_iso is said to grow or fall
@@ -178,8 +178,8 @@ def measured(run: Run, args, measurers: dict) -> dict:
     from isodiff_jax import launch
     workdir = os.path.join(args.out, run.name)
     path = os.path.join(workdir, "measured.json")
-    if os.path.exists(path):
-        return read_json(path)
+    if (saved := read_saved(path)) is not None:
+        return saved
     started = time.perf_counter()
     launch.train(run_config(run, args), workdir)
     from isodiff_jax import checkpoint
@@ -191,9 +191,7 @@ def measured(run: Run, args, measurers: dict) -> dict:
               "seconds": time.perf_counter() - started}
     result["rank_iso_trend"] = trend(result["trajectory"])
     result["rank_iso_still_growing"] = result["rank_iso_trend"] == "growing"
-    with open(path + ".tmp", "w") as f:
-        json.dump(result, f, indent=2)
-    os.replace(path + ".tmp", path)
+    write_json(path, result, indent=2)
     return result
 
 
@@ -312,8 +310,7 @@ def main(argv=None, measurers: dict | None = None) -> dict:
                "smallest_lambda_where_rank_iso_falls": min(falling) if falling else None,
                "runs": results}
     summary["pictures"] = [os.path.basename(p) for p in pictures(results, best, args.out)]
-    with open(os.path.join(args.out, "summary.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    write_results(os.path.join(args.out, "summary.json"), summary)
     print(table(results))
     print(f"best λ: {best}; smallest λ at which rank·L_iso stops growing: "
           f"{summary['smallest_lambda_where_rank_iso_stops_growing']}, falls: "

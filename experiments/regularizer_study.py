@@ -16,7 +16,6 @@ already made are reused, not trained again (same names, same settings).
 Resumable as the λ study is. Writes regularizers.json, regularizers.png (mRTL / floor and
 fd_oracle against the weight, one line per kind) and prints the table.
 """
-import json
 import os
 import sys
 
@@ -27,6 +26,8 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import lambda_study  # noqa: E402  (a sibling script: one definition of runs, measures and the best-weight rule)
+
+from isodiff_jax import storage  # noqa: E402  (after the path above)
 
 KINDS = ("sphere", "euclidean", "path_length")
 
@@ -89,8 +90,7 @@ def main(argv=None, measurers: dict | None = None) -> dict:
     summary = {"steps": args.steps, "lr": args.lr, "base": args.base, "weights": weights, "best_weight": best,
                "side_by_side": [r["name"] for r in side_by_side], "runs": results,
                "pictures": [os.path.basename(picture(results, best, args.out))]}
-    with open(os.path.join(args.out, "regularizers.json"), "w") as f:
-        json.dump(summary, f, indent=2)
+    storage.write_results(os.path.join(args.out, "regularizers.json"), summary)
     print("each regularizer at its best weight (none: λ = 0):")
     print(lambda_study.table(side_by_side))
     print("every run:")

@@ -15,7 +15,6 @@ value is finite and that the fingerprints match; a checkpoint that fails (missin
 files, NaN, a stray empty step directory) is skipped with a warning naming what was wrong, and
 the next older one is tried.
 """
-import errno
 import json
 import logging
 import re
@@ -50,10 +49,32 @@ def checkpoint_dir(workdir: str) -> str:
     return storage.join(storage.absolute(workdir), "checkpoints")
 
 
+STEP_METADATA = "_CHECKPOINT_METADATA"  # Orbax's record of each step (its commit time); the step reads without it
+
+
 def manager(workdir: str, *, keep: Optional[int] = None, read_only: bool = False) -> ocp.CheckpointManager:
+    _check_step_records(checkpoint_dir(workdir), read_only)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                            cleanup_tmp_directories=not read_only, read_only=read_only)
     return ocp.CheckpointManager(checkpoint_dir(workdir), options=options, item_names=ITEMS)
+
+
+def _check_step_records(directory: str, read_only: bool) -> None:
+    """Orbax's step records (STEP_METADATA) that are damaged: Orbax stops on one that holds
+    another JSON type, and logs the bytes of one that is not JSON. Training moves them aside with
+    a warning; a reader (analysis) leaves the workdir as it is and stops, naming the file."""
+    if not storage.is_dir(directory):
+        return
+    for name in storage.list_dir(directory):
+        path = storage.join(directory, name, STEP_METADATA)
+        if not name.isdigit() or not storage.exists(path):
+            continue
+        try:
+            storage.read_record(path, "move it away: the checkpoint is read without it (a training run does so)")
+        except storage.DamagedFile as error:
+            if read_only:
+                raise
+            log.warning("%s; moved it to %s", str(error).split(": move it away")[0], storage.move_aside(path))
 
 
 def _path_name(path) -> str:
@@ -128,22 +149,12 @@ def saved_topology(mngr: ocp.CheckpointManager, step: int) -> Optional[dict]:
     """The topology saved with `step`, or None for checkpoints written before it was recorded."""
     if not storage.is_dir(storage.join(str(mngr.directory), str(step), "topology")):
         return None
-    return _read_json(mngr, step, "topology")
-
-
-def is_disk_full(error: BaseException) -> bool:
-    """Whether `error`, or an error it comes from, says that the disk is full: an OSError with
-    ENOSPC or EDQUOT, or TensorStore's RESOURCE_EXHAUSTED on a write (how Orbax reports it)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        text = str(error)
-        if "No space left on device" in text or ("RESOURCE_EXHAUSTED" in text and "writing" in text.lower()):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
+    try:
+        return _record(mngr, step, "topology")
+    except Exception as error:  # noqa: BLE001 - a damaged record only loses the message about devices
+        log.warning("cannot read the topology saved with checkpoint step %d in %s (%s)", step, mngr.directory,
+                    _short(error))
+        return None
 
 
 def disk_full(mngr: ocp.CheckpointManager, error: BaseException) -> DiskFull:
@@ -270,6 +281,14 @@ def _read_json(mngr: ocp.CheckpointManager, step: int, item: str):
     return mngr.restore(step, args=ocp.args.Composite(**{item: ocp.args.JsonRestore()}))[item]
 
 
+def _record(mngr: ocp.CheckpointManager, step: int, item: str) -> dict:
+    """A JSON record saved with `step` that must be an object (ValueError otherwise)."""
+    value = _read_json(mngr, step, item)
+    if not isinstance(value, dict):
+        raise ValueError(f"its {item} record holds a JSON {type(value).__name__}, not an object")
+    return value
+
+
 def _no_checkpoint(workdir: str):
     return MissingPath(f"{checkpoint_dir(workdir)} holds no complete checkpoint")
 
@@ -298,7 +317,7 @@ def read_configs(workdir: str) -> dict:
     configs = {}
     for step in mngr.all_steps():
         try:
-            configs[step] = json.dumps(_read_json(mngr, step, "config"))
+            configs[step] = json.dumps(_record(mngr, step, "config"))
         except Exception as error:  # noqa: BLE001 - a damaged record is skipped here, restore reports it
             log.warning("cannot read the config saved with checkpoint step %d of %s (%s)", step, workdir,
                         _short(error))
@@ -334,7 +353,9 @@ def saved_config_json(workdir: str) -> str:
     path = storage.join(workdir, CONFIG_FILE)
     if not storage.exists(path):
         raise MissingPath(f"{path} does not exist: {workdir!r} is not a training workdir")
-    return storage.read_text(path)
+    return json.dumps(storage.read_record(
+        path, "every training run writes it again at its start; delete it, and a resume of checkpoints that "
+              "carry no config of their own is then not checked against it"))
 
 
 def write_config(workdir: str, config_json: str) -> None:

@@ -22,15 +22,21 @@ What a bucket lacks, and what stands in for it:
 Listings are never trusted from a cache: Orbax writes the same bucket through TensorStore,
 another client (see `_fs`).
 """
+import errno
 import io
 import json
+import logging
 import os
 import shutil
 import threading
+import time
 
 import fsspec
 
-from isodiff_jax.errors import MissingPath, Unavailable
+from isodiff_jax.errors import MissingPath, Unavailable, UserError
+
+
+log = logging.getLogger(__name__)
 
 
 class StorageUnavailable(Unavailable):
@@ -166,6 +172,70 @@ def read_json(path):
     return json.loads(read_text(path))
 
 
+class DamagedFile(UserError):
+    """A file the project wrote, and reads back, that is cut short or overwritten."""
+    exit_status = 1  # not bad usage: the same command works once the file is repaired or moved
+
+
+def read_record(path, remedy: str, kind: type = dict):
+    """The JSON value of `kind` (an object by default) that the project wrote to `path`; a damaged
+    file (cut short, random bytes, another JSON type) -> DamagedFile, one line naming the file,
+    what is wrong and `remedy` (what to do). A missing file stays FileNotFoundError."""
+    data = read_bytes(path)
+    try:
+        value = json.loads(data.decode())
+    except UnicodeDecodeError:
+        problem = "not text"
+    except ValueError as error:
+        problem = "not JSON, or cut short" if not data.strip() else f"not JSON, or cut short: {error}"
+    else:
+        if isinstance(value, kind):
+            return value
+        problem = f"a JSON {_JSON_TYPES.get(type(value), 'value')} where a JSON {_JSON_TYPES[kind]} belongs"
+    raise DamagedFile(f"{path} is damaged ({problem}): {remedy}")
+
+
+def read_saved(path, kind: type = dict):
+    """A result this project computed and saved at `path` (a measurement, a summary) -> its JSON
+    value; None when there is none, or when it is damaged: then it is moved aside (never
+    deleted) with a one-line warning, and the caller computes it again."""
+    if not exists(path):
+        return None
+    try:
+        return read_record(path, "", kind)
+    except DamagedFile as error:
+        aside = move_aside(path)
+        log.warning("%s; moved it to %s, and it is computed again", str(error).rstrip(": "), aside)
+        return None
+
+
+def write_results(path, results: dict, key: str = "runs") -> str:
+    """Writes the JSON `results` to `path`, unless the results saved there list entries under `key`
+    (names, or objects with a "name") that these lack: a run that found fewer than an earlier one
+    never replaces it; it writes `<stem>.partial.json` beside it and warns -> the path written."""
+    entry_name = lambda entry: entry.get("name") if isinstance(entry, dict) else entry
+    saved = read_saved(path)
+    lost = sorted({entry_name(e) for e in (saved or {}).get(key, [])} - {entry_name(e) for e in results.get(key, [])})
+    if lost:
+        path = path[:-len(".json")] + ".partial.json" if path.endswith(".json") else path + ".partial"
+        log.warning("%d %s of the results there are not in these (%s): written to %s instead", len(lost), key,
+                    ", ".join(map(str, lost[:3])) + ("..." if len(lost) > 3 else ""), path)
+    write_json(path, results, indent=2)
+    return path
+
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
+def move_aside(path) -> str:
+    """Renames a damaged file to `<path>.damaged-<UTC time>` (kept for a person to look at, never
+    deleted) -> the new path."""
+    target = f"{path}.damaged-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
+    move(path, target)
+    return target
+
+
 def open_read(path):
     """A binary file object to read `path` (a local file, or the object's bytes in memory)."""
     return open(path, "rb") if not is_url(path) else io.BytesIO(read_bytes(path))
@@ -221,6 +291,23 @@ def create_exclusive(path, text: str) -> bool:
         finally:
             _forget_listings(fs)
         return True
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.link(tmp, path)  # fails if `path` exists; a reader never sees it empty or half-written
+    except FileExistsError:
+        return False
+    except OSError as error:
+        if error.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        return _create_exclusive_unlinked(path, text)  # a file system without hard links
+    finally:
+        _remove_quietly(tmp)
+    return True
+
+
+def _create_exclusive_unlinked(path, text: str) -> bool:
     try:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:

@@ -5,13 +5,15 @@ import json
 import logging
 import os
 import shutil
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import cut, damage, random_bytes, wrong_type
 
-from isodiff_jax import checkpoint, sharding
+from isodiff_jax import checkpoint, sharding, storage
 from isodiff_jax import config as config_lib
 from isodiff_jax.train import loop
 
@@ -114,6 +116,35 @@ def test_an_asked_for_step_that_is_damaged_is_not_replaced(workdir):
     with pytest.raises(checkpoint.CheckpointError, match="step 2"):
         checkpoint.load_params(workdir, step=2)
     assert checkpoint.load_params(workdir, step=4).step == 4
+
+
+@pytest.mark.slow  # trains the checkpoints it damages
+@pytest.mark.parametrize("how", [cut, wrong_type, random_bytes], ids=lambda f: f.__name__)
+def test_damaged_records_of_a_checkpoint_are_skipped_repaired_or_named(workdir, caplog, how):
+    """The JSON records saved with step 4 (the rule of test_damaged_files.py): a damaged spec or
+    fingerprint record falls back to step 2, a damaged config record is skipped (the resume
+    check uses step 2's), a damaged topology loses only the resume message's device counts, and
+    Orbax's own step record stops a reader in one line and is moved aside by training."""
+    step = os.path.join(workdir, "checkpoints", "4")
+    for record in ("spec", "integrity", "config", "topology"):
+        damage(Path(step, record, "metadata"), how)
+    with caplog.at_level(logging.WARNING):
+        assert checkpoint.read_spec(workdir)[1] == 2 and checkpoint.load_params(workdir).step == 2
+        assert sorted(checkpoint.read_configs(workdir)) == [2]
+        assert checkpoint.saved_topology(checkpoint.manager(workdir, read_only=True), 4) is None
+    warnings = "\n".join(r.getMessage() for r in caplog.records)
+    for what in ("checkpoint step 4 in", "cannot read the config saved with checkpoint step 4",
+                 "cannot read the topology saved with checkpoint step 4"):
+        assert what in warnings, warnings
+
+    record = Path(step, checkpoint.STEP_METADATA)
+    damage(record, how)
+    with pytest.raises(storage.DamagedFile, match=f"^{record} is damaged .*: move it away") as error:
+        checkpoint.read_spec(workdir)
+    assert "\n" not in str(error.value) and record.exists()  # a reader changes nothing
+    assert checkpoint.manager(workdir).all_steps() == [2, 4]  # training's manager moves it aside
+    assert not record.exists() and len(glob.glob(f"{record}.damaged-*")) == 1
+    assert checkpoint.read_spec(workdir)[1] == 2  # Orbax reads step 4 without its record; its spec is still damaged
 
 
 def test_fingerprint_is_per_leaf_and_sees_small_changes():

@@ -5,6 +5,8 @@ import json
 import pytest
 from support import load_module
 
+from isodiff_jax import storage
+
 
 @pytest.fixture(scope="module")
 def study():
@@ -33,10 +35,15 @@ def test_measure_only_with_nothing_trained_stops_before_training_the_oracle(stud
     assert not (tmp_path / "oracle").exists() and not (tmp_path / "classifier").exists()
 
 
-def test_a_summary_with_fewer_runs_is_written_beside_the_one_there(study, tmp_path, capsys):
+@pytest.mark.parametrize("entry", [lambda name: name, lambda name: {"name": name, "metrics": {}}])
+def test_a_summary_with_fewer_runs_is_written_beside_the_one_there(tmp_path, caplog, entry):
+    """The rule of every study's summary (storage.write_results): runs as names (disentanglement)
+    or records with a name (the λ and regularizer studies)."""
     path = tmp_path / "summary.json"
-    path.write_text(json.dumps({"runs": ["a", "b", "c"]}))
-    written = study.write_summary(str(path), {"runs": ["a"]})
-    assert written.endswith("summary.partial.json") and json.loads(path.read_text())["runs"] == ["a", "b", "c"]
-    assert "2 runs of the summary there are not in this one" in capsys.readouterr().out
-    assert study.write_summary(str(path), {"runs": ["a", "b", "c", "d"]}) == str(path)  # more: replaces it
+    path.write_text(json.dumps({"runs": [entry(n) for n in "abc"]}))
+    written = storage.write_results(str(path), {"runs": [entry("a")]})
+    assert written.endswith("summary.partial.json") and json.loads(path.read_text())["runs"] == [entry(n) for n in "abc"]
+    assert "2 runs of the results there are not in these (b, c)" in caplog.text
+    assert json.loads((tmp_path / "summary.partial.json").read_text())["runs"] == [entry("a")]
+    assert storage.write_results(str(path), {"runs": [entry(n) for n in "abcd"]}) == str(path)  # more: replaces it
+    assert json.loads(path.read_text())["runs"] == [entry(n) for n in "abcd"]

@@ -117,7 +117,7 @@ def load_meta(directory: str, meta_name: str, how: str) -> dict:
     meta_path = storage.join(storage.absolute(directory), meta_name)
     if not storage.exists(meta_path):
         raise MissingPath(f"{meta_path} does not exist: {how}")
-    return storage.read_json(meta_path)
+    return storage.read_record(meta_path, f"move it away, then {how}")
 
 
 def restore_params(directory: str, net, resolution: int):

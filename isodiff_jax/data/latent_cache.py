@@ -24,6 +24,7 @@ from typing import Callable, Optional
 
 import numpy as np
 
+from isodiff_jax import storage
 from isodiff_jax.data import pipeline
 from isodiff_jax.data.source import Source
 from isodiff_jax.errors import InvalidValue
@@ -45,8 +46,8 @@ class LatentCache:
     """An opened cache: `len(cache)` examples, `get(indices, flip)` -> float32 latents."""
 
     def __init__(self, directory: str):
-        with open(os.path.join(directory, META)) as f:
-            self.meta = json.load(f)
+        self.meta = storage.read_record(os.path.join(directory, META),
+                                        f"move the folder {directory} away, and it is made again")
         self.directory = directory
         self.latents = np.load(os.path.join(directory, LATENTS), mmap_mode="r")
         self.flipped = np.load(os.path.join(directory, FLIPPED), mmap_mode="r") if self.meta["flips"] else None
@@ -70,8 +71,9 @@ def _mismatches(found: dict, expected: dict) -> list:
 
 def check(directory: str, identity: dict, flips: bool) -> Optional[LatentCache]:
     """The finished cache in `directory` if it was made from `identity` (with flips when `flips`);
-    None when there is none yet; InvalidValue naming every difference otherwise."""
-    if not os.path.exists(os.path.join(directory, META)):
+    None when there is none yet, or its record is damaged (moved aside with a warning: the cache is
+    made again); InvalidValue naming every difference otherwise."""
+    if storage.read_saved(os.path.join(directory, META)) is None:
         return None
     cache = LatentCache(directory)
     differences = _mismatches(cache.meta["identity"], {"format": FORMAT, **identity})

@@ -45,11 +45,12 @@ def _alive(pid: int) -> bool:
 
 
 def _read_owner(path: str) -> dict:
+    """The owner recorded in the lock at `path`; {} when it is gone (released meanwhile); a
+    damaged lock -> storage.DamagedFile naming it (its owner cannot be told, so it stays held)."""
     try:
-        owner = storage.read_json(path)
-    except (OSError, ValueError):
-        return {}  # being written, or unreadable: treated as held
-    return owner if isinstance(owner, dict) else {}
+        return storage.read_record(path, f"if no training run uses this workdir, delete {path}")
+    except FileNotFoundError:
+        return {}
 
 
 def _try_create(path: str) -> bool:
@@ -79,7 +80,10 @@ def acquire(workdir: str) -> str:
             return path
     except OSError as error:  # a read-only mount, no permission (FileExistsError is caught inside)
         raise UserError(f"cannot write in the workdir {workdir}: {error.strerror or error}") from None
-    owner = _read_owner(path)
+    try:
+        owner = _read_owner(path)
+    except storage.DamagedFile as error:
+        raise WorkdirLocked(f"{workdir} is locked, and {error}") from None
     stale = owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int) \
         and not _alive(owner["pid"])
     if stale:

@@ -133,17 +133,26 @@ def _record(line: str) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
+def read_records(path: str) -> list[dict]:
+    """The intact records of a JSON-lines log (metrics.jsonl, evaluation.jsonl); damaged lines
+    are skipped (the next resume drops them from the file, with a warning)."""
+    text = storage.read_bytes(path).decode(errors="replace")
+    return [record for line in text.splitlines() if (record := _record(line)) is not None]
+
+
 def _drop_lines_after(path: str, step: int) -> None:
     """Removes the JSON lines of `path` logged after `step` (an interrupted run logged them after
     its last checkpoint), and damaged lines; the file is replaced atomically, and left alone when
     nothing goes."""
     if not storage.exists(path):
         return
-    lines = storage.read_text(path).splitlines(keepends=True)
+    text = storage.read_bytes(path).decode(errors="replace")  # random bytes make damaged lines, not an error
+    lines = text.splitlines(keepends=True)
     damaged = [line for line in lines if line.strip() and _record(line) is None]
-    kept = [line for line in lines if (record := _record(line)) is not None and record.get("step", 0) <= step]
-    if len(kept) == len(lines):
+    kept = [line.rstrip("\n") + "\n" for line in lines
+            if (record := _record(line)) is not None and record.get("step", 0) <= step]
+    if "".join(kept) == text:
         return
     if damaged:
         log.warning("dropped %d damaged line(s) of %s (cut short, or not a JSON object)", len(damaged), path)
-    storage.write_text(path, "".join(kept))
+    storage.write_text(path, "".join(kept))  # also ends the last line, which the next record would join
