@@ -107,6 +107,7 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    from isodiff_jax import quiet
+    from isodiff_jax import errors, quiet
     quiet.quiet_third_party()  # ISODIFF_VERBOSE=1 keeps Orbax's and asyncio's messages
-    main()
+    with errors.exit_on_user_error():  # a damaged record or a bad path: one line, not a traceback
+        main()

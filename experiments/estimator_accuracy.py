@@ -58,7 +58,7 @@ from PIL import Image
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from isodiff_jax import diffusion, isometry
+from isodiff_jax import diffusion, isometry, storage
 from isodiff_jax.analysis import load, suite
 from isodiff_jax.train.step import make_loss_fn
 
@@ -324,31 +324,23 @@ def step_cost(spec, params, x0, estimator: str | None, num_probes: int, settings
 
 
 def _write(path: str, value) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path + ".tmp", "w") as f:
-        json.dump(value, f, indent=1)
-    os.replace(path + ".tmp", path)
-
-
-def _read(path: str):
-    with open(path) as f:
-        return json.load(f)
+    storage.write_json(path, value, indent=1)
 
 
 def check_settings(out: str, fingerprint: dict) -> None:
     """Writes <out>/settings.json, or refuses to mix parts made with other settings or another model."""
     path = os.path.join(out, "settings.json")
-    if os.path.exists(path) and _read(path) != fingerprint:
-        raise SystemExit(f"{out} holds parts made with other settings ({_read(path)}); use another --out")
+    if os.path.exists(path) and (saved := storage.read_record(path, "use another --out")) != fingerprint:
+        raise SystemExit(f"{out} holds parts made with other settings ({saved}); use another --out")
     _write(path, fingerprint)
 
 
 def part(out: str, name: str, compute):
     """The saved part `name`, or compute() written as it finishes."""
     path = os.path.join(out, "parts", name + ".json")
-    if os.path.exists(path):
+    if (saved := storage.read_saved(path)) is not None:
         print(f"  {name}: skipped (done)", flush=True)
-        return _read(path)
+        return saved
     started = time.perf_counter()
     value = compute()
     value["seconds"] = time.perf_counter() - started
@@ -633,4 +625,6 @@ def _json_keys(tree):
 
 
 if __name__ == "__main__":
-    main()
+    from isodiff_jax import errors
+    with errors.exit_on_user_error():  # a damaged record or a bad path: one line, not a traceback
+        main()

@@ -100,4 +100,6 @@ def main(argv=None, measurers: dict | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from isodiff_jax import errors
+    with errors.exit_on_user_error():  # a damaged record or a bad path: one line, not a traceback
+        main()

@@ -75,7 +75,7 @@ from matplotlib.ticker import ScalarFormatter
 from PIL import Image
 from tqdm import tqdm
 
-from isodiff_jax import geometry, isometry
+from isodiff_jax import geometry, isometry, storage
 
 VARIANTS = ("recon", "euclidean", "sphere")
 LABELS = {"recon": "reconstruction only", "euclidean": "+ L_iso, G = I", "sphere": "+ L_iso, sphere metric"}
@@ -373,9 +373,8 @@ def _write(path: str, data, binary: bool = False):
 def run_one(out: str, variant: str, seed: int, settings: Settings, progress: bool = True) -> dict:
     """Trains and evaluates one (variant, seed), or loads it when already done with these settings."""
     json_path, params_path = run_paths(out, variant, seed)
-    if os.path.exists(json_path) and os.path.exists(params_path):
-        with open(json_path) as f:
-            record = json.load(f)
+    record = storage.read_saved(json_path) if os.path.exists(params_path) else None  # damaged: trained again
+    if record is not None:
         if record["settings"] != dataclasses.asdict(settings):
             raise SystemExit(f"{json_path} was made with other settings {record['settings']}; "
                              "choose another --out or delete it")
@@ -555,4 +554,6 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    from isodiff_jax import errors
+    with errors.exit_on_user_error():  # a damaged record or a bad path: one line, not a traceback
+        main()

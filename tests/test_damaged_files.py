@@ -185,3 +185,16 @@ def test_a_latent_cache_with_a_damaged_record_is_made_again(tmp_path, caplog, ho
     rebuilt = latent_cache.open_or_build(str(tmp_path), ShapesSource(16, 0, size=6), encode, identity, flips=False,
                                          batch_size=4)
     assert len(rebuilt) == 6 and rebuilt.get(np.arange(6)).shape == (6, 4, 4, 2)
+
+
+def test_the_estimator_study_computes_a_damaged_part_again_and_names_damaged_settings(tmp_path, caplog):
+    study = load_module("experiments/estimator_accuracy.py")
+    (tmp_path / "parts").mkdir()
+    (tmp_path / "parts" / "timing.json").write_bytes(RANDOM)
+    assert study.part(str(tmp_path), "timing", lambda: {"median_s": 0.5})["median_s"] == 0.5
+    assert "computed again" in caplog.text and json.loads((tmp_path / "parts" / "timing.json").read_text())["median_s"] == 0.5
+    (tmp_path / "settings.json").write_text('{"settings": {"seeds": 3}')  # cut short
+    with pytest.raises(storage.DamagedFile) as error:
+        study.check_settings(str(tmp_path), {"settings": {"seeds": 3}, "model": "toy"})
+    assert one_line(error) == f"{tmp_path / 'settings.json'} is damaged (not JSON, or cut short: Expecting ',' " \
+                              f"delimiter: line 1 column 26 (char 25)): use another --out"
