@@ -92,7 +92,7 @@ def options(quick: bool):
     if quick:
         return Options(num_pairs=4, timesteps=(50,), num_samples=8, num_fd_samples=16, sample_steps=4,
                        fd_sample_steps=4, spectrum_method="matrix_free", spectrum_iters=8, num_label=16,
-                       num_edit=4, h_min_t=50)
+                       num_edit=2, h_min_t=50)
     return Options(num_pairs=32, timesteps=(500, 700, 900), num_samples=32, num_fd_samples=256, sample_steps=20,
                    fd_sample_steps=100, fd_sample_eta=1.0, num_label=128, num_edit=16)
 
@@ -110,7 +110,7 @@ class Measurer:
         shapes = spec.data.name == "shapes"
         resources = suite.load_resources(args.oracle) if shapes else suite.Resources()
         self.suite = suite.Suite(spec, ("mrtl", "fd", "probe") if shapes else ("mrtl",), o, resources)
-        self.rank_iso = lambda_study.ExactRankIso(spec, o.timesteps, 4)
+        self.rank_iso = lambda_study.ExactRankIso(spec, o.timesteps, 1 if args.quick else 4)
         pullback = dict(timesteps=o.timesteps if args.quick else PULLBACK_TIMESTEPS, k=2 if args.quick else 4,
                         num_samples=2 if args.quick else 8, alphas=PULLBACK_ALPHAS, sample_steps=o.sample_steps,
                         num_iters=8 if args.quick else None)

@@ -150,14 +150,14 @@ class Measurer:
             half = spec.schedule.num_timesteps // 2
             options = Options(num_pairs=4, timesteps=(half,), num_samples=8, num_fd_samples=16, sample_steps=4,
                               fd_sample_steps=4, spectrum_method="matrix_free", spectrum_iters=8, num_label=16,
-                              num_edit=4, h_min_t=half)
+                              num_edit=2, h_min_t=half)
         else:
             options = Options(num_pairs=32, timesteps=(500, 700, 900), num_samples=64, num_fd_samples=512,
                               sample_steps=20, fd_sample_steps=100, fd_sample_eta=1.0, spectrum_method="dense")
         self.options = options
         self.suite = suite.Suite(spec, METRICS, options, suite.load_resources(args.oracle))
         self.interpolation = suite.Interpolation(spec, options)
-        self.rank_iso = ExactRankIso(spec, options.timesteps, 4 if args.quick else 16)
+        self.rank_iso = ExactRankIso(spec, options.timesteps, 1 if args.quick else 16)
 
     def measure(self, workdir: str) -> dict:
         from isodiff_jax.analysis import load
