@@ -25,24 +25,6 @@ from isodiff_jax.analysis.options import Options
 pytestmark = pytest.mark.slow  # train.py in subprocesses, one or two processes each
 
 
-def test_train_py_writes_checkpoints_samples_logs_and_resumes(reference, tmp_path):
-    # `reference` (unused here) is built first: its in-process run compiles the programs that
-    # train.py then finds in the compilation cache, instead of compiling them in the subprocess
-    output = train_py(tmp_path, "--config.training.num_steps=4")
-    assert "started at step 0" in output and "trained 4 steps to step 4" in output, output
-    assert sorted(int(os.path.basename(p)) for p in glob.glob(str(tmp_path / "checkpoints" / "*"))) == [3, 4]
-    (png,) = glob.glob(str(tmp_path / "samples" / "*.png"))
-    assert Image.open(png).size[0] > 16
-    assert glob.glob(str(tmp_path / "logs" / "events.out.tfevents.*"))
-    assert config_lib.from_json(checkpoint.saved_config_json(str(tmp_path))).training.num_steps == 4
-
-    output = train_py(tmp_path)  # the same workdir: resumes, does not start over
-    assert "resumed from the checkpoint at step 4" in output and "trained 2 steps to step 6" in output, output
-    assert len(output.splitlines()) == 5, output  # no Orbax warnings ("read only", "Sharding info not provided")
-    assert saved_state(tmp_path)[0] == STEPS
-    assert launch.train(small_config(), str(tmp_path))["steps"] == 0  # finished: nothing to do
-
-
 def test_killed_run_restarts_from_last_complete_checkpoint_and_loses_nothing(reference, tmp_path):
     """SIGKILL as soon as the first save begins (mid-save), then restart: the result is bit-identical."""
     process = train_py(tmp_path, "--config.checkpoint.every_steps=1", wait=False)
@@ -71,28 +53,6 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_train_and_evaluate_together(reference, tmp_path):
-    """Two processes × 2 CPU devices (gloo collectives) = the single-process run on 4 devices; the
-    in-training evaluator splits its batches over both processes' devices and reports what one
-    process computes from the saved checkpoint."""
-    address = f"localhost:{_free_port()}"
-    # 3 steps (the constant-rate test config makes them the reference's first 3), to keep the
-    # two oversubscribed processes short
-    evaluation = ("--config.evaluation.every_steps=3", "--config.evaluation.metrics=mrtl",
-                  "--config.evaluation.num_pairs=4", "--config.evaluation.timesteps=(50,)")
-    processes = [train_py(tmp_path, "--config.training.num_steps=3", *evaluation,
-                          extra=("--coordinator_address", address, "--num_processes", "2", "--process_id", str(i)),
-                          devices=2, wait=False) for i in range(2)]
-    outputs = [p.communicate(timeout=600)[0] for p in processes]
-    assert all(p.returncode == 0 for p in processes), outputs
-    assert "4 devices in 2 processes" in outputs[0], outputs[0]
-    assert_close(saved_state(tmp_path)[1], saved_state(reference[0], step=3)[1], atol=2e-5)
-    (line,) = [json.loads(text) for text in open(tmp_path / "evaluation.jsonl")]
-    spec, params, _ = load.load(str(tmp_path), devices=jax.devices()[:1])
-    again = dict(suite.Suite(spec, ["mrtl"], Options(num_pairs=4, timesteps=(50,))).run(params))
-    assert line["step"] == 3 and line["mrtl"] == pytest.approx(again["mrtl"], rel=1e-5)
-
-
 def _signal_after_first_log_line(process, workdir, number, timeout=300):
     """Sends `number` to `process` as soon as the run has logged its first step."""
     log, deadline = os.path.join(workdir, "metrics.jsonl"), time.time() + timeout
@@ -110,32 +70,59 @@ def _stopped_at(output: str) -> int:
 EVERY_STEP = ("--config.checkpoint.every_steps=1", "--config.logging.log_every_steps=1")
 
 
-def test_sigint_to_train_py_saves_the_step_reached_exits_130_and_resumes_exactly(reference, tmp_path):
+def test_train_py_stopped_by_sigint_saves_the_step_reached_and_resumes_exactly(reference, tmp_path):
+    """The real train.py: Ctrl-C after the first logged step saves the step reached and exits 130
+    without a traceback; the same command resumes there and writes checkpoints, samples,
+    TensorBoard logs and config.json, ending bit-identical to the uninterrupted run.
+    (`reference` is built first: its in-process run compiles the programs that train.py then
+    finds in the compilation cache.)"""
     process = train_py(tmp_path, *EVERY_STEP, wait=False)
     _signal_after_first_log_line(process, tmp_path, signal.SIGINT)
     output = process.communicate(timeout=600)[0]
     assert process.returncode == 130, output
     step = _stopped_at(output)
-    assert 1 <= step < STEPS and "Traceback" not in output, output
+    assert 1 <= step < STEPS and "Traceback" not in output and "started at step 0" in output, output
     assert max(checkpoint.all_steps(str(tmp_path))) == step
-    summary = launch.train(small_config(checkpoint__every_steps=1), str(tmp_path))
-    assert summary["steps"] == STEPS - step
+
+    output = train_py(tmp_path)  # the same workdir: resumes, does not start over
+    assert f"resumed from the checkpoint at step {step}" in output, output
+    assert f"trained {STEPS - step} steps to step {STEPS}" in output, output
+    assert len(output.splitlines()) == 5, output  # no Orbax warnings ("read only", "Sharding info not provided")
+    assert max(checkpoint.all_steps(str(tmp_path))) == STEPS
+    (png,) = glob.glob(str(tmp_path / "samples" / "*.png"))
+    assert Image.open(png).size[0] > 16
+    assert glob.glob(str(tmp_path / "logs" / "events.out.tfevents.*"))
+    assert config_lib.from_json(checkpoint.saved_config_json(str(tmp_path))).training.num_steps == STEPS
     assert_identical(saved_state(tmp_path)[1], saved_state(reference[0])[1])
+    assert launch.train(small_config(), str(tmp_path))["steps"] == 0  # finished: nothing to do
 
 
-def test_a_signal_to_one_of_two_processes_stops_both_at_the_same_step(reference, tmp_path):
-    """Ctrl-C to process 1 of 2: it passes the notice to JAX's preemption service as a SIGTERM,
-    both processes save the same step and exit (130 for the one interrupted, 0 for the other),
-    and a resume ends where the single-process run does."""
+def test_two_processes_train_evaluate_and_stop_together_on_a_signal_to_one(reference, tmp_path):
+    """Two processes × 2 CPU devices (gloo collectives) = the single-process run on 4 devices.
+    The in-training evaluator splits its batches over both processes' devices and reports what
+    one process computes from the saved checkpoint. Ctrl-C to process 1: it passes the notice
+    to JAX's preemption service as a SIGTERM, both processes save the same step and exit (130
+    for the one interrupted, 0 for the other), and a resume ends where the single-process run
+    does."""
     address = f"localhost:{_free_port()}"
-    processes = [train_py(tmp_path, *EVERY_STEP, devices=2, wait=False,
+    evaluation = ("--config.evaluation.every_steps=1", "--config.evaluation.metrics=mrtl",
+                  "--config.evaluation.num_pairs=4", "--config.evaluation.timesteps=(50,)")
+    processes = [train_py(tmp_path, *EVERY_STEP, *evaluation, devices=2, wait=False,
                           extra=("--coordinator_address", address, "--num_processes", "2", "--process_id", str(i)))
                  for i in range(2)]
     _signal_after_first_log_line(processes[1], tmp_path, signal.SIGINT)
     outputs = [p.communicate(timeout=600)[0] for p in processes]
     assert [p.returncode for p in processes] == [0, 130], outputs
+    assert "4 devices in 2 processes" in outputs[0], outputs[0]
     step = _stopped_at(outputs[0])
     assert 1 <= step < STEPS and max(checkpoint.all_steps(str(tmp_path))) == step, outputs
+
+    lines = {record["step"]: record for record in map(json.loads, open(tmp_path / "evaluation.jsonl"))}
+    assert sorted(lines) == list(range(1, step + 1)), lines
+    spec, params, _ = load.load(str(tmp_path), step=step, devices=jax.devices()[:1])
+    again = dict(suite.Suite(spec, ["mrtl"], Options(num_pairs=4, timesteps=(50,))).run(params))
+    assert lines[step]["mrtl"] == pytest.approx(again["mrtl"], rel=1e-5)
+
     launch.train(small_config(checkpoint__every_steps=1), str(tmp_path))
     assert_close(saved_state(tmp_path)[1], saved_state(reference[0])[1], atol=2e-5)
 
