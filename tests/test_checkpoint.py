@@ -162,8 +162,9 @@ def test_fingerprint_is_per_leaf_and_sees_small_changes():
         checkpoint.check_intact({"a": tree["a"].at[0, 0].set(jnp.nan), "b": tree["b"]}, None)
 
 
-def test_a_non_finite_state_is_never_saved(tmp_path, trained_workdir):
-    spec, _ = checkpoint.read_spec(trained_workdir)
+def test_a_non_finite_state_is_never_saved(tmp_path):
+    from configs import test as test_config
+    spec = config_lib.model_spec(test_config.get_config())
     mngr = checkpoint.manager(str(tmp_path))
     with pytest.raises(FloatingPointError, match="refusing to save step 7: non-finite values in w"):
         checkpoint.save(mngr, 7, {"w": jnp.array([1.0, jnp.inf])}, spec=spec, config_json="{}")
@@ -171,6 +172,7 @@ def test_a_non_finite_state_is_never_saved(tmp_path, trained_workdir):
     assert mngr.all_steps() == []
 
 
+@pytest.mark.slow  # reads the shared trained run (minutes to train from a cold compilation cache)
 def test_a_checkpoint_saved_before_the_unet_options_still_loads(tmp_path, trained_workdir):
     """Specs written before the U-Net had its diffusers options lack those fields: they load
     with the defaults, which compute what those models computed."""

@@ -76,6 +76,7 @@ def reference():
     return config, model, params, x0, _value_and_grad(model, params, x0)
 
 
+@pytest.mark.slow  # compiles the regularized objective and its gradient in several variants
 def test_bfloat16_agrees_with_float32(reference):
     config, model, params, x0, ((_, (_, metrics32)), _) = reference
     model16 = model.clone(dtype=jnp.bfloat16)
@@ -100,6 +101,7 @@ def test_bfloat16_agrees_with_float32(reference):
     assert floats and all(a.dtype == jnp.float32 for a in floats)
 
 
+@pytest.mark.slow  # compiles the regularized objective and its gradient in several variants
 def test_remat_is_exact_in_value_and_gradient(reference):
     """The regularized objective (encoder linearization, JVP and transpose, decoder) and its
     gradient with every resnet and attention block rematerialised; the parameter tree is the same."""
