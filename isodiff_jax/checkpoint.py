@@ -74,7 +74,7 @@ def _check_step_records(directory: str, read_only: bool) -> None:
         except storage.DamagedFile as error:
             if read_only:
                 raise
-            log.warning("%s; moved it to %s", str(error).split(": move it away")[0], storage.move_aside(path))
+            log.warning("%s; moved it to %s", error.summary, storage.move_aside(path))
 
 
 def _path_name(path) -> str:

@@ -173,8 +173,13 @@ def read_json(path):
 
 
 class DamagedFile(UserError):
-    """A file the project wrote, and reads back, that is cut short or overwritten."""
+    """A file the project wrote, and reads back, that is cut short or overwritten. `summary`
+    names the file and what is wrong; the message adds what to do."""
     exit_status = 1  # not bad usage: the same command works once the file is repaired or moved
+
+    def __init__(self, path, problem: str, remedy: str = ""):
+        self.summary = f"{path} is damaged ({problem})"
+        super().__init__(f"{self.summary}: {remedy}" if remedy else self.summary)
 
 
 def read_record(path, remedy: str, kind: type = dict):
@@ -192,7 +197,7 @@ def read_record(path, remedy: str, kind: type = dict):
         if isinstance(value, kind):
             return value
         problem = f"a JSON {_JSON_TYPES.get(type(value), 'value')} where a JSON {_JSON_TYPES[kind]} belongs"
-    raise DamagedFile(f"{path} is damaged ({problem}): {remedy}")
+    raise DamagedFile(path, problem, remedy)
 
 
 def read_saved(path, kind: type = dict):
@@ -205,7 +210,7 @@ def read_saved(path, kind: type = dict):
         return read_record(path, "", kind)
     except DamagedFile as error:
         aside = move_aside(path)
-        log.warning("%s; moved it to %s, and it is computed again", str(error).rstrip(": "), aside)
+        log.warning("%s; moved it to %s, and it is computed again", error.summary, aside)
         return None
 
 
