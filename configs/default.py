@@ -108,8 +108,9 @@ def get_config():
     c.evaluation = ev = ml_collections.ConfigDict(
         {f.name: f.default for f in options.fields() if f.name != "seed"})
     ev.every_steps = 0  # every E steps and at the end; 0 = never
-    ev.metrics = ""  # comma-separated, from isodiff_jax.analysis.suite.METRICS, e.g. "mrtl,fd"
-    ev.oracle_dir = ""  # shapes factor oracle (fd_oracle, factor_rtl, edit)
+    ev.metrics = ""  # comma-separated names of isodiff_jax.analysis.registry.REGISTRY, e.g. "mrtl,fd"
+    ev.oracle_dir = ""  # shapes factor oracle (fd_oracle, factor_rtl, edit, linearity, pullback)
+    ev.classifier_dir = ""  # digit classifier (digits: fd_classifier, pullback)
     ev.inception_file = ""  # Inception-v3 FID weights, .npz (docs/fid.md)
     ev.lpips_file = ""  # LPIPS weights for PPL, .npz (docs/lpips.md)
     return c

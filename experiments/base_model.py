@@ -47,11 +47,11 @@ def train_oracle(directory: str, steps: int) -> None:
 
 def score(workdir: str, oracle_dir: str, num_samples: int, sample_steps: int, eta: float) -> dict:
     """fd_oracle, its real-vs-real floor and the oracle-confident share of the newest checkpoint."""
-    from isodiff_jax.analysis import load, suite
+    from isodiff_jax.analysis import load, registry, suite
     from isodiff_jax.analysis.options import Options
     spec, params, step = load.load(workdir)
     options = Options(num_fd_samples=num_samples, fd_sample_steps=sample_steps, fd_sample_eta=eta)
-    values = dict(suite.Suite(spec, ["fd"], options, suite.load_resources(oracle_dir)).run(params))
+    values = dict(suite.Suite(spec, ["fd"], options, registry.load_resources(oracle_dir)).run(params))
     return {"step": step, **{k: v for k, v in values.items() if isinstance(v, float)}}
 
 

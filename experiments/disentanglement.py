@@ -92,84 +92,42 @@ def options(quick: bool):
     if quick:
         return Options(num_pairs=4, timesteps=(50,), num_samples=8, num_fd_samples=16, sample_steps=4,
                        fd_sample_steps=4, spectrum_method="matrix_free", spectrum_iters=8, num_label=16,
-                       num_edit=2, h_min_t=50)
+                       num_edit=2, h_min_t=50, rank_iso_samples=1, pullback_timesteps=(50,), pullback_k=2,
+                       pullback_samples=2, pullback_iters=8, probe_scans=96)
+    # pullback at t = 500 and 900 (each costs ~2 min per model on 2 cores)
     return Options(num_pairs=32, timesteps=(500, 700, 900), num_samples=32, num_fd_samples=256, sample_steps=20,
-                   fd_sample_steps=100, fd_sample_eta=1.0, num_label=128, num_edit=16)
+                   fd_sample_steps=100, fd_sample_eta=1.0, num_label=128, num_edit=16, rank_iso_samples=4,
+                   pullback_timesteps=(500, 900), pullback_k=4, pullback_samples=8)
 
 
-PULLBACK_TIMESTEPS = (500, 900)  # the pullback directions' t (each costs ~2 min per model on 2 cores)
-PULLBACK_ALPHAS = (-2.0, -1.0, 1.0, 2.0)
+METRICS = {"shapes": ("mrtl", "fd", "probe", "rank_iso", "linearity", "pullback"),  # names of analysis.registry
+           "digits": ("mrtl", "fd", "class_probe", "rank_iso", "pullback")}
 
 
 class Measurer:
-    """Every evaluator of the study for one model (the canonical spec), built once."""
+    """The registry's evaluators of the study for one model (the canonical spec), built once."""
 
     def __init__(self, spec, args):
-        from isodiff_jax.analysis import directions, edit_scores, linearity, suite
-        self.spec, o = spec, options(args.quick)
-        shapes = spec.data.name == "shapes"
-        resources = suite.load_resources(args.oracle) if shapes else suite.Resources()
-        self.suite = suite.Suite(spec, ("mrtl", "fd", "probe") if shapes else ("mrtl",), o, resources)
-        self.rank_iso = lambda_study.ExactRankIso(spec, o.timesteps, 1 if args.quick else 4)
-        pullback = dict(timesteps=o.timesteps if args.quick else PULLBACK_TIMESTEPS, k=2 if args.quick else 4,
-                        num_samples=2 if args.quick else 8, alphas=PULLBACK_ALPHAS, sample_steps=o.sample_steps,
-                        num_iters=8 if args.quick else None)
-        self.extra = []
-        if shapes:
-            reader = edit_scores.FactorReader(resources.oracle)
-            self.extra.append(linearity.SupervisedEdits(spec, reader, num_label=o.num_label, num_edit=o.num_edit,
-                                                        sample_steps=o.sample_steps, h_min_t=o.h_min_t))
-        else:
-            from isodiff_jax.analysis import digit_classifier
-            classifier = digit_classifier.load(args.classifier)
-            reader = edit_scores.ClassReader(classifier, digit_classifier.CLASS_NAMES)
-            self.extra += [DigitsQuality(spec, classifier, o), digits_probe(spec, o, args.quick)]
-        self.extra.append(directions.PullbackEditing(spec, reader, **pullback))
+        from isodiff_jax.analysis import registry, suite
+        data = spec.data.name
+        resources = registry.load_resources(oracle_dir=args.oracle if data == "shapes" else "",
+                                            classifier_dir=args.classifier if data == "digits" else "")
+        self.spec = spec
+        self.suite = suite.Suite(spec, METRICS[data], options(args.quick), resources)
+        asked = set(table_names(data, self.suite.options)) - set(with_means(dict.fromkeys(self.suite.names, 0.0)))
+        if asked:
+            raise ValueError(f"the {data} table asks for {sorted(asked)}, which {METRICS[data]} do not measure")
 
     def measure(self, workdir: str) -> dict:
         from isodiff_jax.analysis import load
         spec, params, step = load.load(workdir)
         if spec != self.spec or spec.data.dataset != self.spec.data.dataset:
             raise ValueError(f"{workdir} holds another model or data set than the measurer's: {spec}")
-        values = dict(self.suite.run(params))
-        for evaluator in self.extra:
-            values.update(evaluator.run(params))
-        strips = values.pop("pullback_strips")
+        measured = self.suite.measure(params)
+        strips = measured.pictures["pullback_strips"]
         np.savez_compressed(os.path.join(workdir, "pullback_strips.npz"), **{f"t{t}": v for t, v in strips.items()})
-        kept = {k: v for k, v in values.items() if isinstance(v, (float, list))}
-        kept.update(self.rank_iso.run(params))
-        return {"step": step, "metrics": kept}
-
-
-class DigitsQuality:
-    """fd_classifier (Fréchet distance in the digit classifier's features, beside two real sets)
-    and classifier_confident_fraction of DDIM samples (the shapes study's fd settings)."""
-
-    def __init__(self, spec, classifier, o):
-        from isodiff_jax.analysis import quality, suite
-        self.classifier = classifier
-        sample = suite.sampler(spec, o.fd_sample_steps or o.sample_steps, o.fd_sample_eta)
-        self.generator = quality.Generator(sample, image_shape=spec.image_shape, num=o.num_fd_samples, seed=o.seed)
-        self.real = classifier.features(suite.real_images(spec, 2 * o.num_fd_samples, o.seed + 2))
-
-    def run(self, params):
-        from isodiff_jax.analysis import quality
-        generated = self.generator.generate(params)
-        yield from quality.frechet_distances("fd_classifier", self.classifier.features(generated), self.real)
-        yield "classifier_confident_fraction", quality.confident_fraction(self.classifier.probabilities(generated))
-
-
-def digits_probe(spec, o, quick: bool):
-    """A class probe from h, fitted on the classifier's training scans, scored on the held-out ones
-    (quick: 72 and 24 scans)."""
-    from isodiff_jax.analysis import probe
-    from isodiff_jax.data import digits, pipeline
-    source = digits.DigitsSource(spec.data.resolution)
-    indices = np.arange(96 if quick else digits.NUM_EXAMPLES)
-    train = 72 if quick else digits.TEST_START
-    images = pipeline.to_unit_range(source.get(indices))
-    return probe.ClassProbe(spec.encode, spec.noise_schedule, images, source.labels(indices),
-                            num_classes=digits.NUM_CLASSES, timesteps=o.timesteps, num_train=train, seed=o.seed)
+        curves = {k: v for k, v in measured.pictures.items() if k.startswith("linear_") and k.endswith("_response")}
+        return {"step": step, "metrics": {**measured.values, **curves}}  # the curves draw linearity_curves.png
 
 
 def measured(run: Run, args, measurers: dict) -> dict:
@@ -233,28 +191,59 @@ def with_means(metrics: dict) -> dict:
     return out
 
 
+def _mean_se(values) -> tuple[float, float]:
+    values = np.asarray(values, np.float64)
+    return float(np.mean(values)), float(np.std(values, ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
+
+
+def _value(result: dict, name: str) -> float:
+    metrics = with_means(result["metrics"])
+    if name not in metrics:
+        raise ValueError(f"{result['name']} has no {name!r}: the table asks for a metric its record lacks "
+                         f"(measured by an older version? delete its record to measure it again)")
+    return metrics[name]
+
+
 def paired(results: list, data: str, names) -> dict:
-    """Per metric: mean ± standard error over seeds of λ = 0, of the regularized runs, and of their
-    paired difference (regularized − λ = 0, same seed), with the number of seeds."""
+    """Per metric of `names`: mean ± standard error over seeds of λ = 0, of the regularized runs,
+    and of their paired difference (regularized − λ = 0, same seed), with the number of seeds.
+    A name that a run's record lacks is an error, not a silent gap."""
     by_seed = {}
     for r in results:
         if r["data"] == data and r["from_scratch"]:
-            by_seed.setdefault(r["seed"], {})["zero" if r["weight"] == 0 else "reg"] = with_means(r["metrics"])
+            by_seed.setdefault(r["seed"], {})["zero" if r["weight"] == 0 else "reg"] = r
     pairs = [v for v in by_seed.values() if len(v) == 2]
     out = {}
-    for name in [n for n in names if pairs and n in pairs[0]["zero"]]:
-        zero = np.array([p["zero"].get(name, np.nan) for p in pairs], np.float64)
-        reg = np.array([p["reg"].get(name, np.nan) for p in pairs], np.float64)
-        se = lambda v: float(np.std(v, ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
-        out[name] = {"lambda0": float(np.mean(zero)), "lambda0_se": se(zero), "regularized": float(np.mean(reg)),
-                     "regularized_se": se(reg), "difference": float(np.mean(reg - zero)), "difference_se": se(reg - zero),
-                     "seeds": len(pairs)}
+    for name in names if pairs else ():
+        zero = np.array([_value(p["zero"], name) for p in pairs])
+        reg = np.array([_value(p["reg"], name) for p in pairs])
+        (m0, se0), (mr, ser), (md, sed) = _mean_se(zero), _mean_se(reg), _mean_se(reg - zero)
+        out[name] = {"lambda0": m0, "lambda0_se": se0, "regularized": mr, "regularized_se": ser,
+                     "difference": md, "difference_se": sed, "seeds": len(pairs)}
     return out
 
 
-GEOMETRY = ("rank_iso_t500", "rank_iso_t700", "rank_iso_t900", "mrtl_over_floor", "pullback_xt_t500_s1",
-            "pullback_xt_t500_s4")
-SHAPES_KEYS = GEOMETRY + (
+def finetuned(results: list, names) -> dict:
+    """The fine-tunes of the λ study's base model (one seed each): per metric of `names`, the value
+    at each λ and its difference from λ = 0 (no standard error: one seed)."""
+    runs = sorted((r for r in results if not r["from_scratch"]), key=lambda r: r["weight"])
+    zero = next((r for r in runs if r["weight"] == 0), None)
+    if zero is None:
+        return {}
+    return {name: {f"lambda{r['weight']:g}": _value(r, name) for r in runs}
+            | {f"difference_lambda{r['weight']:g}": _value(r, name) - _value(zero, name) for r in runs if r["weight"]}
+            for name in names}
+
+
+def table_names(data: str, o) -> tuple[str, ...]:
+    """The metrics each table shows, as the registry names them for options `o`."""
+    t, k = o.pullback_timesteps[0], o.pullback_k
+    geometry = (*(f"rank_iso_t{s}" for s in o.timesteps), "mrtl_over_floor", f"pullback_xt_t{t}_s1",
+                f"pullback_xt_t{t}_s{k}")
+    return geometry + (SHAPES_KEYS if data == "shapes" else DIGITS_KEYS)
+
+
+SHAPES_KEYS = (
     "fd_oracle", "oracle_confident_fraction", "probe_r2",
     "probe_shape_accuracy", "linear_xT_precision", "linear_xT_target_change", "linear_xT_linearity",
     "linear_xT_monotone", "linear_xT_additivity_error", "linear_h_precision", "linear_h_target_change",
@@ -262,7 +251,7 @@ SHAPES_KEYS = GEOMETRY + (
     "pullback_h_target_change", "pullback_xt_purity", "pullback_xt_coverage", "pullback_xt_consistency",
     "pullback_xt_linearity", "pullback_xt_monotone", "pullback_xt_additivity_error", "pullback_h_purity",
     "pullback_h_coverage", "pullback_h_consistency", "pullback_h_linearity", "pullback_h_monotone")
-DIGITS_KEYS = GEOMETRY + (
+DIGITS_KEYS = (
     "fd_classifier", "classifier_confident_fraction", "probe_class_accuracy", "pullback_xt_purity",
     "pullback_xt_coverage", "pullback_xt_consistency", "pullback_xt_linearity", "pullback_xt_monotone",
     "pullback_xt_additivity_error", "pullback_xt_target_change", "pullback_h_purity", "pullback_h_coverage",
@@ -292,6 +281,14 @@ def table(stats: dict) -> str:
     for name, v in stats.items():
         lines.append(f"| {name} | {v['lambda0']:.4g} ± {v['lambda0_se']:.2g} | {v['regularized']:.4g} ± "
                      f"{v['regularized_se']:.2g} | {v['difference']:+.4g} ± {v['difference_se']:.2g} | {v['seeds']} |")
+    return "\n".join(lines)
+
+
+def finetune_table(stats: dict) -> str:
+    weights = [key[len("lambda"):] for key in next(iter(stats.values())) if key.startswith("lambda")]
+    lines = ["| metric | " + " | ".join(f"λ = {w}" for w in weights) + " |", "| --- |" + " --- |" * len(weights)]
+    for name, v in stats.items():
+        lines.append(f"| {name} | " + " | ".join(f"{v[f'lambda{w}']:.4g}" for w in weights) + " |")
     return "\n".join(lines)
 
 
@@ -382,21 +379,25 @@ def main(argv=None, measurers: dict | None = None) -> dict:
         if result is not None:
             results.append(result)
             print(f"{run.name}: measured", flush=True)
-    summary["shapes"] = paired(results, "shapes", SHAPES_KEYS)
-    summary["digits"] = paired(results, "digits", DIGITS_KEYS)
+    o = options(args.quick)
+    summary["shapes"] = paired(results, "shapes", table_names("shapes", o))
+    summary["digits"] = paired(results, "digits", table_names("digits", o))
+    summary["shapes_finetune"] = finetuned(results, table_names("shapes", o))
     summary["runs"] = [r["name"] for r in results]
     summary["pictures"] = pictures(results, args)
     write_results(os.path.join(args.results, "summary.json"), summary)
     print("controls:\n" + controls_table(summary["controls"]))
     for data in ("shapes", "digits"):
         print(f"\n{data} (from scratch, λ = 0 against λ = {args.best_lambda:g}):\n" + table(summary[data]))
+    if summary["shapes_finetune"]:
+        print("\nshapes, fine-tuned from the λ study's base model (one seed):\n" + finetune_table(summary["shapes_finetune"]))
     return summary
 
 
 def pictures(results: list, args) -> list:
     """Top-k pullback x_t edits of each seed-0 model (rows = directions, columns = α) at each t,
     and the supervised linearity curves of the shapes pair (seed 0)."""
-    from isodiff_jax.analysis import pictures as pictures_lib
+    from isodiff_jax.analysis import directions, pictures as pictures_lib
     os.makedirs(args.pictures, exist_ok=True)
     paths = []
     for r in results:
@@ -410,7 +411,7 @@ def pictures(results: list, args) -> list:
         for key in strips.files:
             rows = [f"v{i + 1} (s={r['metrics'][f'pullback_xt_{key}_s{i + 1}']:.2f})" for i in range(len(strips[key]))]
             path = os.path.join(args.pictures, f"pullback_{r['name']}_{key}.png")
-            paths.append(pictures_lib.editing(path, strips[key], rows, PULLBACK_ALPHAS,
+            paths.append(pictures_lib.editing(path, strips[key], rows, directions.ALPHAS,
                                               f"{r['name']}: pullback directions at {key} (x_t + α σ_t v_i)"))
     shapes_pair = [r for r in results if r["data"] == "shapes" and r["seed"] == 0 and r["from_scratch"]]
     if shapes_pair:

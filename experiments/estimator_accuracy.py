@@ -59,7 +59,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 from isodiff_jax import diffusion, isometry, storage
-from isodiff_jax.analysis import load, suite
+from isodiff_jax.analysis import load, sampling
 from isodiff_jax.train.step import make_loss_fn
 
 ESTIMATORS = isometry.ESTIMATORS  # ("jvp_vjp", "jvp_jvp")
@@ -113,7 +113,7 @@ def _random_test_model():
 def noised_images(spec, count: int, t: int, seed: int) -> jax.Array:
     """x_t (count, H, W, C) float32: real images of the model's data set (seed) noised to t (noise
     from seed too; the same images and noise at every t)."""
-    x0 = jnp.asarray(suite.real_images(spec, count, seed), jnp.float32)
+    x0 = jnp.asarray(sampling.real_images(spec, count, seed), jnp.float32)
     eps = jax.random.normal(jax.random.PRNGKey(seed), x0.shape, jnp.float32)
     return diffusion.q_sample(spec.noise_schedule, x0, jnp.full((count,), t, jnp.int32), eps).astype(jnp.float32)
 
@@ -379,7 +379,7 @@ def estimate_setting(jac, x, key, exact: dict, settings: Settings, estimator: st
 
 def cost_parts(out, spec, params, settings: Settings) -> dict:
     """{"plain": ..., estimator: {K: ...}}."""
-    x0 = jnp.asarray(suite.real_images(spec, settings.batch, settings.seed), jnp.float32)
+    x0 = jnp.asarray(sampling.real_images(spec, settings.batch, settings.seed), jnp.float32)
     cost = functools.partial(step_cost, spec, params, x0, settings=settings)
     costs = {"plain": part(out, "cost_plain", functools.partial(cost, None, 0))}
     for estimator in ESTIMATORS:

@@ -36,7 +36,7 @@ sys.path.insert(0, ROOT)
 from isodiff_jax.storage import read_saved, write_json, write_results  # noqa: E402  (after the path above)
 from isodiff_jax.train import monitor  # noqa: E402
 
-METRICS = ("mrtl", "mcn", "vor", "ppl", "inversion", "fd", "factor_rtl", "edit", "probe")
+METRICS = ("mrtl", "mcn", "vor", "ppl", "inversion", "fd", "factor_rtl", "edit", "probe", "rank_iso")
 COLUMNS = ("mrtl", "mrtl_floor", "mrtl_over_floor", "t500_mcn", "t500_vor", "ppl_pixel_l2", "fd_oracle",
            "oracle_confident_fraction", "inversion_psnr", "factor_rtl", "edit_xT_precision", "edit_h_precision",
            "probe_r2", "rank_iso_t500", "rank_iso_t700", "rank_iso_t900")
@@ -77,34 +77,6 @@ def run_config(run: Run, args):
     return c
 
 
-class ExactRankIso:
-    """rank·L_iso (exact, dense traces) of the encoder at each t on `count` real images noised
-    to x_t. One compiled program serves every run and timestep (parameters and t are arguments)."""
-
-    def __init__(self, spec, timesteps, count: int):
-        import jax
-        import jax.numpy as jnp
-        from isodiff_jax import diffusion, isometry
-        from isodiff_jax.analysis import suite
-        x0 = jnp.asarray(suite.real_images(spec, count, seed=11))
-        self.timesteps = tuple(timesteps)
-        self.rank = min(int(np.prod(spec.h_shape)), int(np.prod(spec.image_shape)) - 1)
-
-        def traces(params, t):
-            t_vec = jnp.full((count,), t, jnp.int32)
-            noise = jax.random.normal(jax.random.PRNGKey(t), x0.shape)
-            x_t = diffusion.q_sample(spec.noise_schedule, x0, t_vec, noise)
-            return isometry.exact_isometry_traces(lambda x: spec.encode(params, x, t_vec), x_t)
-        self._traces = jax.jit(traces)
-
-    def run(self, params) -> dict:
-        out = {}
-        for t in self.timesteps:
-            tr_r, tr_r2 = (np.asarray(v, np.float64) for v in self._traces(params, t))
-            out[f"rank_iso_t{t}"] = float(self.rank * np.mean(tr_r2) / np.mean(tr_r) ** 2)
-        return out
-
-
 def trajectory(workdir: str) -> list:
     """[(step, rank·L_iso)] logged during training (regularized steps' running means)."""
     path = os.path.join(workdir, "metrics.jsonl")
@@ -143,21 +115,21 @@ class Measurer:
     """Every evaluator for the shared spec, built once, run on each run's EMA parameters."""
 
     def __init__(self, spec, args):
-        from isodiff_jax.analysis import suite
+        from isodiff_jax.analysis import registry, suite
         from isodiff_jax.analysis.options import Options
         self.spec, self.args = spec, args
         if args.quick:
             half = spec.schedule.num_timesteps // 2
             options = Options(num_pairs=4, timesteps=(half,), num_samples=8, num_fd_samples=16, sample_steps=4,
                               fd_sample_steps=4, spectrum_method="matrix_free", spectrum_iters=8, num_label=16,
-                              num_edit=2, h_min_t=half)
+                              num_edit=2, h_min_t=half, rank_iso_samples=1)
         else:
             options = Options(num_pairs=32, timesteps=(500, 700, 900), num_samples=64, num_fd_samples=512,
-                              sample_steps=20, fd_sample_steps=100, fd_sample_eta=1.0, spectrum_method="dense")
+                              sample_steps=20, fd_sample_steps=100, fd_sample_eta=1.0, spectrum_method="dense",
+                              rank_iso_samples=16)
         self.options = options
-        self.suite = suite.Suite(spec, METRICS, options, suite.load_resources(args.oracle))
+        self.suite = suite.Suite(spec, METRICS, options, registry.load_resources(args.oracle))
         self.interpolation = suite.Interpolation(spec, options)
-        self.rank_iso = ExactRankIso(spec, options.timesteps, 1 if args.quick else 16)
 
     def measure(self, workdir: str) -> dict:
         from isodiff_jax.analysis import load
@@ -165,11 +137,9 @@ class Measurer:
         if spec != self.spec:
             raise ValueError(f"{workdir} holds another model than the study's: {spec}")
         values = dict(self.suite.run(params))
-        frames = dict(self.interpolation.run(params))["interpolation_frames"]
+        frames = self.interpolation.pictures(params)["interpolation_frames"]
         np.savez_compressed(os.path.join(workdir, "interpolation.npz"), **frames)
-        scalars = {k: v for k, v in values.items() if isinstance(v, float)}
-        scalars.update(self.rank_iso.run(params))
-        return {"step": step, "metrics": scalars}
+        return {"step": step, "metrics": values}
 
 
 def measured(run: Run, args, measurers: dict) -> dict:

@@ -18,7 +18,7 @@ import optax
 from isodiff_jax import checkpoint, data, diffusion, isometry, storage
 from isodiff_jax.errors import UserError
 from isodiff_jax.analysis import options as options_lib
-from isodiff_jax.analysis import suite
+from isodiff_jax.analysis import registry, suite
 from isodiff_jax.isometry import REGULARIZERS, Regularizer
 from isodiff_jax.autoencoder import VQAutoencoder
 from isodiff_jax.spec import DataSpec, LatentSpec, ModelSpec, ScheduleSpec
@@ -262,16 +262,17 @@ def _validate_evaluation(config) -> None:
     metrics = evaluation_metrics(config)
     if not metrics:
         raise ConfigError(f"config.evaluation.every_steps={ev.every_steps} but evaluation.metrics is empty: "
-                          f"name some of {suite.METRICS}")
-    found = suite.problems(metrics, config.data.name, oracle=bool(ev.oracle_dir), inception=bool(ev.inception_file),
-                           inputs={"oracle": "evaluation.oracle_dir", "inception": "evaluation.inception_file"})
+                          f"name some of {registry.METRICS}")
+    given = {resource for resource, field in (("oracle", "oracle_dir"), ("inception", "inception_file"),
+                                              ("lpips", "lpips_file"), ("classifier", "classifier_dir")) if ev.get(field)}
+    found = registry.problems(metrics, config.data.name, given, registry.CONFIG_INPUTS)
     if found:
         raise ConfigError(f"config.evaluation.metrics={ev.metrics!r}: " + "; ".join(found))
     for field, allowed in (("h_edit", options_lib.H_EDITS), ("mcn_input", options_lib.MCN_INPUTS),
                            ("spectrum_method", ("dense", "matrix_free"))):
         _check_choice(config, f"evaluation.{field}", allowed)
-    for field in ("oracle_dir", "inception_file", "lpips_file"):
-        _check(not ev[field] or storage.exists(ev[field]), f"evaluation.{field}", ev[field], "an existing path")
+    for field in ("oracle_dir", "inception_file", "lpips_file", "classifier_dir"):
+        _check(not ev.get(field) or storage.exists(ev[field]), f"evaluation.{field}", ev.get(field), "an existing path")
     for field in ("num_pairs", "num_samples", "num_fd_samples", "sample_steps"):
         _check_positive_int(ev[field], f"evaluation.{field}")
     _check(all(0 <= t < config.diffusion.num_timesteps for t in ev.timesteps), "evaluation.timesteps",
@@ -284,7 +285,7 @@ def evaluation_options(config) -> options_lib.Options:
     computes what that run's evaluations computed."""
     ev = config.evaluation
     values = {f.name: ev.get(f.name, f.default) for f in options_lib.fields() if f.name != "seed"}
-    values["timesteps"] = tuple(values["timesteps"])
+    values.update({name: tuple(v) for name, v in values.items() if isinstance(v, (list, tuple))})
     return options_lib.Options(**values, seed=config.seed)
 
 
@@ -293,7 +294,7 @@ def evaluators(config, spec: ModelSpec, mesh=None) -> list:
     if not config.evaluation.every_steps:
         return []
     ev = config.evaluation
-    resources = suite.load_resources(ev.oracle_dir, ev.inception_file, ev.lpips_file)
+    resources = registry.load_resources(ev.oracle_dir, ev.inception_file, ev.lpips_file, ev.get("classifier_dir", ""))
     return [suite.Suite(spec, evaluation_metrics(config), evaluation_options(config), resources, mesh)]
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from isodiff_jax import diffusion
-from isodiff_jax.analysis import editing, factors, load, oracle, probe, quality, suite
+from isodiff_jax.analysis import editing, factors, load, oracle, probe, quality, registry, suite
 from isodiff_jax.data import shapes
 
 
@@ -145,11 +145,11 @@ def test_x_T_edits_are_put_back_on_each_samples_sphere():
 def test_metrics_needing_the_oracle_or_shapes_say_so(trained_workdir):
     spec = load.load(trained_workdir).spec
     with pytest.raises(ValueError, match="--oracle"):
-        suite.check(["edit"], spec, suite.Resources())
+        registry.check(["edit"], spec, registry.Resources())
     with pytest.raises(ValueError, match="--inception"):
-        suite.check(["fd"], spec, suite.Resources())
+        registry.check(["fd"], spec, registry.Resources())
     other = dataclasses.replace(spec, data=dataclasses.replace(spec.data, name="cifar10"))
-    assert "shapes" in suite.missing_inputs("probe", other.data.name, oracle=True, inception=False)
+    assert "shapes" in registry.missing("probe", other.data.name, {"oracle"})
     with pytest.raises(ValueError, match="probe needs the shapes"):
         suite.Suite(other, ["probe"])
 

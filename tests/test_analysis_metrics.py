@@ -53,15 +53,17 @@ def test_slerp_path_of_images_interpolates_whole_samples_not_pixels():
     np.testing.assert_allclose(path[3].reshape(3, -1), half[:, None] * (flat[0] + flat[-1]), rtol=1e-12)
 
 
-def test_mrtl_evaluator_yields_per_timestep_and_mean_values():
+def test_mrtl_evaluator_measures_per_timestep_and_mean_values():
     A = jax.random.normal(jax.random.PRNGKey(3), (5, 2 * 2 * 3))
     encode = lambda a, x, t: jnp.tanh(x.reshape(x.shape[0], -1) @ a.T * (1 + t[:, None] / 1000))
-    out = dict(rtl.Mrtl(encode, image_shape=(2, 2, 3), timesteps=(100, 900), num_pairs=6, num_segments=8,
-                        batch_size=4, seed=4).run(A))
-    assert out["rtl_values"].shape == (2, 6) and np.all(out["rtl_values"] >= 1.0)
+    measured = rtl.Mrtl(encode, image_shape=(2, 2, 3), timesteps=(100, 900), num_pairs=6, num_segments=8,
+                        batch_size=4, seed=4).measure(A)
+    out, values = measured.values, measured.pictures["rtl_values"]
+    assert list(out) == list(rtl.value_names((100, 900)))
+    assert values.shape == (2, 6) and np.all(values >= 1.0)
     assert out["mrtl_over_floor"] == pytest.approx(out["mrtl"] / out["mrtl_floor"]) and out["mrtl_floor"] > 1
-    np.testing.assert_allclose(out["mrtl"], out["rtl_values"].mean(), rtol=1e-6)
-    np.testing.assert_allclose(out["mrtl_t100"], out["rtl_values"][0].mean(), rtol=1e-6)
+    np.testing.assert_allclose(out["mrtl"], values.mean(), rtol=1e-6)
+    np.testing.assert_allclose(out["mrtl_t100"], values[0].mean(), rtol=1e-6)
 
 
 def test_frechet_distance_of_gaussians_matches_the_closed_form():
@@ -149,10 +151,10 @@ def test_ppl_trims_per_sample_values_not_batch_means():
 
 def test_ppl_evaluator_names_its_distance():
     from isodiff_jax.analysis import ppl
-    out = dict(ppl.Ppl(lambda scale, x: jnp.tanh(scale * x), image_shape=(4, 4, 3), num_samples=20,
-                       batch_size=8, seed=6).run(1.0))
-    assert set(out) == {"ppl_pixel_l2", "ppl_values"} and out["ppl_values"].shape == (20,)
-    assert 0 < out["ppl_pixel_l2"] < np.inf
+    out = ppl.Ppl(lambda scale, x: jnp.tanh(scale * x), image_shape=(4, 4, 3), num_samples=20,
+                  batch_size=8, seed=6).measure(1.0)
+    assert set(out.values) == {"ppl_pixel_l2"} and out.pictures["ppl_values"].shape == (20,)
+    assert 0 < out.values["ppl_pixel_l2"] < np.inf
 
 
 def test_inversion_of_an_exact_gaussian_model_reconstructs_and_psnr_matches_mse():
@@ -168,9 +170,10 @@ def test_inversion_of_an_exact_gaussian_model_reconstructs_and_psnr_matches_mse(
         return jnp.sqrt(1 - abar) * x / (abar * s2 + 1 - abar)
 
     x0 = 0.5 * jax.random.normal(jax.random.PRNGKey(7), (4, 4, 4, 3), jnp.float64)
-    out = dict(inversion.Inversion(eps_fn, schedule, x0, num_steps=50, batch_size=4).run(sigma2))
+    measured = inversion.Inversion(eps_fn, schedule, x0, num_steps=50, batch_size=4).measure(sigma2)
+    out = measured.values
     coarse = dict(inversion.Inversion(eps_fn, schedule, x0, num_steps=10, batch_size=4).run(sigma2))
     assert out["inversion_mse"] < 1e-3 and out["inversion_mse"] < coarse["inversion_mse"]
     mse, psnr = inversion.mse_and_psnr(np.zeros((1, 2)), np.full((1, 2), 0.2))
     np.testing.assert_allclose(psnr, 10 * np.log10(4 / 0.04))
-    assert out["inversion_pairs"][1].shape == (4, 4, 4, 3)
+    assert set(out) == set(inversion.VALUE_NAMES) and measured.pictures["inversion_pairs"][1].shape == (4, 4, 4, 3)

@@ -19,7 +19,7 @@ import pytest
 from isodiff_jax import autoencoder as autoencoder_lib
 from isodiff_jax import checkpoint, errors, sharding
 from isodiff_jax import config as config_lib
-from isodiff_jax.analysis import inception, ppl, suite
+from isodiff_jax.analysis import inception, ppl, registry, suite
 from isodiff_jax.analysis import load as analysis_load
 from isodiff_jax.analysis import oracle as oracle_lib
 from isodiff_jax.analysis.options import Options
@@ -157,7 +157,7 @@ def test_decoded_images_reach_the_oracle_inception_and_lpips(workdir):
     def distance(a, b):  # LPIPS' contract; real LPIPS-alex needs more than 16×16 pixels
         lpips_shapes.append(a.shape)
         return ppl.pixel_l2(a, b)
-    resources = suite.Resources(oracle=oracle, inception=_SmallInception({}, "stand-in"),
+    resources = registry.Resources(oracle=oracle, inception=_SmallInception({}, "stand-in"),
                                 lpips=types.SimpleNamespace(net="stand_in", distance=distance))
     options = Options(num_label=8, num_edit=2, sample_steps=2, h_min_t=0, timesteps=(90,), num_fd_samples=4,
                       num_samples=4)
@@ -167,14 +167,16 @@ def test_decoded_images_reach_the_oracle_inception_and_lpips(workdir):
     unet = jax.tree.map(lambda p: np.asarray(p) + 0.05 * rng.standard_normal(p.shape).astype(p.dtype),
                         loaded.params["params"])
     params = {**loaded.params, "params": unet}
-    results = dict(suite.Suite(spec, ["edit", "probe", "fd", "ppl"], options, resources).run(params))
-    scalars = {k: v for k, v in results.items() if isinstance(v, float)}
+    measures = suite.Suite(spec, ["edit", "probe", "fd", "ppl"], options, resources)
+    results = measures.measure(params)
+    scalars = results.values
+    assert sorted(scalars) == sorted(measures.names)
     for name in ("edit_xT_precision", "edit_h_precision", "probe_r2", "probe_shape_accuracy", "fid",
                  "fd_oracle", "ppl_lpips_stand_in"):
         assert np.isfinite(scalars[name]), name
     assert oracle.seen and all(shape[1:] == (16, 16, 3) for shape in oracle.seen)
     assert lpips_shapes and all(shape[1:] == (16, 16, 3) for shape in lpips_shapes)
-    assert results["edit_strips"]["h"].shape[-3:] == (16, 16, 3)
+    assert results.pictures["edit_strips"]["h"].shape[-3:] == (16, 16, 3)
 
 
 def test_a_latent_cache_gives_the_batches_encoded_on_the_fly(params_file, tmp_path):

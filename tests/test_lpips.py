@@ -83,8 +83,8 @@ def test_distance_runs_inside_ppl_under_jit(alex):
     np.testing.assert_allclose(jitted, eager, rtol=3e-5)
     evaluator = ppl.Ppl(lambda _, x: sample(x), image_shape=(32, 32, 3), num_samples=4, batch_size=4,
                         distance=alex.distance, distance_name=alex.name, seed=1)
-    results = dict(evaluator.run(None))
-    assert np.isfinite(results["ppl_lpips_alex"]) and results["ppl_values"].shape == (4,)
+    results = evaluator.measure(None)
+    assert np.isfinite(results.values["ppl_lpips_alex"]) and results.pictures["ppl_values"].shape == (4,)
 
 
 def test_rejects_images_too_small_for_the_backbone(alex):

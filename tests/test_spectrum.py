@@ -117,11 +117,14 @@ def test_zero_singular_values_count_and_the_rank_is_only_a_diagnostic():
 def test_spectrum_metrics_yields_named_values(nonlinear):
     fn, x, reference = nonlinear
     for method in spectrum.METHODS:
-        got = dict(spectrum.spectrum_metrics(fn, x, method=method, key=jax.random.key(0),
-                                             prefix="t500/", k=6))
-        names = {"mcn", "vor", "s_max", "s_min", "rank", "singular_values"}
+        measured = spectrum.spectrum_metrics(fn, x, method=method, key=jax.random.key(0), prefix="t500/", k=6)
+        got = measured.values
+        names = {"mcn", "vor", "s_max", "s_min", "rank"}
         names |= {"mcn_is_lower_bound", "s_min_change"} if method == "matrix_free" else set()
         assert set(got) == {f"t500/{name}" for name in names}
+        assert set(spectrum.value_names(method, spectrum.whole_spectrum(method, *spectrum.map_dims(fn, x), k=6),
+                                        "t500/")) == set(got)
+        np.testing.assert_allclose(measured.pictures["t500/singular_values"], reference, rtol=1e-6)
         assert got["t500/mcn"] == pytest.approx(spectrum.mcn(reference), rel=1e-8)
         assert got["t500/vor"] == pytest.approx(spectrum.vor(reference), rel=1e-6)
         assert got["t500/rank"] == 12
@@ -150,7 +153,7 @@ def test_bad_inputs_raise(nonlinear):
         lambda: spectrum.jacobian_singular_values(fn, x, chunk_size=0),
         lambda: spectrum.jacobian_singular_values(lambda v: v.sum(), x),  # no batch axis out
         lambda: spectrum.jacobian_singular_values(fn, x.reshape(-1)),  # no batch axis in
-        lambda: list(spectrum.spectrum_metrics(fn, x, method="lanczos")),
+        lambda: spectrum.spectrum_metrics(fn, x, method="lanczos"),
         lambda: list(spectrum.spectrum_metrics(fn, x, method="matrix_free")),  # no key
     ]
     for call in bad_calls:
@@ -190,8 +193,8 @@ def test_matrix_free_mcn_at_256x256_float32_is_not_capped():
     d = np.ones(n, np.float32)
     d[: n // 3], d[n // 3: 2 * n // 3] = 0.1, 0.01  # three distinct values: Krylov resolves them exactly
     x = jnp.ones((1, 256, 256, 3), jnp.float32)
-    got = dict(spectrum.spectrum_metrics(_diagonal(jnp.asarray(d)), x, method="matrix_free", key=jax.random.key(0),
-                                         k=2, num_iters=8))
+    got = spectrum.spectrum_metrics(_diagonal(jnp.asarray(d)), x, method="matrix_free", key=jax.random.key(0),
+                                    k=2, num_iters=8).values
     assert got["mcn"] == pytest.approx(100.0, rel=1e-4)
     assert got["s_min"] == pytest.approx(0.01, rel=1e-4) and got["mcn_is_lower_bound"] == 1.0
     assert spectrum.nonzero_rtol(n, n, jnp.float32) > 0.01  # what the old cut would have dropped
@@ -202,7 +205,7 @@ def test_dense_mcn_in_float32_counts_values_below_the_numerical_rank_threshold()
     d = jnp.asarray(np.geomspace(1.0, 1e-4, m), jnp.float32)  # true CN 1e4
     fn = lambda x: x.reshape(len(x), -1)[:, :m] * d
     x = jnp.ones((2, n), jnp.float32)
-    got = dict(spectrum.spectrum_metrics(fn, x, method="dense"))
+    got = spectrum.spectrum_metrics(fn, x, method="dense").values
     assert got["mcn"] == pytest.approx(1e4, rel=1e-3)
     assert 1e-4 < spectrum.nonzero_rtol(m, n, jnp.float32) and got["rank"] < m  # the diagnostic sees the cut
 
@@ -213,8 +216,8 @@ def test_matrix_free_reports_when_s_min_has_not_converged():
     d = jnp.asarray(np.geomspace(1.0, 1e-3, 256))
     x = jnp.ones((2, 256), jnp.float64)
     key = jax.random.key(1)
-    short = dict(spectrum.spectrum_metrics(lambda v: v * d, x, method="matrix_free", key=key, k=4, num_iters=32))
+    short = spectrum.spectrum_metrics(lambda v: v * d, x, method="matrix_free", key=key, k=4, num_iters=32).values
     assert short["mcn"] < 500 and short["mcn_is_lower_bound"] == 1.0 and short["s_min_change"] > 0.05
-    full = dict(spectrum.spectrum_metrics(lambda v: v * d, x, method="matrix_free", key=key, k=4, num_iters=256))
+    full = spectrum.spectrum_metrics(lambda v: v * d, x, method="matrix_free", key=key, k=4, num_iters=256).values
     assert full["mcn"] == pytest.approx(1000.0, rel=1e-6) and full["mcn_is_lower_bound"] == 0.0
     assert full["s_min_change"] == 0.0  # exact after min(m, n) iterations, however late s_min settled

@@ -3,28 +3,31 @@ of several.
 
     python -m isodiff_jax.analysis --workdir runs/x --out runs/x/analysis [--metrics mrtl,mcn,...]
         [--oracle runs/oracle] [--inception inception_fid.npz] [--lpips lpips_alex.npz]
+        [--classifier runs/digits_classifier]
     python -m isodiff_jax.analysis --compare runs/a runs/b --out runs/compare [...]
 
-Without --metrics, every metric whose inputs are there runs, and the skipped ones are named with
-the reason. The first form writes OUT/metrics.json and PNG pictures; the second analyses each
+The metrics are those of `analysis.registry`. Without --metrics, every metric whose inputs are
+there runs, and the skipped ones are named with the reason. The first form writes OUT/metrics.json and PNG pictures; the second analyses each
 workdir into OUT/<name>/ and writes OUT/comparison.md with every metric side by side, plus the
 runs' pictures side by side.
 """
 import argparse
 import contextlib
 import dataclasses
-import itertools
+
 import tqdm
 
 from isodiff_jax import checkpoint, errors, quiet, storage
-from isodiff_jax.analysis import editing, factors, load, options as options_lib, pictures, suite
+from isodiff_jax.analysis import editing, factors, load, options as options_lib, pictures, registry, suite
+from isodiff_jax.analysis.evaluator import merged
 from isodiff_jax.analysis.options import Options
+from isodiff_jax.analysis.registry import Resources
 from isodiff_jax.errors import InvalidValue, MissingPath
 from isodiff_jax.spec import ModelSpec
 
 
 def _draw(out: str, label: str, results: dict) -> list:
-    """The pictures for one workdir's results; returns the paths written."""
+    """The pictures for one workdir's pictures' data (`Measured.pictures`); returns the paths written."""
     paths = [pictures.interpolation(storage.join(out, "interpolation.png"), results["interpolation_frames"])]
     if "rtl_values" in results:
         paths.append(pictures.histogram(storage.join(out, "rtl_histogram.png"),
@@ -41,21 +44,24 @@ def _draw(out: str, label: str, results: dict) -> list:
     return paths
 
 
-def choose_metrics(requested, spec: ModelSpec, resources: suite.Resources, options: Options) -> list:
-    """The requested metrics, or (requested None) every metric that can run, naming those skipped;
-    raises InvalidValue when a requested metric cannot run or an option does not fit the model."""
+DEFAULT_SKIPPED = ("vor",)  # measured with mcn
+
+
+def choose_metrics(requested, spec: ModelSpec, resources: Resources, options: Options) -> list:
+    """The requested metrics, or (requested None) every metric of the registry that can run,
+    naming those skipped; raises InvalidValue when a requested metric cannot run or an option
+    does not fit the model."""
     if requested is not None:
-        suite.check(requested, spec, resources, options)
+        registry.check(requested, spec, resources, options)
         return list(requested)
     chosen = []
-    for metric in suite.METRICS:
-        reason = suite.missing_inputs(metric, spec.data.name, oracle=resources.oracle is not None,
-                                      inception=resources.inception is not None)
+    for metric in (m for m in registry.METRICS if m not in DEFAULT_SKIPPED):
+        reason = registry.missing(metric, spec.data.name, resources.given())
         if reason:
             print(f"skipping {reason}")
         else:
             chosen.append(metric)
-    suite.check(chosen, spec, resources, options)
+    registry.check(chosen, spec, resources, options)
     return chosen
 
 
@@ -63,7 +69,7 @@ class Analysis:
     """The evaluators and the picture-making sampler for one model spec, built once and run on
     the parameters of any number of its checkpoints."""
 
-    def __init__(self, spec: ModelSpec, metrics: list, options: Options, resources: suite.Resources):
+    def __init__(self, spec: ModelSpec, metrics: list, options: Options, resources: Resources):
         self.metrics = metrics
         self.suite = suite.Suite(spec, self.metrics, options, resources)
         self.interpolation = suite.Interpolation(spec, options)
@@ -71,13 +77,14 @@ class Analysis:
     def analyse(self, workdir: str, out: str, *, step=None, ema=True) -> dict:
         """Runs the metrics on one workdir; writes OUT/metrics.json and the pictures; returns the scalars."""
         loaded = load.load(workdir, step=step, ema=ema)
-        results = {}
-        values = itertools.chain(self.suite.run(loaded.params), self.interpolation.run(loaded.params))
-        with tqdm.tqdm(values, desc=f"analysing {workdir}", unit="value") as bar:
-            for name, value in bar:
-                results[name] = value
+        parts = [*self.suite.evaluators.items(), ("interpolation", self.interpolation)]
+        measured = []
+        with tqdm.tqdm(parts, desc=f"analysing {workdir}", unit="metric", smoothing=0) as bar:
+            for name, evaluator in bar:
                 bar.set_postfix_str(name)
-        scalars = {k: v for k, v in results.items() if isinstance(v, float)}
+                measured.append(evaluator.measure(loaded.params))
+        results = merged(measured)
+        scalars = results.values
         storage.make_dirs(out)
         report = {"workdir": storage.absolute(workdir), "step": loaded.step, "parameters": "ema" if ema else "raw",
                   "metrics_run": self.metrics, "options": dataclasses.asdict(self.suite.options),
@@ -87,7 +94,7 @@ class Analysis:
         with _disk_full_says(f"{metrics_json} was not written: nothing of this analysis was kept"):
             storage.write_json(metrics_json, report, indent=2)
         with _disk_full_says(f"{metrics_json} holds every number, but some pictures are missing"):
-            paths = _draw(out, storage.name(workdir), results)
+            paths = _draw(out, storage.name(workdir), results.pictures)
             report["pictures"] = [storage.name(p) for p in paths]
             storage.write_json(metrics_json, report, indent=2)
         return scalars
@@ -134,7 +141,7 @@ def prepare_outs(outs) -> None:
             raise InvalidValue(f"--out {out} cannot be created: {error.strerror or error}") from error
 
 
-def analyse_all(workdirs, specs, outs, metrics, options: Options, resources: suite.Resources, *, step=None,
+def analyse_all(workdirs, specs, outs, metrics, options: Options, resources: Resources, *, step=None,
                 ema=True) -> list:
     """Each workdir (whose checkpoint has the model spec in `specs`) into its out directory. All
     inputs are checked before any work. Workdirs of the same model and data set share one
@@ -180,13 +187,15 @@ def _parser():
     runs.add_argument("--workdir", help="a training workdir")
     runs.add_argument("--compare", nargs="+", metavar="WORKDIR", help="several workdirs side by side")
     parser.add_argument("--metrics", default=None,
-                        help=f"comma-separated, from {','.join(suite.METRICS)} (default: all that can run)")
+                        help=f"comma-separated, from {','.join(registry.METRICS)} (default: all that can run)")
     parser.add_argument("--out", required=True, help="the directory where metrics.json and the pictures go")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     parser.add_argument("--raw", action="store_true", help="raw parameters instead of the EMA")
     parser.add_argument("--oracle", default=None, help="factor oracle directory (shapes runs; see analysis.oracle)")
     parser.add_argument("--inception", default=None, help="Inception-v3 FID weights (.npz; see docs/fid.md)")
     parser.add_argument("--lpips", default=None, help="LPIPS weights (.npz; see docs/lpips.md) for PPL")
+    parser.add_argument("--classifier", default=None,
+                        help="digit classifier directory (digits runs; see analysis.digit_classifier)")
     parser.add_argument("--traceback", action="store_true",
                         help=f"show the traceback of input errors too (as {errors.TRACEBACK_ENV}=1 does)")
     for field in options_lib.fields():
@@ -203,7 +212,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     options = Options(**{f.name: getattr(args, f.name) for f in options_lib.fields()})
     metrics = None if args.metrics is None else [m for m in args.metrics.split(",") if m.strip()]
     if metrics == []:
-        raise InvalidValue(f"--metrics {args.metrics!r} names no metric: give some of {','.join(suite.METRICS)}, "
+        raise InvalidValue(f"--metrics {args.metrics!r} names no metric: give some of {','.join(registry.METRICS)}, "
                            f"or leave --metrics out to run every metric that can run")
     workdirs = args.compare or [args.workdir]
     names = [storage.name(w) for w in workdirs]
@@ -214,7 +223,7 @@ def run(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         storage.check_reachable(path)
     refuse_a_file(args.out)  # at once, before the slower checks below
     specs = read_specs(workdirs, args.step)
-    resources = suite.load_resources(args.oracle, args.inception, args.lpips)
+    resources = registry.load_resources(args.oracle, args.inception, args.lpips, args.classifier)
     scalars = analyse_all(workdirs, specs, outs, metrics, options, resources, step=args.step, ema=not args.raw)
     if args.compare:
         storage.write_text(storage.join(args.out, "comparison.md"), comparison_table(names, scalars))

@@ -12,7 +12,7 @@ t down, Asyrp-style), and scores each direction with a reader (`edit_scores`): w
 it moves (purity), how many distinct attributes the top k cover, and whether the change is
 monotone and linear in α.
 """
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -20,9 +20,10 @@ import numpy as np
 
 from isodiff_jax import diffusion
 from isodiff_jax.analysis import edit_scores, editing, spectrum
+from isodiff_jax.analysis.evaluator import Evaluator, Measured
 from isodiff_jax.spec import ModelSpec
 
-ALPHAS = (-2.0, -1.0, -0.5, 0.5, 1.0, 2.0)
+ALPHAS = (-2.0, -1.0, 1.0, 2.0)  # edits of each direction (each α costs one DDIM decode per direction)
 SPACES = ("xt", "h")
 
 
@@ -93,7 +94,27 @@ def summarize_directions(per_direction: Sequence[dict], alphas, names: Sequence[
     return out
 
 
-class PullbackEditing:
+def direction_names(alphas: Sequence[float], names: Sequence[str], k: int, prefix: str) -> tuple[str, ...]:
+    """The numbers `summarize_directions` gives for k directions (their "response" lists aside)."""
+    per_direction = tuple(n for i in range(k) for n in (
+        *edit_scores.summary_names(alphas, f"{prefix}v{i + 1}_"),
+        *(f"{prefix}v{i + 1}_moves_{name}" for name in names), f"{prefix}v{i + 1}_consistency"))
+    overall = ("purity", "linearity", "monotone", "target_change", "consistency", "coverage")
+    return (*per_direction, *(prefix + key for key in overall))
+
+
+def value_names(timesteps: Sequence[int], k: int, names: Sequence[str], alphas: Sequence[float] = ALPHAS
+                ) -> tuple[str, ...]:
+    """The values `PullbackEditing` measures with a reader of attributes `names`."""
+    per_space = {space: (*direction_names(alphas, names, k, ""), *(f"s{i + 1}" for i in range(k)))
+                 for space in SPACES}
+    if k >= 2:
+        per_space["xt"] += ("additivity_error",)
+    at_t = tuple(f"pullback_{space}_t{t}_{name}" for t in timesteps for space in SPACES for name in per_space[space])
+    return (*at_t, *(f"pullback_{space}_{name}" for space in SPACES for name in per_space[space]))
+
+
+class PullbackEditing(Evaluator):
     """Evaluator: edits along the top-k pullback directions of the encoder at each timestep t of
     `timesteps` (each a DDIM timestep of `sample_steps`) and scores them with `reader`.
 
@@ -102,10 +123,11 @@ class PullbackEditing:
       xt: x_t + α σ_t v_i, σ_t = sqrt(1 − ᾱ_t) (the noise's std at t, so α counts noise stds);
       h:  h + α ρ u_i at every DDIM step from t down (the shifted h enters only the predicted
           x0, as in `editing`), u_i = J v_i / s_i, ρ the RMS of h's coordinates at x_t.
-    Yields pullback_{space}_t{t}_<score> (see `summarize_directions`; also the mean singular
-    values s{i}), and pullback_{space}_<score> averaged over t, plus ("pullback_strips",
-    {t: (k, len(alphas) + 1, H, W, C)}) of the first sample's x_t edits for pictures. Built once;
-    `run(params)` compiles nothing for new parameters.
+    Values pullback_{space}_t{t}_<score> (see `summarize_directions`; also the mean singular
+    values s{i}), and pullback_{space}_<score> averaged over t; pictures "pullback_strips",
+    {t: (k, len(alphas) + 1, H, W, C)} of the first sample's x_t edits, and each direction's
+    response curve pullback_{space}_t{t}_v{i}_response. Built once; `measure(params)` compiles
+    nothing for new parameters.
     """
 
     def __init__(self, spec: ModelSpec, reader, *, timesteps: Sequence[int], k: int = 6, num_samples: int = 16,
@@ -180,16 +202,17 @@ class PullbackEditing:
                                                                               v[:, 0], v[:, 1])
         return values, np.stack(strips)
 
-    def run(self, params) -> Iterator:
+    def measure(self, params) -> Measured:
         paths = np.asarray(self._path(params, self.x_T))  # (S, B, ...)
-        means, strips = {}, {}
+        values, means, pictures = {}, {}, {"pullback_strips": {}}
         for t, i in self.steps.items():
-            values, strips[t] = self._at(params, t, jnp.asarray(paths[i]))
-            for space, scores in values.items():
-                for name, value in scores.items():
-                    yield f"pullback_{space}_t{t}_{name}", value
+            at_t, pictures["pullback_strips"][t] = self._at(params, t, jnp.asarray(paths[i]))
+            for space, scores in at_t.items():
+                numbers, curves = edit_scores.numbers_and_curves(scores)
+                pictures.update({f"pullback_{space}_t{t}_{name}": curve for name, curve in curves.items()})
+                for name, value in numbers.items():
+                    values[f"pullback_{space}_t{t}_{name}"] = value
                     means.setdefault(f"pullback_{space}_{name}", []).append(value)
-        for name, values in means.items():
-            yield name, float(np.mean(values))
-        yield "pullback_strips", strips
+        values.update({name: float(np.mean(v)) for name, v in means.items()})
+        return Measured(values, pictures)
 

@@ -166,14 +166,25 @@ def additivity_error(reader, original: dict, edit_a: dict, edit_b: dict, edit_ab
     return float(np.sum(np.abs(dab - da - db)) / scale) if scale > 0 else float("nan")
 
 
+SUMMARY_SCORES = ("purity", "linearity", "monotone", "target_change", "precision")
+
+
+def _sizes(alphas) -> list:
+    return sorted(set(np.abs(np.asarray(alphas, np.float64))))
+
+
+def summary_names(alphas: Sequence[float], prefix: str) -> tuple[str, ...]:
+    """The numbers `summarize` gives (its "response" list aside)."""
+    return (*(prefix + k for k in SUMMARY_SCORES), *(prefix + f"unintended_a{size:g}" for size in _sizes(alphas)))
+
+
 def summarize(scores: dict, alphas: Sequence[float], prefix: str) -> dict:
     """Means over samples of `alpha_response`'s arrays, named prefix + score; unintended at each
     |α| (averaged over ±α) as prefix + "unintended_a{|α|}"; prefix + "response": the mean signed
     response at each α of the sorted grid with 0 (a list, for the linearity curves)."""
-    out = {prefix + k: float(nanmean(scores[k]))
-           for k in ("purity", "linearity", "monotone", "target_change", "precision")}
+    out = {prefix + k: float(nanmean(scores[k])) for k in SUMMARY_SCORES}
     alphas = np.asarray(alphas, np.float64)
-    for size in sorted(set(np.abs(alphas))):
+    for size in _sizes(alphas):
         out[prefix + f"unintended_a{size:g}"] = float(np.mean(scores["unintended"][np.abs(alphas) == size]))
     out[prefix + "response"] = [float(v) for v in np.mean(scores["response"], axis=1)]
     return out
@@ -199,6 +210,18 @@ def supervised_family(reader, original: dict, read: Callable, shifts: dict, *, a
     errors = [composition_error(reader, original, read, shifts[a], shifts[b], compose_alpha) for a, b in pairs]
     out[prefix + "additivity_error"] = float(nanmean(errors))
     return out
+
+
+def supervised_names(names: Sequence[str], *, alphas: Sequence[float] = ALPHAS, prefix: str = "") -> tuple[str, ...]:
+    """The numbers `supervised_family` gives for attributes `names` (their "response" lists aside)."""
+    per_name = tuple(n for name in names for n in summary_names(alphas, f"{prefix}{name}_"))
+    return (*per_name, *(prefix + key for key in ("precision", "linearity", "monotone", "additivity_error")))
+
+
+def numbers_and_curves(scores: dict) -> tuple[dict, dict]:
+    """A summary's floats, and its "response" lists (the curves a picture draws) apart."""
+    curves = {name: value for name, value in scores.items() if name.endswith("response")}
+    return {name: value for name, value in scores.items() if name not in curves}, curves
 
 
 def composition_error(reader, original: dict, read: Callable, shift_a, shift_b, alpha: float = COMPOSE_ALPHA):

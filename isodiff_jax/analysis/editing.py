@@ -21,14 +21,13 @@ The oracle reads every factor of the edited and original images; with `factors.c
 [0, 1] scale), target = mean change of f, others = sum of the mean changes of the other five
 factors (shape included), and precision = target / (target + others): 1 when only f moves.
 """
-from typing import Iterator
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from isodiff_jax import diffusion, geometry
 from isodiff_jax.analysis import factors
+from isodiff_jax.analysis.evaluator import Evaluator, Measured
 from isodiff_jax.analysis.options import H_EDITS
 from isodiff_jax.data import shapes
 from isodiff_jax.spec import ModelSpec
@@ -136,11 +135,18 @@ class Editor:
         return shifts.reshape(self.sample_steps, *self.h_shape)
 
 
-class Editing:
-    """Evaluator: yields ("edit_<space>_<factor>_{target,others,precision}") per space and factor,
-    ("edit_<space>_precision", mean over factors), and ("edit_strips", {space: (B, 1 + len(ALPHAS),
-    H, W, C)}) for pictures: per factor, the first held-out sample and its edits. Built once;
-    `run(params)` compiles nothing for new parameters."""
+def value_names() -> tuple[str, ...]:
+    """The values `Editing` measures."""
+    per_factor = tuple(f"edit_{space}_{name}_{kind}" for space in SPACES for name in factors.CONTINUOUS
+                       for kind in ("target", "others", "precision"))
+    return (*per_factor, *(f"edit_{space}_precision" for space in SPACES))
+
+
+class Editing(Evaluator):
+    """Evaluator: values "edit_<space>_<factor>_{target,others,precision}" per space and factor
+    and "edit_<space>_precision" (mean over factors); picture "edit_strips", {space: (B, 1 +
+    len(ALPHAS), H, W, C)}: per factor, the first held-out sample and its edits. Built once;
+    `measure(params)` compiles nothing for new parameters."""
 
     def __init__(self, spec: ModelSpec, oracle, *, num_label: int = 256, num_edit: int = 32,
                  sample_steps: int = 20, h_min_t: int = 500, h_edit: str = "asyrp", batch_size: int = 64,
@@ -152,7 +158,7 @@ class Editing:
         self.x_edit = np.asarray(jax.random.normal(k_edit, (num_edit, *spec.image_shape)))
         self.batch_size = batch_size
 
-    def run(self, params) -> Iterator:
+    def measure(self, params) -> Measured:
         editor, oracle, x_label, x_edit = self.editor, self.oracle, self.x_label, self.x_edit
         labelled = [editor.h_along_paths(params, x_label[i:i + self.batch_size])
                     for i in range(0, len(x_label), self.batch_size)]
@@ -160,7 +166,7 @@ class Editing:
         hs = np.concatenate([h for _, h in labelled], axis=1)
         original_images = editor.decode(params, x_edit)
         original = oracle.predict(original_images)
-        strips, precisions = {space: [] for space in SPACES}, {space: [] for space in SPACES}
+        strips, precisions, values = {space: [] for space in SPACES}, {space: [] for space in SPACES}, {}
         for name in factors.CONTINUOUS:
             coordinate = edit_coordinate(label_factors, name)
             d, sigma = direction(x_label, coordinate)
@@ -172,10 +178,8 @@ class Editing:
                 edited = [edit[space](a) for a in ALPHAS]
                 scores = precision(original, [oracle.predict(e) for e in edited], name)
                 precisions[space].append(scores["precision"])
-                for kind, value in scores.items():
-                    yield f"edit_{space}_{name}_{kind}", value
+                values.update({f"edit_{space}_{name}_{kind}": value for kind, value in scores.items()})
                 strips[space].append(np.stack([e[0] for e in edited[:2]] + [original_images[0]]
                                               + [e[0] for e in edited[2:]]))
-        for space in SPACES:
-            yield f"edit_{space}_precision", float(np.mean(precisions[space]))
-        yield "edit_strips", {space: np.stack(rows) for space, rows in strips.items()}
+        values.update({f"edit_{space}_precision": float(np.mean(precisions[space])) for space in SPACES})
+        return Measured(values, {"edit_strips": {space: np.stack(rows) for space, rows in strips.items()}})

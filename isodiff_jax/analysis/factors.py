@@ -14,12 +14,13 @@ taken only over pairs whose ends differ by at least `min_change` (a ratio over a
 difference says nothing). For the shape, the number of changes beyond the minimum (0 when the end
 shapes agree, 1 when they differ) is counted instead.
 """
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import jax
 import numpy as np
 
 from isodiff_jax.analysis import rtl
+from isodiff_jax.analysis.evaluator import Evaluator, Measured
 from isodiff_jax.data import shapes
 
 CONTINUOUS = ("object_hue", "background_hue", "scale", "x", "y")
@@ -58,11 +59,17 @@ def path_factor_rtl(path: dict, *, min_change: float = 0.1) -> dict:
     return out
 
 
-class FactorRtl:
+def value_names() -> tuple[str, ...]:
+    """The values `FactorRtl` measures."""
+    per_factor = tuple(f"factor_rtl_{name}{end}" for name in CONTINUOUS for end in ("", "_pairs"))
+    return (*per_factor, "factor_rtl_shape_extra_changes", "factor_rtl")
+
+
+class FactorRtl(Evaluator):
     """Evaluator: decode `num_frames` frames along slerp between pairs x_0, x_1 ~ N(0, I) with
-    sample(params, x_T) -> images in [-1, 1], read their factors with `oracle`, yield
-    ("factor_rtl_<factor>", mean over the pairs that qualify), ("factor_rtl_<factor>_pairs", how
-    many qualified), ("factor_rtl_shape_extra_changes", mean) and ("factor_rtl", the mean of the
+    sample(params, x_T) -> images in [-1, 1], read their factors with `oracle`, and measure
+    "factor_rtl_<factor>" (mean over the pairs that qualify), "factor_rtl_<factor>_pairs" (how
+    many qualified), "factor_rtl_shape_extra_changes" (mean) and "factor_rtl" (the mean of the
     continuous factors' values). Built once; `run(params)` compiles nothing for new parameters."""
 
     def __init__(self, sample: Callable, oracle, *, image_shape: Sequence[int], num_pairs: int = 32,
@@ -85,13 +92,12 @@ class FactorRtl:
                 per_pair.setdefault(name, []).append(values)
         return {name: np.concatenate(v) for name, v in per_pair.items()}
 
-    def run(self, params) -> Iterator:
-        per_pair, means = self._per_pair(params), []
+    def measure(self, params) -> Measured:
+        per_pair, values = self._per_pair(params), {}
         for name in CONTINUOUS:
             qualified = per_pair[name][~np.isnan(per_pair[name])]
-            mean = float(qualified.mean()) if len(qualified) else float("nan")
-            means.append(mean)
-            yield f"factor_rtl_{name}", mean
-            yield f"factor_rtl_{name}_pairs", float(len(qualified))
-        yield "factor_rtl_shape_extra_changes", float(per_pair["shape_extra_changes"].mean())
-        yield "factor_rtl", float(np.nanmean(means))
+            values[f"factor_rtl_{name}"] = float(qualified.mean()) if len(qualified) else float("nan")
+            values[f"factor_rtl_{name}_pairs"] = float(len(qualified))
+        values["factor_rtl_shape_extra_changes"] = float(per_pair["shape_extra_changes"].mean())
+        values["factor_rtl"] = float(np.nanmean([values[f"factor_rtl_{name}"] for name in CONTINUOUS]))
+        return Measured(values)

@@ -1,12 +1,13 @@
 """Inversion error (method.md §6): DDIM inversion of real images to x_T, then DDIM sampling back;
 MSE and PSNR between the images and their reconstructions (images in [-1, 1], peak-to-peak 2)."""
-from typing import Callable, Iterator, Optional
+from typing import Callable, Optional
 
 import jax
 import numpy as np
 from jax.sharding import Mesh
 
 from isodiff_jax import diffusion, sharding
+from isodiff_jax.analysis.evaluator import Evaluator, Measured
 
 
 def reconstruct(eps_fn: Callable, schedule: diffusion.Schedule, x0: jax.Array, num_steps: int) -> jax.Array:
@@ -21,9 +22,12 @@ def mse_and_psnr(x0, x_rec) -> tuple[np.ndarray, np.ndarray]:
     return mse, 10.0 * np.log10(4.0 / np.maximum(mse, 1e-20))
 
 
-class Inversion:
-    """Evaluator over (N, H, W, C) images in [-1, 1]: yields ("inversion_mse", mean),
-    ("inversion_psnr", mean dB), and ("inversion_pairs", (images[:8], reconstructions[:8])) for
+VALUE_NAMES = ("inversion_mse", "inversion_psnr")
+
+
+class Inversion(Evaluator):
+    """Evaluator over (N, H, W, C) images in [-1, 1]: values "inversion_mse" (mean) and
+    "inversion_psnr" (mean dB); picture "inversion_pairs", (images[:8], reconstructions[:8]); for
     eps(params, x, t) -> ε̂. Built once; `run(params)` compiles nothing for new parameters."""
 
     def __init__(self, eps: Callable, schedule: diffusion.Schedule, images, *, num_steps: int = 20,
@@ -38,11 +42,10 @@ class Inversion:
         self._reconstruct = jax.jit(lambda params, x: decode(
             params, reconstruct(lambda x, t: eps(params, x, t), schedule, x, num_steps)))
 
-    def run(self, params) -> Iterator:
+    def measure(self, params) -> Measured:
         chunks = (self.x0[i:i + self.batch_size] for i in range(0, len(self.x0), self.batch_size))
         reconstructions = np.concatenate([sharding.to_host(self._reconstruct(params, sharding.put_rows(x, self.mesh)))
                                           for x in chunks])
         mse, psnr = mse_and_psnr(self.images, reconstructions)
-        yield "inversion_mse", float(mse.mean())
-        yield "inversion_psnr", float(psnr.mean())
-        yield "inversion_pairs", (self.images[:8], reconstructions[:8])
+        return Measured({"inversion_mse": float(mse.mean()), "inversion_psnr": float(psnr.mean())},
+                        {"inversion_pairs": (self.images[:8], reconstructions[:8])})

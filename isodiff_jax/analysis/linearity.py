@@ -7,23 +7,28 @@ scored with `edit_scores.supervised_family`: editing precision, the R² of the e
 response to α, its monotonicity, the unintended changes at each |α|, and the additivity error
 of two composed edits.
 """
-from typing import Iterator
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from isodiff_jax.analysis import edit_scores, editing, factors
+from isodiff_jax.analysis.evaluator import Evaluator, Measured
 from isodiff_jax.spec import ModelSpec
 
 SPACES = ("xT", "h")
 
 
-class SupervisedEdits:
-    """Evaluator: yields linear_{xT,h}_<factor>_<score>, linear_{xT,h}_{precision, linearity,
-    monotone, additivity_error} (linear_{space}_<factor>_response: the mean signed response at
-    each α, for the linearity curves). Built once; `run(params)` compiles nothing for new
-    parameters (the `editing.Editor` kernels take them)."""
+def value_names() -> tuple[str, ...]:
+    """The values `SupervisedEdits` measures."""
+    return tuple(n for space in SPACES
+                 for n in edit_scores.supervised_names(factors.CONTINUOUS, prefix=f"linear_{space}_"))
+
+
+class SupervisedEdits(Evaluator):
+    """Evaluator: values linear_{xT,h}_<factor>_<score> and linear_{xT,h}_{precision, linearity,
+    monotone, additivity_error}; pictures linear_{space}_<factor>_response, the mean signed
+    response at each α (the linearity curves). Built once; `measure(params)` compiles nothing for
+    new parameters (the `editing.Editor` kernels take them)."""
 
     def __init__(self, spec: ModelSpec, reader, *, num_label: int = 256, num_edit: int = 32, sample_steps: int = 20,
                  h_min_t: int = 500, batch_size: int = 64, seed: int = 0):
@@ -34,7 +39,7 @@ class SupervisedEdits:
         self.x_label = np.asarray(jax.random.normal(k_label, (num_label, *spec.image_shape), jnp.float32))
         self.x_edit = np.asarray(jax.random.normal(k_edit, (num_edit, *spec.image_shape), jnp.float32))
 
-    def run(self, params) -> Iterator:
+    def measure(self, params) -> Measured:
         editor, reader = self.editor, self.reader
         labelled = [editor.h_along_paths(params, self.x_label[i:i + self.batch_size])
                     for i in range(0, len(self.x_label), self.batch_size)]
@@ -50,7 +55,11 @@ class SupervisedEdits:
             shifts["h"][name] = editor.h_shifts(hs, coordinate)
         decode = {"xT": lambda shift: editor.decode(params, editing.edit_x_T(self.x_edit, shift)),
                   "h": lambda shift: editor.decode(params, self.x_edit, shift)}
+        values, curves = {}, {}
         for space in SPACES:
             read = lambda shift, space=space: reader.read(decode[space](shift))
-            yield from edit_scores.supervised_family(reader, original, read, shifts[space],
-                                                     prefix=f"linear_{space}_").items()
+            numbers, responses = edit_scores.numbers_and_curves(edit_scores.supervised_family(
+                reader, original, read, shifts[space], prefix=f"linear_{space}_"))
+            values.update(numbers)
+            curves.update(responses)
+        return Measured(values, curves)

@@ -39,14 +39,24 @@ class Options:
                                             "original code)")
     ppl_space: str = _option("image", "latent diffusion: PPL between decoded images ('image', LPIPS when given) "
                                       "or as the MSE of the DDIM latents ('latent')")
+    rank_iso_samples: int = _option(4, "rank_iso: real images noised to x_t at each of timesteps (one dense "
+                                       "Jacobian each)", 1)
+    pullback_timesteps: tuple = _option((500, 900), "pullback: timesteps of the directions, comma-separated, each a "
+                                                    "DDIM timestep of sample_steps", 0)
+    pullback_k: int = _option(4, "pullback: top directions edited and scored at each timestep", 1)
+    pullback_samples: int = _option(8, "pullback: x_T whose DDIM paths give the x_t edited", 1)
+    pullback_iters: int = _option(0, "pullback: Lanczos iterations of the directions (0: max(4 k, 64))", 0)
+    probe_scans: int = _option(0, "class_probe: digit scans (0: all, fitted on the classifier's training "
+                                  "scans; N: the first N, 3/4 of them fitted)", 0)
     seed: int = _option(0, "every evaluator's random numbers (inside training: config.seed)", 0)
 
     def __post_init__(self):
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise InvalidValue(f"{name}={getattr(self, name)!r} is not one of {allowed}")
-        if not (isinstance(self.timesteps, tuple) and self.timesteps):
-            raise InvalidValue(f"timesteps={self.timesteps!r} is invalid: give at least one timestep")
+        for name in ("timesteps", "pullback_timesteps"):
+            if not (isinstance(getattr(self, name), tuple) and getattr(self, name)):
+                raise InvalidValue(f"{name}={getattr(self, name)!r} is invalid: give at least one timestep")
         for field in fields():
             minimum, value = field.metadata["minimum"], getattr(self, field.name)
             numbers = value if isinstance(value, tuple) else (value,)

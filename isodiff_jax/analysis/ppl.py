@@ -7,7 +7,7 @@ before averaging (the original code trimmed per-batch means instead). The distan
 the output key: "pixel_l2" (mean squared pixel difference, images in [-1, 1]) or any
 d(a, b) -> (B,) given with a name, e.g. a feature distance or LPIPS.
 """
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import chex
 import jax
@@ -16,6 +16,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from isodiff_jax import geometry, sharding
+from isodiff_jax.analysis.evaluator import Evaluator, Measured
 
 
 def pixel_l2(a: jax.Array, b: jax.Array) -> jax.Array:
@@ -41,8 +42,9 @@ def pair_values(sample: Callable, distance: Callable, x0, x1, w, epsilon: float)
     return distance(images[:len(a)], images[len(a):]) / epsilon ** 2
 
 
-class Ppl:
-    """Evaluator: yields (f"ppl_{distance_name}", trimmed mean) and ("ppl_values", all values) for
+class Ppl(Evaluator):
+    """Evaluator: value f"ppl_{distance_name}" (the trimmed mean), picture "ppl_values" (all
+    values), for
     sample(params, x_T (B, ...)) -> images (B, ...), with x_0, x_1 ~ N(0, I) and w ~ U(0, 1 − ε)
     drawn from `seed`. Built once; `run(params)` compiles nothing for new parameters."""
 
@@ -69,7 +71,6 @@ class Ppl:
             out.append(sharding.to_host(self._values(params, key, size=size)))
         return np.concatenate(out)
 
-    def run(self, params) -> Iterator:
+    def measure(self, params) -> Measured:
         values = self.values(params)
-        yield f"ppl_{self.name}", trimmed_mean(values)
-        yield "ppl_values", values
+        return Measured({f"ppl_{self.name}": trimmed_mean(values)}, {"ppl_values": values})

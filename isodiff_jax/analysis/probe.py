@@ -11,7 +11,7 @@ The ridge penalty is chosen per timestep from RIDGE_GRID on a held-back quarter 
 images (h has thousands of dimensions against hundreds of images, so a fixed small penalty
 overfits badly at high noise); the test images are never used to choose it.
 """
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +21,7 @@ from jax.sharding import Mesh
 from isodiff_jax import diffusion, sharding
 from isodiff_jax.analysis import oracle as oracle_lib
 from isodiff_jax.analysis import spectrum
+from isodiff_jax.analysis.evaluator import Evaluator, Measured
 from isodiff_jax.data import shapes
 
 
@@ -104,9 +105,20 @@ class NoisedH:
             for i in range(0, len(self.images), self.batch_size)])
 
 
-class LinearProbe:
-    """Evaluator: yields ("probe_t{t}_<score>", value) per timestep and ("probe_r2", the mean R²
-    over the continuous factors and timesteps), ("probe_shape_accuracy", mean over timesteps).
+def value_names(timesteps: Sequence[int]) -> tuple[str, ...]:
+    """The values `LinearProbe` measures."""
+    scores = ("shape_accuracy", *(f"r2_{name}" for name in (*oracle_lib.CIRCULAR, *oracle_lib.LINEAR)), "ridge")
+    return (*(f"probe_t{t}_{score}" for t in timesteps for score in scores), "probe_r2", "probe_shape_accuracy")
+
+
+def class_value_names(timesteps: Sequence[int]) -> tuple[str, ...]:
+    """The values `ClassProbe` measures."""
+    return (*(f"probe_t{t}_class_accuracy" for t in timesteps), "probe_class_accuracy")
+
+
+class LinearProbe(Evaluator):
+    """Evaluator: values "probe_t{t}_<score>" per timestep, "probe_r2" (the mean R² over the
+    continuous factors and timesteps) and "probe_shape_accuracy" (mean over timesteps).
 
     encode(params, x (B, R, R, 3), t int32 (B,)) -> h; images come from `shapes` with
     `image_seed` and their noise from `seed`; to_x0 as `NoisedH`; ridge None chooses the penalty
@@ -123,20 +135,19 @@ class LinearProbe:
         self._h = NoisedH(encode, schedule, images, pool=pool, batch_size=batch_size, seed=seed, mesh=mesh,
                           to_x0=to_x0)
 
-    def run(self, params) -> Iterator:
+    def measure(self, params) -> Measured:
         n = self.num_train
         train = {k: v[:n] for k, v in self.factors.items()}
         test = {k: v[n:] for k, v in self.factors.items()}
-        r2s, accuracies = [], []
+        r2s, accuracies, values = [], [], {}
         for t in self.timesteps:
             h = self._h(params, t)
             scores = probe_scores(h[:n], train, h[n:], test, ridge=self.ridge)
-            for name, value in scores.items():
-                yield f"probe_t{t}_{name}", value
+            values.update({f"probe_t{t}_{name}": float(value) for name, value in scores.items()})
             r2s += [v for name, v in scores.items() if name.startswith("r2_")]
             accuracies.append(scores["shape_accuracy"])
-        yield "probe_r2", float(np.mean(r2s))
-        yield "probe_shape_accuracy", float(np.mean(accuracies))
+        values.update(probe_r2=float(np.mean(r2s)), probe_shape_accuracy=float(np.mean(accuracies)))
+        return Measured(values)
 
 
 def class_probe_accuracy(train_h, train_labels, test_h, test_labels, *, num_classes: int,
@@ -149,9 +160,9 @@ def class_probe_accuracy(train_h, train_labels, test_h, test_labels, *, num_clas
     return float(np.mean(np.argmax(predicted, axis=1) == np.asarray(test_labels))), ridge
 
 
-class ClassProbe:
+class ClassProbe(Evaluator):
     """Evaluator: a ridge probe from h (images noised to each t) to class labels, fitted on the
-    first num_train images and scored on the rest: yields probe_t{t}_class_accuracy and
+    first num_train images and scored on the rest: values probe_t{t}_class_accuracy and
     probe_class_accuracy (mean over timesteps). images (N, ...) in [-1, 1], labels (N,) ints.
     Built once; `run(params)` compiles nothing for new parameters."""
 
@@ -164,12 +175,11 @@ class ClassProbe:
         self.timesteps, self.num_train = tuple(timesteps), num_train
         self._h = NoisedH(encode, schedule, images, pool=pool, batch_size=batch_size, seed=seed, mesh=mesh)
 
-    def run(self, params) -> Iterator:
-        n, accuracies = self.num_train, []
+    def measure(self, params) -> Measured:
+        n, values = self.num_train, {}
         for t in self.timesteps:
             h = self._h(params, t)
-            accuracy, _ = class_probe_accuracy(h[:n], self.labels[:n], h[n:], self.labels[n:],
-                                               num_classes=self.num_classes)
-            accuracies.append(accuracy)
-            yield f"probe_t{t}_class_accuracy", accuracy
-        yield "probe_class_accuracy", float(np.mean(accuracies))
+            values[f"probe_t{t}_class_accuracy"], _ = class_probe_accuracy(
+                h[:n], self.labels[:n], h[n:], self.labels[n:], num_classes=self.num_classes)
+        values["probe_class_accuracy"] = float(np.mean(list(values.values())))
+        return Measured(values)

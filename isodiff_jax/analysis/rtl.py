@@ -6,7 +6,7 @@ a straight line in h-space.
 for K+1 points x_k = slerp(x_0, x_1, k/K) on the sphere and h_k = e_θ(x_k, t). mRTL is the mean
 over pairs (x_0, x_1) ~ N(0, I) and over the timesteps evaluated.
 """
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import chex
 import jax
@@ -15,6 +15,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from isodiff_jax import geometry, sharding
+from isodiff_jax.analysis.evaluator import Evaluator, Measured
 
 
 def relative_trajectory_length(path: jax.Array) -> jax.Array:
@@ -50,11 +51,16 @@ def path_rtl(encode: Callable, x0: jax.Array, x1: jax.Array, num_segments: int) 
     return relative_trajectory_length(jax.lax.map(encode, path))
 
 
-class Mrtl:
-    """Evaluator: yields ("mrtl_t{t}", mean at t) per timestep, ("mrtl", mean over pairs and
-    timesteps), ("mrtl_floor", the mean `isometry_floor` of the same pairs), ("mrtl_over_floor",
-    their ratio: 1 for an exact scaled isometry) and ("rtl_values", (len(timesteps), num_pairs)
-    array) for encode(params, x (B, H, W, C), t int32 (B,)) -> h.
+def value_names(timesteps: Sequence[int]) -> tuple[str, ...]:
+    """The names `Mrtl` measures."""
+    return (*(f"mrtl_t{t}" for t in timesteps), "mrtl", "mrtl_floor", "mrtl_over_floor")
+
+
+class Mrtl(Evaluator):
+    """Evaluator: values "mrtl_t{t}" (mean at t) per timestep, "mrtl" (mean over pairs and
+    timesteps), "mrtl_floor" (the mean `isometry_floor` of the same pairs), "mrtl_over_floor"
+    (their ratio: 1 for an exact scaled isometry); picture "rtl_values", a (len(timesteps),
+    num_pairs) array; for encode(params, x (B, H, W, C), t int32 (B,)) -> h.
 
     The same pairs x_0, x_1 ~ N(0, I) (from `seed`) are used at every timestep. Built once; its
     kernel takes the parameters, so `run` on new parameters of the same shapes compiles nothing.
@@ -83,15 +89,11 @@ class Mrtl:
         for start in range(0, self.num_pairs, self.batch_size):
             yield np.asarray(jax.random.fold_in(self.key, start)), min(self.batch_size, self.num_pairs - start)
 
-    def run(self, params) -> Iterator:
-        per_t = []
-        for t in self.timesteps:
-            per_t.append(np.concatenate([sharding.to_host(self._rtl(params, key, t, size=size))
-                                         for key, size in self._batches()]))
-            yield f"mrtl_t{t}", float(per_t[-1].mean())
+    def measure(self, params) -> Measured:
+        per_t = [np.concatenate([sharding.to_host(self._rtl(params, key, t, size=size))
+                                 for key, size in self._batches()]) for t in self.timesteps]
         floor = float(np.concatenate([sharding.to_host(self._floor(key, size=size))
                                       for key, size in self._batches()]).mean())
-        yield "mrtl", float(np.mean(per_t))
-        yield "mrtl_floor", floor
-        yield "mrtl_over_floor", float(np.mean(per_t)) / floor
-        yield "rtl_values", np.stack(per_t)
+        values = {f"mrtl_t{t}": float(v.mean()) for t, v in zip(self.timesteps, per_t)}
+        values.update(mrtl=float(np.mean(per_t)), mrtl_floor=floor, mrtl_over_floor=float(np.mean(per_t)) / floor)
+        return Measured(values, {"rtl_values": np.stack(per_t)})

@@ -36,13 +36,14 @@ Two ways to get s:
 """
 import functools
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from isodiff_jax import sharding
+from isodiff_jax.analysis.evaluator import Evaluator, Measured
 
 METHODS = ("dense", "matrix_free")
 WHICH = ("top", "bottom")
@@ -340,28 +341,45 @@ def convergence(alpha, beta, *, lag: int | None = None) -> float:
 
 def spectrum_metrics(fn: Callable, x, *, method: str = "dense", key=None, prefix: str = "",
                      chunk_size: int = 64, k: int = 8, num_iters: int | None = None,
-                     rtol: float | None = None) -> Iterator[tuple[str, float]]:
-    """Evaluator: yields (prefix + name, value) for mcn, vor, s_max, s_min (means), rank (a
-    numerical-rank diagnostic) and singular_values (the (B, c) array itself); in matrix-free
-    mode also mcn_is_lower_bound (1 unless all min(m, n) iterations ran) and s_min_change (see
-    `convergence`).
+                     rtol: float | None = None) -> Measured:
+    """The spectrum of fn's Jacobians at x, measured once: values prefix + mcn, vor, s_max, s_min
+    (means), rank (a numerical-rank diagnostic) and, in matrix-free mode, mcn_is_lower_bound (1
+    unless all min(m, n) iterations ran) and s_min_change (see `convergence`); picture prefix +
+    singular_values (the (B, c) array itself).
 
     Args: fn, x as `jacobian_singular_values`; method "dense" or "matrix_free" (needs key; k,
     num_iters as `matrix_free_singular_values`); rtol, for the rank only, defaults to
-    `nonzero_rtol`. In matrix-free mode rank is yielded only when the whole spectrum was computed.
+    `nonzero_rtol`. In matrix-free mode rank is measured only when the whole spectrum was computed.
     """
     _check_method(method, key)
     m, n = map_dims(fn, x)
     if method == "dense":
-        yield from spectrum_values(jacobian_singular_values(fn, x, chunk_size=chunk_size), m, n, x.dtype,
-                                   rtol=rtol, prefix=prefix)
-        return
+        s = jacobian_singular_values(fn, x, chunk_size=chunk_size)
+        return Measured(spectrum_values(s, m, n, x.dtype, rtol=rtol, prefix=prefix), {prefix + "singular_values": s})
     k, d = min(k, m, n), min(m, n)
     num_iters = min(d, max(4 * k, 64)) if num_iters is None else num_iters
     alpha, beta = bidiagonalize_fn(lambda _, x: fn(x), x, num_iters=num_iters)(None, x, key)
     s = _select(bidiagonal_singular_values(alpha, beta), k, WHICH)
-    yield from spectrum_values(s, m, n, x.dtype, rtol=rtol, prefix=prefix)
-    yield from _convergence_values(alpha, beta, d, prefix)
+    values = {**spectrum_values(s, m, n, x.dtype, rtol=rtol, prefix=prefix), **_convergence_values(alpha, beta, d, prefix)}
+    return Measured(values, {prefix + "singular_values": s})
+
+
+def whole_spectrum(method: str, m: int, n: int, k: int = 8, num_iters: int | None = None) -> bool:
+    """Whether `Spectrum` computes every singular value of m × n Jacobians (which gives the rank):
+    dense, or matrix-free with all min(m, n) iterations and the top and bottom k covering them."""
+    d = min(m, n)
+    if method == "dense":
+        return True
+    k = min(k, d)
+    return min(d, max(4 * k, 64) if num_iters is None else num_iters) == d and 2 * k >= d
+
+
+def value_names(method: str, whole_spectrum: bool, prefix: str = "") -> tuple[str, ...]:
+    """The values `spectrum_metrics` and `Spectrum` measure; whole_spectrum: whether every
+    singular value is computed (dense, or matrix-free with k = min(m, n)), which gives the rank."""
+    names = ("mcn", "vor", "s_max", "s_min") + (("rank",) if whole_spectrum else ())
+    names += ("mcn_is_lower_bound", "s_min_change") if method == "matrix_free" else ()
+    return tuple(prefix + name for name in names)
 
 
 def _check_method(method: str, key) -> None:
@@ -371,31 +389,28 @@ def _check_method(method: str, key) -> None:
         raise ValueError("method='matrix_free' needs a PRNG key")
 
 
-def spectrum_values(s, m: int, n: int, dtype, *, rtol: float | None = None,
-                    prefix: str = "") -> Iterator[tuple[str, float]]:
-    """The metrics of `spectrum_metrics` from singular values s (B, c) of m × n Jacobians in dtype:
+def spectrum_values(s, m: int, n: int, dtype, *, rtol: float | None = None, prefix: str = "") -> dict:
+    """The values of `spectrum_metrics` from singular values s (B, c) of m × n Jacobians in dtype:
     mcn, vor, s_max, s_min from every value; rank, the numerical rank with rtol (default
     `nonzero_rtol`), only as a diagnostic and only when the whole spectrum was computed."""
     s = np.asarray(s, np.float64)
-    yield prefix + "mcn", mcn(s)
-    yield prefix + "vor", vor(s)
-    yield prefix + "s_max", float(np.mean(s.max(axis=-1)))
-    yield prefix + "s_min", float(np.mean(s.min(axis=-1)))
+    out = {prefix + "mcn": mcn(s), prefix + "vor": vor(s), prefix + "s_max": float(np.mean(s.max(axis=-1))),
+           prefix + "s_min": float(np.mean(s.min(axis=-1)))}
     if s.shape[1] == min(m, n):
         rtol = nonzero_rtol(m, n, dtype) if rtol is None else rtol
-        yield prefix + "rank", float(np.mean(ranks(s, rtol=rtol)))
-    yield prefix + "singular_values", s
+        out[prefix + "rank"] = float(np.mean(ranks(s, rtol=rtol)))
+    return out
 
 
-def _convergence_values(alpha, beta, d: int, prefix: str) -> Iterator[tuple[str, float]]:
+def _convergence_values(alpha, beta, d: int, prefix: str) -> dict:
     """Matrix-free only: whether MCN is exact (all d = min(m, n) iterations) or a lower bound,
     and the relative change of s_min over the last quarter of the iterations (0 when exact)."""
     bound = np.asarray(alpha).shape[1] < d
-    yield prefix + "mcn_is_lower_bound", float(bound)
-    yield prefix + "s_min_change", convergence(alpha, beta) if bound else 0.0  # all d iterations: exact
+    return {prefix + "mcn_is_lower_bound": float(bound),
+            prefix + "s_min_change": convergence(alpha, beta) if bound else 0.0}  # all d iterations: exact
 
 
-class Spectrum:
+class Spectrum(Evaluator):
     """Evaluator: `spectrum_metrics` of fn(params, x) at fixed inputs x (B, ...), with the
     Jacobian products jitted once (params_like gives the parameters' shapes), so `run(params)`
     on new parameters compiles nothing. num_iters is capped at min(m, n)."""
@@ -403,7 +418,7 @@ class Spectrum:
     def __init__(self, fn: Callable, x, *, params_like, method: str = "dense", key=None, prefix: str = "",
                  chunk_size: int = 64, k: int = 8, num_iters: int | None = None):
         _check_method(method, key)
-        self.x, self.key, self.prefix, self.method = x, key, prefix, method
+        self.x, self.key, self.prefix, self.method, self.k, self.num_iters = x, key, prefix, method, k, num_iters
         self.m, self.n = map_dims(lambda x: jax.eval_shape(fn, params_like, x), x)
         if method == "dense":
             self._jacobian = sample_jacobian_fn(fn, x, chunk_size=chunk_size, params_like=params_like)
@@ -412,12 +427,18 @@ class Spectrum:
             num_iters = min(self.m, self.n, max(4 * self.k, 64) if num_iters is None else num_iters)
             self._bidiagonalize = bidiagonalize_fn(fn, x, num_iters=num_iters, params_like=params_like)
 
-    def run(self, params) -> Iterator[tuple[str, float]]:
+    @property
+    def names(self) -> tuple[str, ...]:
+        """The values `measure` gives."""
+        return value_names(self.method, whole_spectrum(self.method, self.m, self.n, self.k, self.num_iters), self.prefix)
+
+    def measure(self, params) -> Measured:
         if self.method == "dense":
             s = dense_singular_values(self._jacobian, params, self.x)
-            yield from spectrum_values(s, self.m, self.n, self.x.dtype, prefix=self.prefix)
-            return
-        alpha, beta = (sharding.to_host(c) for c in self._bidiagonalize(params, self.x, self.key))
-        s = _select(bidiagonal_singular_values(alpha, beta), self.k, WHICH)
-        yield from spectrum_values(s, self.m, self.n, self.x.dtype, prefix=self.prefix)
-        yield from _convergence_values(alpha, beta, min(self.m, self.n), self.prefix)
+            values = spectrum_values(s, self.m, self.n, self.x.dtype, prefix=self.prefix)
+        else:
+            alpha, beta = (sharding.to_host(c) for c in self._bidiagonalize(params, self.x, self.key))
+            s = _select(bidiagonal_singular_values(alpha, beta), self.k, WHICH)
+            values = {**spectrum_values(s, self.m, self.n, self.x.dtype, prefix=self.prefix),
+                      **_convergence_values(alpha, beta, min(self.m, self.n), self.prefix)}
+        return Measured(values, {self.prefix + "singular_values": s})
