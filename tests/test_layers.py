@@ -8,8 +8,30 @@ def _tool():
 
 
 def test_imports_point_one_way():
-    bad, checked = _tool().violations(ROOT)
+    tool = _tool()
+    bad, checked = tool.violations(ROOT)
     assert checked > 50 and bad == []
+    assert tool.circles(ROOT) == [] and tool.experiment_violations(ROOT) == []
+
+
+def test_the_check_catches_a_circle_and_a_study_that_edits_sys_path(tmp_path):
+    tool = _tool()
+    data = tmp_path / "isodiff_jax" / "data"
+    data.mkdir(parents=True)
+    (data / "__init__.py").write_text("")
+    (data / "pipeline.py").write_text("def f():\n    from isodiff_jax.data import workers\n")
+    (data / "workers.py").write_text("from isodiff_jax.data.pipeline import Prefetcher\n")
+    (tmp_path / "isodiff_jax" / "spec.py").write_text("import experiments.common\n")
+    studies = tmp_path / "experiments"
+    studies.mkdir()
+    (studies / "lambda_study.py").write_text("import sys\nsys.path.insert(0, '..')\n")
+    (studies / "disentanglement.py").write_text("import lambda_study\nfrom experiments import common\n")
+    assert tool.circles(str(tmp_path)) == ["isodiff_jax.data.pipeline -> isodiff_jax.data.workers -> "
+                                           "isodiff_jax.data.pipeline"]
+    bad = tool.experiment_violations(str(tmp_path))
+    assert any(line.startswith("experiments/lambda_study.py: touches sys.path") for line in bad)
+    assert any("imports the sibling script 'lambda_study'" in line for line in bad)
+    assert any(line.startswith("isodiff_jax.spec -> experiments.common") for line in bad) and len(bad) == 3
 
 
 def test_the_check_catches_an_upward_and_a_sideways_import(tmp_path):

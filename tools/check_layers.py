@@ -13,7 +13,13 @@ import command, which writes a training state) is an entry point, the rest of pr
 
 Inside core, only isometry may import (geometry); anything may import errors and storage (every path
 the project reads or writes goes through it). Every `import` counts, also those inside
-functions. Prints each offending import and exits 1, or prints a summary and exits 0.
+functions. No two modules may import each other, directly or through others (a circle).
+
+The studies in experiments/ sit above everything: they import the package and the `experiments`
+package (`from experiments import common`), never a sibling script as a top-level module and
+never through `sys.path`; the package never imports them.
+
+Prints each offending import and exits 1, or prints a summary and exits 0.
 
 Usage: python tools/check_layers.py [ROOT]   (ROOT: the repository, default: this file's parent)
 """
@@ -88,6 +94,79 @@ def violations(root: str) -> tuple[list, int]:
     return bad, checked
 
 
+def _module_files(root: str) -> dict:
+    """{module name: path} of every module of the package."""
+    out = {}
+    for directory, _, files in os.walk(os.path.join(root, PACKAGE)):
+        for file in sorted(f for f in files if f.endswith(".py")):
+            path = os.path.join(directory, file)
+            out[module_name(root, path)] = path
+    return out
+
+
+def _resolved(target: str, modules: dict) -> str:
+    """'isodiff_jax.data.workers' for `from isodiff_jax.data import workers` (imports_of gives
+    the package, or the imported name below it when that is a module)."""
+    while target not in modules and "." in target:
+        target = target.rsplit(".", 1)[0]
+    return target
+
+
+def circles(root: str) -> list:
+    """Each import circle among the package's modules, as 'a -> b -> a'."""
+    modules = _module_files(root)
+    graph = {}
+    for module, path in modules.items():
+        tree = ast.parse(open(path).read(), path)
+        targets = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith(PACKAGE):
+                targets |= {_resolved(f"{node.module}.{a.name}", modules) for a in node.names}
+            elif isinstance(node, ast.Import):
+                targets |= {_resolved(a.name, modules) for a in node.names if a.name.startswith(PACKAGE)}
+        graph[module] = sorted(t for t in targets if t in modules and t != module and not modules[t].endswith(
+            "__init__.py"))
+    found, done = [], set()
+
+    def visit(module, path):
+        if module in path:
+            found.append(" -> ".join(path[path.index(module):] + [module]))
+            return
+        if module in done:
+            return
+        for target in graph[module]:
+            visit(target, path + [module])
+        done.add(module)
+    for module in sorted(graph):
+        visit(module, [])
+    return found
+
+
+def experiment_violations(root: str) -> list:
+    """'file: why' for each study that edits sys.path or imports a sibling script as a top-level
+    module, and each package module that imports the studies."""
+    folder, bad = os.path.join(root, "experiments"), []
+    if not os.path.isdir(folder):
+        return bad
+    siblings = {f[:-3] for f in os.listdir(folder) if f.endswith(".py")}
+    for file in sorted(f for f in os.listdir(folder) if f.endswith(".py")):
+        path = os.path.join(folder, file)
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            if isinstance(node, ast.Attribute) and node.attr == "path" and getattr(node.value, "id", "") == "sys":
+                bad.append(f"experiments/{file}: touches sys.path (run the studies as `python -m experiments.<name>`)")
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and not node.level and node.module else [])
+            bad += [f"experiments/{file}: imports the sibling script {n.split('.')[0]!r} as a top-level module "
+                    f"(use `from experiments import {n.split('.')[0]}`)" for n in names if n.split(".")[0] in siblings]
+    for module, path in _module_files(root).items():
+        for node in ast.walk(ast.parse(open(path).read(), path)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            bad += [f"{module} -> {n}: the package does not import the studies" for n in names
+                    if n.split(".")[0] == "experiments"]
+    return bad
+
+
 def _why_not(module: str, here: str, target: str, there: str):
     if here == there:
         source, imported = module.split(".")[1], target.split(".")[1]
@@ -107,6 +186,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     root = argv[0] if argv else os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     bad, checked = violations(root)
+    bad += [f"import circle: {circle}" for circle in circles(root)] + experiment_violations(root)
     for line in bad:
         print(line)
     print(f"{checked} imports checked, {len(bad)} against the layers")

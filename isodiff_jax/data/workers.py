@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from isodiff_jax.data.pipeline import Prefetcher
+from isodiff_jax.data.prefetch import Prefetcher
 
 _END = 2**62  # the last step + 1 of the unbounded step range (grain needs a stop)
 
@@ -45,7 +45,7 @@ class WorkerPrefetcher(Prefetcher):
     this process's prefetch thread, off the consumer's path (uint8 -> float32 there means 4x
     fewer bytes cross processes, and the conversion overlaps the step).
 
-    A `pipeline.Prefetcher` whose thread takes the workers' batches, so the interface is the same:
+    A `prefetch.Prefetcher` whose thread takes the workers' batches, so the interface is the same:
     `step`, `wait_seconds` (time `next()` waited), `load_seconds` (the thread's time per batch,
     mostly waiting for the workers), `close()`, use as a context manager, and an exception in
     `load` raised by the `next()` that would have returned its batch. `worker_seconds` sums the
