@@ -5,8 +5,8 @@ Trains `configs/shapes16.py` (shapes at 16×16, no isometry loss) and scores its
 (target ≥ 90 %) and the Fréchet distance in the oracle's features, beside the distance between
 two real sets of the same size. The λ study fine-tunes copies of this model.
 
-    .venv/bin/python experiments/base_model.py                   # about 45 minutes on 2 CPU cores
-    .venv/bin/python experiments/base_model.py --steps 3000      # shorter
+    .venv/bin/python -m experiments.base_model                   # about 45 minutes on 2 CPU cores
+    .venv/bin/python -m experiments.base_model --steps 3000      # shorter
 
 Resumable: the oracle is trained once (runs/oracle16), training resumes from its newest
 checkpoint (runs/experiments/base_model/run), and a finished score is not recomputed unless
@@ -16,22 +16,10 @@ prints a summary table.
 import argparse
 import os
 import shutil
-import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from isodiff_jax.storage import read_saved, write_json  # noqa: E402  (after the path above)
-
-
-def load_config(path: str):
-    """get_config() of a config file given by its path (relative to the repository)."""
-    import importlib.util
-    spec = importlib.util.spec_from_file_location("base_config", os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+from experiments.common import load_config
+from isodiff_jax.storage import read_saved, write_json
 
 
 def train_oracle(directory: str, steps: int) -> None:

@@ -15,8 +15,8 @@ composition in x_T and h (shapes), and the purity, consistency, coverage,
 linearity and composition of the top-4 pullback directions at t = 500 and 900 (on digits their
 class purity). Seeds share compiled programs: evaluators are built for the spec with data seed 0.
 
-    .venv/bin/python experiments/disentanglement.py                 # about 3 hours on 2 CPU cores
-    .venv/bin/python experiments/disentanglement.py --train_only    # the training alone
+    .venv/bin/python -m experiments.disentanglement                 # about 3 hours on 2 CPU cores
+    .venv/bin/python -m experiments.disentanglement --train_only    # the training alone
 
 Resumable: runs train in runs/experiments/disentanglement/<name>/ (resumed if interrupted); each
 run's measurements go to --results/<name>.json and are not recomputed; the controls to
@@ -29,18 +29,12 @@ import dataclasses
 import glob
 import math
 import os
-import sys
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import lambda_study  # noqa: E402  (a sibling script: the λ study's run recipe)
-
-from isodiff_jax.storage import read_saved, write_json, write_results  # noqa: E402  (after the path above)
+from experiments import common
+from isodiff_jax.storage import read_saved, write_json, write_results
 
 
 
@@ -66,7 +60,7 @@ def run_config(run: Run, args):
     scratch_lam{λ} / lam{λ}_p0.5 run; on digits it is configs/digits16.py."""
     study_args = argparse.Namespace(config=args.config, steps=args.steps, checkpoint_every=250,
                                     grid_steps=100, quick=args.quick, lr=1e-4, base=args.base)
-    c = lambda_study.run_config(lambda_study.Run(run.name, run.weight, 0.5, from_scratch=run.from_scratch),
+    c = common.run_config(common.Run(run.name, run.weight, 0.5, from_scratch=run.from_scratch),
                                 study_args)
     c.seed, c.data.name = run.seed, run.data
     return c

@@ -27,8 +27,8 @@ encoder pass shared, t ~ U{T/2, …, T−1}) at batch B, for each (estimator, K)
 (ε-MSE only) as the reference. Accuracy per unit cost: (rel. std of L̂)² × seconds per step, lower is
 better (the variance a fixed time budget buys, whether spent on probes or on steps).
 
-    .venv/bin/python experiments/estimator_accuracy.py            # the study, about 8 minutes on 2 CPU cores
-    .venv/bin/python experiments/estimator_accuracy.py --quick --workdir ""   # test setting, random init
+    .venv/bin/python -m experiments.estimator_accuracy            # the study, about 8 minutes on 2 CPU cores
+    .venv/bin/python -m experiments.estimator_accuracy --quick --workdir ""   # test setting, random init
 
 Runtime, 2 CPU cores (measured): the exact values and draws 4.4 minutes (with another job on the cores),
 the costs 3.7 minutes, a re-run with every part done 5 s; --quick about 1 minute, mostly compiling.
@@ -54,9 +54,6 @@ import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 from PIL import Image
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 from isodiff_jax import diffusion, isometry, storage
 from isodiff_jax.analysis import load, sampling
@@ -598,7 +595,7 @@ def main(argv=None) -> dict:
     save_png(figure(results, costs, settings), picture)
     argv = sys.argv[1:] if argv is None else argv
     summary = {"study": "estimator_accuracy",
-               "command": " ".join(["python experiments/estimator_accuracy.py"] + list(argv)),
+               "command": " ".join(["python -m experiments.estimator_accuracy"] + list(argv)),
                "settings": dataclasses.asdict(settings), "model": model,
                "cost_measure": ("median wall time, after one warm-up call, of jax.jit(jax.value_and_grad) of the "
                                 "training objective (train.step.make_loss_fn: eps-MSE + weight * L_iso, encoder pass "

@@ -14,8 +14,8 @@ R², and the exact rank·L_iso of the encoder at t = 500/700/900 on noised data.
 The best λ is the λ > 0 with the lowest mRTL / floor whose oracle-confident share is at most 5
 points below λ = 0's (the isometry gain that does not cost sample quality).
 
-    .venv/bin/python experiments/lambda_study.py            # about 2-3 hours on 2 CPU cores
-    .venv/bin/python experiments/lambda_study.py --steps 500
+    .venv/bin/python -m experiments.lambda_study            # about 2-3 hours on 2 CPU cores
+    .venv/bin/python -m experiments.lambda_study --steps 500
 
 Resumable: each run trains in runs/experiments/lambda/<name>/ (resumed if interrupted) and its
 measurements are saved in <name>/measured.json; finished runs are skipped. Writes summary.json,
@@ -23,58 +23,19 @@ mrtl_vs_lambda.png, fd_vs_lambda.png and interpolation_best.png, and prints the 
 """
 import argparse
 import dataclasses
-import importlib.util
 import os
-import sys
 import time
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-
-from isodiff_jax.storage import read_saved, write_json, write_results  # noqa: E402  (after the path above)
-from isodiff_jax.train import monitor  # noqa: E402
+from experiments.common import Run, run_config
+from isodiff_jax.storage import read_saved, write_json, write_results
+from isodiff_jax.train import monitor
 
 METRICS = ("mrtl", "mcn", "vor", "ppl", "inversion", "fd", "factor_rtl", "edit", "probe", "rank_iso")
 COLUMNS = ("mrtl", "mrtl_floor", "mrtl_over_floor", "t500_mcn", "t500_vor", "ppl_pixel_l2", "fd_oracle",
            "oracle_confident_fraction", "inversion_psnr", "factor_rtl", "edit_xT_precision", "edit_h_precision",
            "probe_r2", "rank_iso_t500", "rank_iso_t700", "rank_iso_t900")
-
-
-@dataclasses.dataclass(frozen=True)
-class Run:
-    name: str
-    weight: float
-    p: float
-    from_scratch: bool = False
-    kind: str = "sphere"  # the regularizer (experiments/regularizer_study.py varies it)
-
-
-def load_config(path: str):
-    spec = importlib.util.spec_from_file_location("study_config", os.path.join(ROOT, path))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-def run_config(run: Run, args):
-    """--config (configs/shapes16.py, the base model's) with this run's regularizer, start and length."""
-    c = load_config(args.config)
-    c.regularizer.kind, c.regularizer.weight, c.regularizer.p = run.kind, run.weight, run.p
-    c.training.num_steps = args.steps
-    c.checkpoint.every_steps = min(args.checkpoint_every, args.steps)
-    c.logging.log_every_steps = max(1, args.steps // 20)
-    c.logging.sample_steps = args.grid_steps
-    c.logging.progress_bar = not args.quick
-    if not run.from_scratch:  # fine-tuning: the base model's EMA parameters, a constant small rate
-        c.training.init_from = args.base
-        c.optim.lr, c.optim.decay, c.optim.warmup_steps = args.lr, "constant", 0
-    else:
-        c.optim.warmup_steps = min(c.optim.warmup_steps, args.steps // 10)
-    if args.quick:
-        c.training.global_batch_size, c.logging.num_samples = 8, 4
-    return c
 
 
 def trajectory(workdir: str) -> list:

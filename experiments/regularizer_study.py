@@ -11,23 +11,18 @@ regularizer (λ = 0).
 The runs live in the λ study's directory by default, so the λ = 0 run and the sphere runs it has
 already made are reused, not trained again (same names, same settings).
 
-    .venv/bin/python experiments/regularizer_study.py       # about 15 minutes per new run on 2 CPU cores
+    .venv/bin/python -m experiments.regularizer_study       # about 15 minutes per new run on 2 CPU cores
 
 Resumable as the λ study is. Writes regularizers.json, regularizers.png (mRTL / floor and
 fd_oracle against the weight, one line per kind) and prints the table.
 """
 import os
-import sys
 
 import numpy as np
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from experiments import lambda_study  # one definition of runs, measures and the best-weight rule
 
-import lambda_study  # noqa: E402  (a sibling script: one definition of runs, measures and the best-weight rule)
-
-from isodiff_jax import storage  # noqa: E402  (after the path above)
+from isodiff_jax import storage
 
 KINDS = ("sphere", "euclidean", "path_length")
 

@@ -52,7 +52,7 @@ Runtime, 2 CPU cores (measured): default (3 variants × 5 seeds × 4000 steps) 2
 --cap-deg 30 --seeds 0,1,2 1.6 minutes; --quick (1 seed, 20 steps, small nets) 25 s, mostly
 compiling; a re-run with every run done 15 s (pictures).
 
-Usage: python experiments/toy_sphere.py [--steps 4000] [--seeds 0,1,2,3,4] [--out DIR] [--quick]
+Usage: python -m experiments.toy_sphere [--steps 4000] [--seeds 0,1,2,3,4] [--out DIR] [--quick]
        [--iso-weight 1.0] [--cap-deg 90] [--no-progress]
 """
 import argparse
@@ -543,7 +543,7 @@ def main(argv=None) -> dict:
     pictures = draw(args.out, settings, seeds)
     argv = sys.argv[1:] if argv is None else argv
     runs = [{k: r[k] for k in ("variant", "seed", "metrics", "seconds")} for r in records]
-    summary = {"study": "toy_sphere", "command": " ".join(["python experiments/toy_sphere.py"] + list(argv)),
+    summary = {"study": "toy_sphere", "command": " ".join(["python -m experiments.toy_sphere"] + list(argv)),
                "settings": dataclasses.asdict(settings), "seeds": seeds, "variants": LABELS,
                "aggregate": table, "references": references, "runs": runs,
                "pictures": [os.path.basename(p) for p in pictures]}

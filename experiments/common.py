@@ -1,0 +1,44 @@
+"""What the studies share: a config file read by path, and the run recipe of the λ study (a
+fine-tune of the base model or a run from scratch, with one regularizer), which the regularizer
+and disentanglement studies reuse."""
+import dataclasses
+import importlib.util
+import os
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # configs are read from here
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    name: str
+    weight: float
+    p: float
+    from_scratch: bool = False
+    kind: str = "sphere"  # the regularizer (experiments/regularizer_study.py varies it)
+
+
+def load_config(path: str):
+    """The get_config() of the config file at `path` (relative to the repository root)."""
+    spec = importlib.util.spec_from_file_location("study_config", os.path.join(ROOT, path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def run_config(run: Run, args):
+    """--config (configs/shapes16.py, the base model's) with this run's regularizer, start and length."""
+    c = load_config(args.config)
+    c.regularizer.kind, c.regularizer.weight, c.regularizer.p = run.kind, run.weight, run.p
+    c.training.num_steps = args.steps
+    c.checkpoint.every_steps = min(args.checkpoint_every, args.steps)
+    c.logging.log_every_steps = max(1, args.steps // 20)
+    c.logging.sample_steps = args.grid_steps
+    c.logging.progress_bar = not args.quick
+    if not run.from_scratch:  # fine-tuning: the base model's EMA parameters, a constant small rate
+        c.training.init_from = args.base
+        c.optim.lr, c.optim.decay, c.optim.warmup_steps = args.lr, "constant", 0
+    else:
+        c.optim.warmup_steps = min(c.optim.warmup_steps, args.steps // 10)
+    if args.quick:
+        c.training.global_batch_size, c.logging.num_samples = 8, 4
+    return c
