@@ -22,7 +22,7 @@ run: install
 # Analysis of the main job: trains the shapes factor oracle once (runs/oracle16), then runs every
 # metric on runs/shapes16_iso and writes runs/shapes16_iso/analysis/ (metrics.json and PNG pictures).
 analysis: install
-	test -e runs/oracle16/oracle.json || $(PY) -m isodiff_jax.analysis.oracle --out runs/oracle16 --resolution 16
+	test -e runs/oracle16/oracle.json || $(PY) -m isodiff_jax.analysis.networks.oracle --out runs/oracle16 --resolution 16
 	$(PY) -m isodiff_jax.analysis --workdir runs/shapes16_iso --oracle runs/oracle16 --out runs/shapes16_iso/analysis
 
 # Everything (the README's and CI's test command), and the tier to run while working: all but the

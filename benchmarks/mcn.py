@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 from configs import bench_cpu32  # noqa: E402
 from isodiff_jax import config as config_lib, data, diffusion  # noqa: E402
 from isodiff_jax.data import pipeline  # noqa: E402
-from isodiff_jax.analysis import spectrum  # noqa: E402
+from isodiff_jax.analysis.measures import spectrum  # noqa: E402
 from isodiff_jax.unet import UNet  # noqa: E402
 
 VOR_ENDS = 8  # VoR over the top-8 and bottom-8 values, as spectrum_metrics(k=8) gives it

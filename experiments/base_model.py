@@ -24,7 +24,7 @@ from isodiff_jax.storage import read_saved, write_json
 
 def train_oracle(directory: str, steps: int) -> None:
     """A 16 px factor oracle in `directory`, unless one is there."""
-    from isodiff_jax.analysis import oracle
+    from isodiff_jax.analysis.networks import oracle
     if os.path.exists(os.path.join(directory, "oracle.json")):
         return
     model = oracle.train(16, steps=steps)

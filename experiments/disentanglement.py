@@ -1,6 +1,6 @@
 """Does isometric regularization make the latent space more disentangled?
 
-Every measure is first run on controls whose answer is known (`analysis/controls.py`: factors on
+Every measure is first run on controls whose answer is known (`analysis/edits/controls.py`: factors on
 axes, rotated, and a nonlinear mix), then on trained models:
 
 - shapes, from scratch for --steps (the λ study's scratch pair): λ = 0 against --best_lambda
@@ -160,14 +160,14 @@ def control_results(args) -> dict:
     path = os.path.join(args.results, "controls.json")
     if (saved := read_saved(path)) is not None:
         return saved
-    from isodiff_jax.analysis import controls, digit_classifier, edit_scores, oracle
-    reader = edit_scores.FactorReader(oracle.load(args.oracle))
-    classes = edit_scores.ClassReader(digit_classifier.load(args.classifier), digit_classifier.CLASS_NAMES)
+    from isodiff_jax.analysis.edits import controls, scoring
+    from isodiff_jax.analysis.networks import digit_classifier, oracle
+    reader = scoring.FactorReader(oracle.load(args.oracle))
+    classes = scoring.ClassReader(digit_classifier.load(args.classifier), digit_classifier.CLASS_NAMES)
     sizes = dict(num_edit=8, num_probe=128) if args.quick else {}
-    result = {"shapes": {kind: controls.measure(controls.Control(kind, resolution=reader.oracle.resolution), reader,
-                                                **sizes, **(dict(num_label=32) if args.quick else {}))
-                         for kind in controls.CONTROLS},
-              "digits": {kind: controls.measure_digits(controls.Control(kind, data="digits"), classes, **sizes)
+    result = {"shapes": {kind: controls.control_for(kind, "shapes", resolution=reader.oracle.resolution).measure(
+                             reader, **sizes, **(dict(num_label=32) if args.quick else {})) for kind in controls.CONTROLS},
+              "digits": {kind: controls.control_for(kind, "digits").measure(classes, **sizes)
                          for kind in controls.CONTROLS}}
     write_json(path, result, indent=2)
     return result
@@ -176,7 +176,7 @@ def control_results(args) -> dict:
 def with_means(metrics: dict) -> dict:
     """metrics plus linear_{xT,h}_target_change, the mean over factors of how far each supervised
     edit moved its factor (an edit that moves nothing is trivially linear and additive)."""
-    from isodiff_jax.analysis import factors
+    from isodiff_jax.analysis.edits import factors
     out = dict(metrics)
     for space in ("xT", "h"):
         values = [metrics.get(f"linear_{space}_{name}_target_change") for name in factors.CONTINUOUS]
@@ -342,7 +342,7 @@ def parser() -> argparse.ArgumentParser:
 
 def prepare(args) -> None:
     """The oracle and the digit classifier, trained once when missing."""
-    from isodiff_jax.analysis import digit_classifier, oracle
+    from isodiff_jax.analysis.networks import digit_classifier, oracle
     if not os.path.exists(os.path.join(args.oracle, "oracle.json")):
         o = oracle.train(16, steps=150 if args.quick else 3000, progress=not args.quick)
         oracle.save(o, args.oracle, oracle.evaluate(o, seed=2, num=256 if args.quick else 2048))
@@ -391,7 +391,8 @@ def main(argv=None, measurers: dict | None = None) -> dict:
 def pictures(results: list, args) -> list:
     """Top-k pullback x_t edits of each seed-0 model (rows = directions, columns = α) at each t,
     and the supervised linearity curves of the shapes pair (seed 0)."""
-    from isodiff_jax.analysis import directions, pictures as pictures_lib
+    from isodiff_jax.analysis import pictures as pictures_lib
+    from isodiff_jax.analysis.edits import pullback
     os.makedirs(args.pictures, exist_ok=True)
     paths = []
     for r in results:
@@ -405,7 +406,7 @@ def pictures(results: list, args) -> list:
         for key in strips.files:
             rows = [f"v{i + 1} (s={r['metrics'][f'pullback_xt_{key}_s{i + 1}']:.2f})" for i in range(len(strips[key]))]
             path = os.path.join(args.pictures, f"pullback_{r['name']}_{key}.png")
-            paths.append(pictures_lib.editing(path, strips[key], rows, directions.ALPHAS,
+            paths.append(pictures_lib.editing(path, strips[key], rows, pullback.ALPHAS,
                                               f"{r['name']}: pullback directions at {key} (x_t + α σ_t v_i)"))
     shapes_pair = [r for r in results if r["data"] == "shapes" and r["seed"] == 0 and r["from_scratch"]]
     if shapes_pair:
@@ -416,8 +417,8 @@ def pictures(results: list, args) -> list:
 def linearity_curves(runs: list, path: str) -> str:
     """The edited factor's mean signed response against α, per factor, in x_T and h, one line per run."""
     from matplotlib.figure import Figure
-    from isodiff_jax.analysis import edit_scores, factors
-    alphas = sorted(edit_scores.ALPHAS + (0.0,))
+    from isodiff_jax.analysis.edits import factors, scoring
+    alphas = sorted(scoring.ALPHAS + (0.0,))
     fig = Figure(figsize=(3 * len(factors.CONTINUOUS), 5.5), layout="tight")
     axes = fig.subplots(2, len(factors.CONTINUOUS), squeeze=False)
     for row, space in enumerate(("xT", "h")):

@@ -96,7 +96,7 @@ def reference(tmp_path_factory):
 def oracle16(tmp_path_factory):
     """A factor oracle for the test config's 16×16 images, briefly trained (good enough to run
     the oracle-based metrics; its accuracy is tested at 24 px in test_oracle.py)."""
-    from isodiff_jax.analysis import oracle
+    from isodiff_jax.analysis.networks import oracle
     build = lambda path: oracle.save(oracle.train(16, steps=150, batch_size=32, progress=False), path, {})
     return oracle.load(str(once_per_session(tmp_path_factory, "oracle16", build)[0]))
 

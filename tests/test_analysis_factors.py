@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 
 from isodiff_jax import diffusion
-from isodiff_jax.analysis import editing, factors, load, oracle, probe, quality, registry, suite
+from isodiff_jax.analysis import load, registry, suite
+from isodiff_jax.analysis.edits import factors, supervised
+from isodiff_jax.analysis.measures import probe, quality
+from isodiff_jax.analysis.networks import oracle
 from isodiff_jax.data import shapes
 
 
@@ -58,12 +61,12 @@ def test_direction_recovers_a_planted_direction_and_precision_counts_changes():
     latents = rng.normal(size=(400, 30))
     true = np.zeros(30)
     true[3] = 1.0
-    d, sigma = editing.direction(latents, latents @ true + 0.1 * rng.normal(size=400))
+    d, sigma = supervised.direction(latents, latents @ true + 0.1 * rng.normal(size=400))
     assert d @ true > 0.9 and sigma == pytest.approx(np.std(latents @ d))
     original = dict(shape=np.zeros(4), object_hue=np.zeros(4), background_hue=np.full(4, 0.5),
                     scale=np.full(4, 0.3), x=np.full(4, 0.5), y=np.full(4, 0.5))
     edited = [{**original, "x": original["x"] + 0.1 * a, "y": original["y"] + 0.02} for a in (1, 2)]
-    scores = editing.precision(original, edited, "x")
+    scores = supervised.precision(original, edited, "x")
     target, others = 0.15 / 0.4, 0.02 / 0.4
     assert scores["target"] == pytest.approx(target) and scores["others"] == pytest.approx(others)
     assert scores["precision"] == pytest.approx(target / (target + others))
@@ -109,7 +112,7 @@ def test_frechet_evaluator_reports_the_real_floor_and_needs_enough_real_images()
 
 def test_editor_without_shift_is_the_plain_sampler_and_h_shifts_move_images(trained_workdir):
     spec, params, _ = load.load(trained_workdir)
-    editor = editing.Editor(spec, sample_steps=4, h_min_t=50)
+    editor = supervised.Editor(spec, sample_steps=4, h_min_t=50)
     x_T = jax.random.normal(jax.random.PRNGKey(0), (3, *spec.image_shape))
     plain = diffusion.ddim_sample(lambda x, t: spec.eps(params, x, t), spec.noise_schedule, x_T, 4, clip_x0=1.0)
     np.testing.assert_allclose(editor.decode(params, x_T), plain, atol=1e-5)
@@ -122,19 +125,19 @@ def test_editor_without_shift_is_the_plain_sampler_and_h_shifts_move_images(trai
     assert np.all(shifts[2:] == 0) and np.all(np.any(shifts[:2] != 0, axis=(1, 2, 3)))
     asyrp = editor.decode(params, x_T, 50 * shifts)
     assert not np.allclose(asyrp, plain, atol=1e-3)
-    both = editing.Editor(spec, sample_steps=4, h_min_t=50, h_edit="both")  # the shifted ε̂ in both DDIM terms
+    both = supervised.Editor(spec, sample_steps=4, h_min_t=50, h_edit="both")  # the shifted ε̂ in both DDIM terms
     np.testing.assert_allclose(both.decode(params, x_T), plain, atol=1e-5)
     assert not np.allclose(both.decode(params, x_T, 50 * shifts), asyrp, atol=1e-3)
     with pytest.raises(ValueError, match="no DDIM step to edit"):
-        editing.Editor(spec, sample_steps=4, h_min_t=99)
+        supervised.Editor(spec, sample_steps=4, h_min_t=99)
     with pytest.raises(ValueError, match="h_edit"):
-        editing.Editor(spec, sample_steps=4, h_min_t=50, h_edit="direction")
+        supervised.Editor(spec, sample_steps=4, h_min_t=50, h_edit="direction")
 
 
 def test_x_T_edits_are_put_back_on_each_samples_sphere():
     rng = np.random.default_rng(8)
     x_T, shift = rng.normal(size=(3, 4, 4, 3)), 5.0 * rng.normal(size=(4, 4, 3))
-    edited = editing.edit_x_T(x_T, shift)
+    edited = supervised.edit_x_T(x_T, shift)
     np.testing.assert_allclose(np.linalg.norm(edited.reshape(3, -1), axis=1),
                                np.linalg.norm(x_T.reshape(3, -1), axis=1), rtol=1e-5)
     cos = np.sum(edited.reshape(3, -1) * (x_T + shift).reshape(3, -1), axis=1) / (
@@ -166,7 +169,7 @@ def test_oracle_metrics_run_through_the_cli(trained_workdir, oracle16, tmp_path)
     m = json.load(open(out / "metrics.json"))["metrics"]
     assert m["fd_oracle"] >= 0 and 0 <= m["oracle_confident_fraction"] <= 1
     assert m["factor_rtl_shape_extra_changes"] >= 0
-    assert all(0 <= m[f"edit_{s}_precision"] <= 1 for s in editing.SPACES)
+    assert all(0 <= m[f"edit_{s}_precision"] <= 1 for s in supervised.SPACES)
     assert -10 < m["probe_r2"] <= 1 and 0 <= m["probe_shape_accuracy"] <= 1
     for name in ("editing_xT.png", "editing_h.png"):
         assert (out / name).stat().st_size > 1000

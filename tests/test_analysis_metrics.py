@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isodiff_jax.analysis import frechet, rtl
+from isodiff_jax.analysis.measures import frechet, rtl
 
 
 def test_rtl_of_a_straight_path_is_one():
@@ -97,7 +97,7 @@ def test_frechet_distance_of_identical_sets_is_zero_and_of_shifted_sets_the_shif
 
 
 def test_ppl_pair_values_of_the_identity_sampler_are_the_squared_slerp_speed():
-    from isodiff_jax.analysis import ppl
+    from isodiff_jax.analysis.measures import ppl
     x0, x1 = jax.random.normal(jax.random.PRNGKey(5), (2, 3, 4, 4, 3), jnp.float64)
     w = jnp.array([0.1, 0.5, 0.9])
     values = ppl.pair_values(lambda x: x, ppl.pixel_l2, x0, x1, w, 1e-5)
@@ -109,7 +109,7 @@ def test_ppl_pair_values_of_the_identity_sampler_are_the_squared_slerp_speed():
 
 
 def test_paths_refuse_end_points_of_different_shapes():
-    from isodiff_jax.analysis import ppl
+    from isodiff_jax.analysis.measures import ppl
     x0, x1 = jnp.zeros((2, 4, 4, 3)), jnp.ones((2, 4, 4, 2))
     with pytest.raises(AssertionError, match="different shapes"):
         rtl.slerp_path(x0, x1, 4)
@@ -118,7 +118,7 @@ def test_paths_refuse_end_points_of_different_shapes():
 
 
 def test_ppl_trimming_uses_sample_values_as_bounds_and_drops_nothing_below_100():
-    from isodiff_jax.analysis import ppl
+    from isodiff_jax.analysis.measures import ppl
     values = np.random.default_rng(5).exponential(size=99)
     assert ppl.trimmed_mean(values) == pytest.approx(values.mean(), rel=1e-12)
     values = np.arange(1000.0)  # 1st/99th percentiles with lower/higher interpolation: 9 and 990
@@ -140,7 +140,7 @@ def test_mrtl_of_an_exact_isometry_is_its_floor_not_one():
 
 
 def test_ppl_trims_per_sample_values_not_batch_means():
-    from isodiff_jax.analysis import ppl
+    from isodiff_jax.analysis.measures import ppl
     values = np.random.default_rng(2).uniform(0.9, 1.1, 1000)
     values[[3, 205, 407, 609, 811]] = 1e6  # five outliers in five different batches of 10
     assert ppl.trimmed_mean(values) == pytest.approx(1.0, abs=0.02)
@@ -150,7 +150,7 @@ def test_ppl_trims_per_sample_values_not_batch_means():
 
 
 def test_ppl_evaluator_names_its_distance():
-    from isodiff_jax.analysis import ppl
+    from isodiff_jax.analysis.measures import ppl
     out = ppl.Ppl(lambda scale, x: jnp.tanh(scale * x), image_shape=(4, 4, 3), num_samples=20,
                   batch_size=8, seed=6).measure(1.0)
     assert set(out.values) == {"ppl_pixel_l2"} and out.pictures["ppl_values"].shape == (20,)
@@ -161,7 +161,7 @@ def test_inversion_of_an_exact_gaussian_model_reconstructs_and_psnr_matches_mse(
     """For data N(0, σ²I) the optimal ε̂ is linear; inversion + sampling then returns the input
     up to the discretization error, which shrinks with the number of steps."""
     from isodiff_jax import diffusion
-    from isodiff_jax.analysis import inversion
+    from isodiff_jax.analysis.measures import inversion
     schedule = diffusion.make_schedule("linear", 1000, dtype=jnp.float64)
     sigma2 = 0.25
 

@@ -161,13 +161,13 @@ def test_a_damaged_safetensors_file_is_one_line_naming_it(weights, how):
 
 @pytest.mark.parametrize("how", [cut, wrong_type, random_bytes], ids=lambda f: f.__name__)
 def test_a_damaged_oracle_record_is_one_line_saying_how_to_make_it_again(tmp_path, how):
-    from isodiff_jax.analysis import oracle
+    from isodiff_jax.analysis.networks import oracle
     path = tmp_path / "oracle.json"
     path.write_text(json.dumps({"resolution": 16, "channels": [8], "features": 16}))
     damage(path, how)
     with pytest.raises(storage.DamagedFile) as error:
         oracle.load(str(tmp_path))
-    assert one_line(error).startswith(f"{path} is damaged (") and "python -m isodiff_jax.analysis.oracle" in one_line(error)
+    assert one_line(error).startswith(f"{path} is damaged (") and "python -m isodiff_jax.analysis.networks.oracle" in one_line(error)
 
 
 @pytest.mark.parametrize("how", [cut, wrong_type, random_bytes], ids=lambda f: f.__name__)

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isodiff_jax.analysis import controls, directions, edit_scores, factors
+from isodiff_jax.analysis.edits import controls, factors, pullback, scoring
 from isodiff_jax.data import shapes
 from isodiff_jax.unet import UNet
 
@@ -40,7 +40,7 @@ def test_local_basis_of_a_designed_linear_map(m, n):
     a = jnp.asarray(u @ np.diag(s) @ v.T)
     fn = lambda x: x.reshape(x.shape[0], -1) @ a.T
     x = jnp.asarray(rng.standard_normal((3, n)))
-    got_s, got_v = directions.local_basis(fn, x, jax.random.PRNGKey(0), k=3)
+    got_s, got_v = pullback.local_basis(fn, x, jax.random.PRNGKey(0), k=3)
     assert got_s.shape == (3, 3) and got_v.shape == (3, 3, n)
     np.testing.assert_allclose(got_s, np.broadcast_to(s[:3], (3, 3)), rtol=1e-12)
     _assert_same_vectors(got_v, np.broadcast_to(v.T, (3, d, n)), 3, cos=1 - 1e-12)
@@ -53,10 +53,10 @@ def test_local_basis_of_a_nonlinear_map_matches_dense_svd():
     fn = lambda x: jnp.tanh(x.reshape(x.shape[0], -1) @ w1) @ w2
     x = jax.random.normal(jax.random.PRNGKey(4), (2, 4, 4, 3), jnp.float64)
     s_ref, v_ref = _dense_svd(fn, x)
-    s, v = directions.local_basis(fn, x, jax.random.PRNGKey(5), k=4, num_iters=20)  # all 20: exact
+    s, v = pullback.local_basis(fn, x, jax.random.PRNGKey(5), k=4, num_iters=20)  # all 20: exact
     np.testing.assert_allclose(s, s_ref[:, :4], rtol=1e-10)
     _assert_same_vectors(v, v_ref, 4)
-    s_part, v_part = directions.local_basis(fn, x, jax.random.PRNGKey(5), k=2, num_iters=12)  # partial Lanczos
+    s_part, v_part = pullback.local_basis(fn, x, jax.random.PRNGKey(5), k=2, num_iters=12)  # partial Lanczos
     np.testing.assert_allclose(s_part, s_ref[:, :2], rtol=1e-6)
     _assert_same_vectors(v_part, v_ref, 2, cos=1 - 1e-4)
 
@@ -70,7 +70,7 @@ def test_local_basis_of_a_unet_encoder_matches_dense_svd():
     params = model.init(jax.random.PRNGKey(1), x, jnp.array([0, 0]))
     encode = lambda x: model.apply(params, x, jnp.full((x.shape[0],), 700), method=UNet.encode)
     s_ref, v_ref = _dense_svd(encode, x)
-    s, v = directions.local_basis(encode, x, jax.random.PRNGKey(2), k=4)
+    s, v = pullback.local_basis(encode, x, jax.random.PRNGKey(2), k=4)
     np.testing.assert_allclose(s, s_ref[:, :4], rtol=2e-5)
     _assert_same_vectors(v, v_ref, 4, cos=1 - 1e-5)
 
@@ -78,10 +78,10 @@ def test_local_basis_of_a_unet_encoder_matches_dense_svd():
 def test_local_basis_rejects_bad_k():
     fn = lambda x: x[:, :3]
     with pytest.raises(ValueError, match="k must be in"):
-        directions.local_basis(fn, jnp.ones((2, 5)), jax.random.PRNGKey(0), k=4)
+        pullback.local_basis(fn, jnp.ones((2, 5)), jax.random.PRNGKey(0), k=4)
 
 
-class _Reader(edit_scores.FactorReader):
+class _Reader(scoring.FactorReader):
     def __init__(self):
         super().__init__(oracle=None)
 
@@ -96,7 +96,7 @@ def test_alpha_response_of_a_pure_linear_edit_and_of_a_mixed_one():
     reader, alphas = _Reader(), (-2.0, -1.0, 1.0, 2.0)
     original = _reading([0.5, 0.5], [0.5, 0.5])
     pure = [_reading([0.5 + 0.02 * a] * 2, [0.5, 0.5]) for a in alphas]
-    scores = edit_scores.alpha_response(reader, original, pure, alphas)
+    scores = scoring.alpha_response(reader, original, pure, alphas)
     assert reader.names[scores["dominant"][0]] == "x"
     np.testing.assert_allclose(scores["purity"], 1.0)
     np.testing.assert_allclose(scores["linearity"], 1.0)
@@ -104,7 +104,7 @@ def test_alpha_response_of_a_pure_linear_edit_and_of_a_mixed_one():
     np.testing.assert_allclose(scores["unintended"], 0.0)
     np.testing.assert_allclose(scores["target_change"], 0.05 * 1.5)  # mean |0.02 α| / 0.4
     mixed = [_reading([0.5 + 0.02 * abs(a)] * 2, [0.5 + 0.02 * a] * 2) for a in alphas]  # x folds, y is linear
-    scores = edit_scores.alpha_response(reader, original, mixed, alphas, target="x")
+    scores = scoring.alpha_response(reader, original, mixed, alphas, target="x")
     np.testing.assert_allclose(scores["purity"], 0.5)
     np.testing.assert_allclose(scores["precision"], 0.5)
     np.testing.assert_allclose(scores["monotone"], 0.0)
@@ -115,8 +115,8 @@ def test_additivity_error_is_zero_for_additive_edits_and_one_when_the_sum_does_n
     reader = _Reader()
     original = _reading([0.5], [0.5])
     a, b = _reading([0.56], [0.5]), _reading([0.5], [0.44])
-    assert edit_scores.additivity_error(reader, original, a, b, _reading([0.56], [0.44])) == pytest.approx(0.0)
-    assert edit_scores.additivity_error(reader, original, a, b, original) == pytest.approx(1.0)
+    assert scoring.additivity_error(reader, original, a, b, _reading([0.56], [0.44])) == pytest.approx(0.0)
+    assert scoring.additivity_error(reader, original, a, b, original) == pytest.approx(1.0)
 
 
 @pytest.fixture(scope="module")
@@ -124,8 +124,8 @@ def control_scores(oracle16):
     """Every measure on each control, read by the tests' brief oracle on the continuous factors
     (it reads hues and positions well but shapes at chance; the study's 3,000-step oracle reads
     all six: experiments/results/disentanglement/controls.json)."""
-    reader = edit_scores.FactorReader(oracle16, factors.CONTINUOUS)
-    return {kind: controls.measure(controls.Control(kind), reader, num_label=128, num_edit=16, num_probe=256)
+    reader = scoring.FactorReader(oracle16, factors.CONTINUOUS)
+    return {kind: controls.control_for(kind).measure(reader, num_label=128, num_edit=16, num_probe=256)
             for kind in controls.CONTROLS}
 
 
@@ -144,28 +144,28 @@ def test_every_measure_scores_both_positive_controls_above_the_negative(control_
 
 
 def test_controls_decode_their_factors_and_refuse_unknown_kinds():
-    x = np.random.default_rng(0).standard_normal((64, controls.LATENT_DIM))
+    x = np.random.default_rng(0).standard_normal((64, controls.ShapesControl.dim))
     for kind in controls.CONTROLS:
-        control = controls.Control(kind)
+        control = controls.control_for(kind)
         f = control.factors_of(x)
         assert set(f) == set(shapes.FACTORS) and control.decode(x).shape == (64, 16, 16, 3)
         assert np.all((f["object_hue"] >= 0) & (f["object_hue"] < 0.25))
         assert np.all((f["background_hue"] >= 0.5) & (f["background_hue"] < 0.75))
-    axes, rotated = controls.Control("axes"), controls.Control("rotated")
+    axes, rotated = controls.control_for("axes"), controls.control_for("rotated")
     q = rotated._matrices()[0]
     for name in shapes.FACTORS:  # the rotated control is the axis-aligned one in rotated coordinates
         np.testing.assert_allclose(rotated.factors_of(x @ q.T)[name], axes.factors_of(x)[name], atol=1e-9)
     with pytest.raises(ValueError, match="kind must be one of"):
-        controls.Control("tangled")
+        controls.control_for("tangled")
 
 
 @pytest.fixture(scope="module")
 def digit_control_scores():
     """The digits controls (prototype blends) read by a briefly trained digit classifier."""
-    from isodiff_jax.analysis import digit_classifier
+    from isodiff_jax.analysis.networks import digit_classifier
     classifier = digit_classifier.train(16, steps=150, progress=False)
-    reader = edit_scores.ClassReader(classifier, digit_classifier.CLASS_NAMES)
-    return {kind: controls.measure_digits(controls.Control(kind, data="digits"), reader, num_edit=16, num_probe=256)
+    reader = scoring.ClassReader(classifier, digit_classifier.CLASS_NAMES)
+    return {kind: controls.control_for(kind, "digits").measure(reader, num_edit=16, num_probe=256)
             for kind in controls.CONTROLS}
 
 

@@ -9,7 +9,7 @@ import math
 import pytest
 from support import load_module
 
-from isodiff_jax.analysis import oracle
+from isodiff_jax.analysis.networks import oracle
 
 
 pytestmark = pytest.mark.slow  # the disentanglement study's smallest setting: six runs, controls

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from support import ROOT, load_module
 
-from isodiff_jax.analysis import oracle
+from isodiff_jax.analysis.networks import oracle
 
 
 pytestmark = pytest.mark.slow  # the λ study's smallest setting: several training runs

@@ -10,7 +10,8 @@ import pytest
 from support import load_module
 
 from isodiff_jax import errors
-from isodiff_jax.analysis import frechet, inception
+from isodiff_jax.analysis.measures import frechet
+from isodiff_jax.analysis.networks import inception
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
@@ -100,7 +101,7 @@ def test_missing_file_says_how_to_get_weights(tmp_path):
     with pytest.raises(FileNotFoundError) as error:
         inception.load(path)
     message = str(error.value)
-    for part in (path, inception.WEIGHTS_URL, "python -m isodiff_jax.analysis.inception convert", "--torch"):
+    for part in (path, inception.WEIGHTS_URL, "python -m isodiff_jax.analysis.networks.inception convert", "--torch"):
         assert part in message
 
 
@@ -139,7 +140,7 @@ def test_a_file_that_is_not_the_weights_names_itself_and_the_expected_keys(tmp_p
     if kind == "wrong keys":
         assert "unexpected keys: weight" in message
     else:
-        assert "not an .npz (zip) archive" in message and "analysis.inception convert" in message
+        assert "not an .npz (zip) archive" in message and "analysis.networks.inception convert" in message
 
 
 def test_expected_keys_are_pytorch_fids(reference):

@@ -19,9 +19,11 @@ import pytest
 from isodiff_jax import autoencoder as autoencoder_lib
 from isodiff_jax import checkpoint, errors, sharding
 from isodiff_jax import config as config_lib
-from isodiff_jax.analysis import inception, ppl, registry, suite
+from isodiff_jax.analysis import registry, suite
 from isodiff_jax.analysis import load as analysis_load
-from isodiff_jax.analysis import oracle as oracle_lib
+from isodiff_jax.analysis.measures import ppl
+from isodiff_jax.analysis.networks import inception
+from isodiff_jax.analysis.networks import oracle as oracle_lib
 from isodiff_jax.analysis.options import Options
 from isodiff_jax.autoencoder import VQAutoencoder
 from isodiff_jax.data.shapes import ShapesSource

@@ -60,3 +60,18 @@ def test_the_longest_prefix_decides_the_layer(tmp_path):
     (package / "folder.py").write_text("from isodiff_jax.train import step\n")
     bad, checked = tool.violations(str(tmp_path))
     assert checked == 2 and len(bad) == 1 and bad[0].startswith("isodiff_jax.pretrained.folder -> isodiff_jax.train")
+
+
+def test_analysis_rooms_point_one_way(tmp_path):
+    tool = _tool()
+    rooms = tmp_path / "isodiff_jax" / "analysis"
+    for room in ("networks", "measures", "edits"):
+        (rooms / room).mkdir(parents=True)
+    (rooms / "measures" / "probe.py").write_text("from isodiff_jax.analysis.networks import oracle\n")
+    (rooms / "networks" / "oracle.py").write_text("from isodiff_jax.analysis.edits import scoring\n")
+    (rooms / "edits" / "scoring.py").write_text("from isodiff_jax.analysis import registry\n")
+    (rooms / "registry.py").write_text("from isodiff_jax.analysis.edits import scoring\n")
+    bad, checked = tool.violations(str(tmp_path))
+    assert checked == 4 and len(bad) == 2
+    assert any(line.startswith("isodiff_jax.analysis.networks.oracle -> isodiff_jax.analysis.edits") for line in bad)
+    assert any(line.startswith("isodiff_jax.analysis.edits.scoring -> isodiff_jax.analysis.registry") for line in bad)

@@ -12,7 +12,8 @@ import pytest
 from support import load_module
 
 from isodiff_jax import errors
-from isodiff_jax.analysis import lpips, ppl
+from isodiff_jax.analysis.measures import ppl
+from isodiff_jax.analysis.networks import lpips
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
@@ -137,7 +138,7 @@ def test_a_file_that_is_not_the_weights_names_itself_and_the_expected_keys(tmp_p
         assert "missing keys: features.0.bias" in message and "(14 in all)" in message
     else:
         assert "not an .npz (zip) archive" in message and "(15 in all)" in message
-        assert "analysis.lpips convert" in message
+        assert "analysis.networks.lpips convert" in message
 
 
 def test_load_of_a_missing_file_says_how_to_get_the_weights(tmp_path):
@@ -145,7 +146,7 @@ def test_load_of_a_missing_file_says_how_to_get_the_weights(tmp_path):
         lpips.load(str(tmp_path / "lpips_alex.npz"))
     message = str(error.value)
     for needed in ("alexnet-owt-7be5be79.pth", "pip install lpips", "weights/v0.1",
-                   "python -m isodiff_jax.analysis.lpips convert", "docs/lpips.md"):
+                   "python -m isodiff_jax.analysis.networks.lpips convert", "docs/lpips.md"):
         assert needed in message
 
 

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from isodiff_jax.analysis import oracle
+from isodiff_jax.analysis.networks import oracle
 
 
 pytestmark = pytest.mark.slow  # trains the oracle (about a minute)
@@ -41,5 +41,5 @@ def test_targets_and_decode_round_trip():
 
 
 def test_missing_oracle_says_how_to_make_one(tmp_path):
-    with pytest.raises(FileNotFoundError, match="python -m isodiff_jax.analysis.oracle"):
+    with pytest.raises(FileNotFoundError, match="python -m isodiff_jax.analysis.networks.oracle"):
         oracle.load(str(tmp_path))

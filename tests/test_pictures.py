@@ -36,7 +36,7 @@ def test_editing(tmp_path):
     alphas = (-2.0, -1.0, 1.0, 2.0)
     strips = _images(3, 1 + len(alphas), 8, 8, 3)
     assert isinstance(pictures.editing_figure(strips, ["a", "b", "c"], alphas, "edits"), Figure)
-    path = pictures.editing(str(tmp_path / "editing.png"), strips, ["a", "b", "c"], alphas, "edits")
+    path = pictures.editing(str(tmp_path / "supervised.png"), strips, ["a", "b", "c"], alphas, "edits")
     assert _png_size(path) == (700, 420)  # 1.4 inch per column and per row
 
 

@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from isodiff_jax.analysis import cli as analysis_cli
-from isodiff_jax.analysis import oracle
+from isodiff_jax.analysis.networks import oracle
 from isodiff_jax.pretrained import cli as pretrained_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -53,6 +53,6 @@ def test_every_python_command_in_the_readme_parses(command, train_py, monkeypatc
         assert train_py.FLAGS.workdir == argv[argv.index("--workdir") + 1]
         return
     assert argv[0] == "-m", command
-    parsers = {"isodiff_jax.analysis": analysis_cli._parser(), "isodiff_jax.analysis.oracle": oracle.parser(),
+    parsers = {"isodiff_jax.analysis": analysis_cli._parser(), "isodiff_jax.analysis.networks.oracle": oracle.parser(),
                "isodiff_jax.pretrained": pretrained_cli.parser()}
     parsers[argv[1]].parse_args(argv[2:])

@@ -28,7 +28,7 @@ def tiny_spec(data: str):
 
 def untrained_classifier():
     """The digit classifier's network at its initial weights: enough to read images."""
-    from isodiff_jax.analysis import digit_classifier
+    from isodiff_jax.analysis.networks import digit_classifier
     net = digit_classifier.ClassifierNet()
     return digit_classifier.Classifier(net, net.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))), 16)
 
@@ -99,3 +99,27 @@ def test_options_that_do_not_fit_the_model_are_named():
     assert any("pullback_timesteps=60,150 is invalid for a model of T = 100" in f for f in found)
     assert any("pullback_timesteps [60, 150] are not DDIM timesteps of sample_steps=4" in f for f in found)
     assert registry.option_problems(OPTIONS, spec, list(REGISTRY)) == []
+
+
+def test_the_registry_builds_what_the_study_built_by_hand(resources):
+    """The disentanglement study's shapes measures, built by hand from the library's evaluators as
+    the study did before the registry (same settings), give exactly the registry's values."""
+    from isodiff_jax.analysis import sampling
+    from isodiff_jax.analysis.edits import pullback, scoring, supervised
+    from isodiff_jax.analysis.measures import probe, rank_iso, rtl
+    spec, o = tiny_spec("shapes"), OPTIONS
+    params = perturbed(spec.init_params(jax.random.PRNGKey(0)), 1)
+    reader = scoring.FactorReader(resources.oracle)
+    by_hand = [
+        rtl.Mrtl(spec.encode, image_shape=spec.image_shape, timesteps=o.timesteps, num_pairs=o.num_pairs, seed=o.seed),
+        probe.LinearProbe(spec.encode, spec.noise_schedule, resolution=spec.data.resolution, timesteps=o.timesteps,
+                          pool=o.pool, seed=o.seed, to_x0=spec.to_x0),
+        rank_iso.ExactRankIso(spec, o.timesteps, sampling.real_images(spec, 1, 11)),
+        supervised.SupervisedEdits(spec, reader, num_label=o.num_label, num_edit=o.num_edit,
+                                   sample_steps=o.sample_steps, h_min_t=o.h_min_t),
+        pullback.PullbackEditing(spec, reader, timesteps=(50,), k=2, num_samples=2, alphas=(-2.0, -1.0, 1.0, 2.0),
+                                 sample_steps=o.sample_steps, num_iters=8)]
+    expected = {name: value for evaluator in by_hand for name, value in evaluator.run(params)}
+    got = suite.Suite(spec, ["mrtl", "probe", "rank_iso", "linearity", "pullback"], o, resources).measure(params)
+    assert got.values.keys() == expected.keys()
+    np.testing.assert_array_equal([got.values[k] for k in expected], list(expected.values()))

@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from isodiff_jax.analysis import spectrum
+from isodiff_jax.analysis.measures import spectrum
 
 RTOL64 = spectrum.nonzero_rtol(48, 48, jnp.float64)
 

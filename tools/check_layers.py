@@ -8,6 +8,9 @@
     train | analysis                            (side by side: neither imports the other)
     entry      config, launch, pretrained.cli   (config -> typed values; nothing imports them)
 
+Inside analysis the rooms are ordered too: the contract and inputs (evaluator, options,
+sampling) ← networks ← measures ← edits ← the rest (registry, suite, cli, pictures, load).
+
 A module belongs to the layer of the longest listed prefix of its name: pretrained.cli (the
 import command, which writes a training state) is an entry point, the rest of pretrained is not.
 
@@ -37,6 +40,13 @@ LAYERS = {  # layer -> (rank, module prefixes)
     "entry": (4, ("config", "launch", "pretrained.cli", "pretrained.__main__")),
 }
 CORE_IMPORTS = {"isometry": {"geometry"}}  # the only imports allowed inside core
+ANALYSIS_ROOMS = {"evaluator": 0, "options": 0, "sampling": 0, "networks": 1, "measures": 2, "edits": 3}  # else 4
+
+
+def analysis_room(module: str) -> int:
+    """'isodiff_jax.analysis.measures.rtl' -> 2 (its room's rank inside analysis)."""
+    parts = module.split(".")
+    return ANALYSIS_ROOMS.get(parts[2], 4) if len(parts) > 2 else 4
 
 
 def layer_of(module: str) -> str:
@@ -66,8 +76,8 @@ def imports_of(path: str, module: str) -> set:
             if node.level:  # relative import
                 parts = module.split(".")[:-node.level] if not path.endswith("__init__.py") else module.split(".")
                 base = ".".join(parts + ([base] if base else []))
-            if base.startswith(PACKAGE):
-                found |= {f"{base}.{a.name}" if base == PACKAGE else base for a in node.names}
+            if base.startswith(PACKAGE):  # base.name: a module, or a name inside one (same layer)
+                found |= {f"{base}.{a.name}" for a in node.names}
     return found
 
 
@@ -168,6 +178,9 @@ def experiment_violations(root: str) -> list:
 
 
 def _why_not(module: str, here: str, target: str, there: str):
+    if here == there == "analysis" and analysis_room(target) > analysis_room(module):
+        return (f"analysis rooms point one way (evaluator, options, sampling <- networks <- measures <- edits <- "
+                f"the rest): {module.split('.')[2]} imports {target.split('.')[2]}")
     if here == there:
         source, imported = module.split(".")[1], target.split(".")[1]
         if here == "core" and imported not in CORE_IMPORTS.get(source, set()) | {source, "errors", "storage"}:

@@ -18,7 +18,8 @@ import dataclasses
 import tqdm
 
 from isodiff_jax import checkpoint, errors, quiet, storage
-from isodiff_jax.analysis import editing, factors, load, options as options_lib, pictures, registry, suite
+from isodiff_jax.analysis import load, options as options_lib, pictures, registry, suite
+from isodiff_jax.analysis.edits import factors, supervised
 from isodiff_jax.analysis.evaluator import merged
 from isodiff_jax.analysis.options import Options
 from isodiff_jax.analysis.registry import Resources
@@ -40,7 +41,7 @@ def _draw(out: str, label: str, results: dict) -> list:
         paths.append(pictures.inversion(storage.join(out, "inversion.png"), *results["inversion_pairs"]))
     for space, strips in results.get("edit_strips", {}).items():
         paths.append(pictures.editing(storage.join(out, f"editing_{space}.png"), strips,
-                                      factors.CONTINUOUS, editing.ALPHAS, f"edits in {space}"))
+                                      factors.CONTINUOUS, supervised.ALPHAS, f"edits in {space}"))
     return paths
 
 
@@ -191,11 +192,11 @@ def _parser():
     parser.add_argument("--out", required=True, help="the directory where metrics.json and the pictures go")
     parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
     parser.add_argument("--raw", action="store_true", help="raw parameters instead of the EMA")
-    parser.add_argument("--oracle", default=None, help="factor oracle directory (shapes runs; see analysis.oracle)")
+    parser.add_argument("--oracle", default=None, help="factor oracle directory (shapes runs; see analysis.networks.oracle)")
     parser.add_argument("--inception", default=None, help="Inception-v3 FID weights (.npz; see docs/fid.md)")
     parser.add_argument("--lpips", default=None, help="LPIPS weights (.npz; see docs/lpips.md) for PPL")
     parser.add_argument("--classifier", default=None,
-                        help="digit classifier directory (digits runs; see analysis.digit_classifier)")
+                        help="digit classifier directory (digits runs; see analysis.networks.digit_classifier)")
     parser.add_argument("--traceback", action="store_true",
                         help=f"show the traceback of input errors too (as {errors.TRACEBACK_ENV}=1 does)")
     for field in options_lib.fields():

@@ -26,9 +26,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from isodiff_jax import diffusion
-from isodiff_jax.analysis import (directions, edit_scores, editing, factors, inversion, linearity, ppl, probe,
-                                  quality, rank_iso, rtl, spectrum)
+from isodiff_jax.analysis.edits import factors, pullback, scoring, supervised
 from isodiff_jax.analysis.evaluator import Evaluator, Measured, merged
+from isodiff_jax.analysis.measures import inversion, ppl, probe, quality, rank_iso, rtl, spectrum
 from isodiff_jax.analysis.options import Options
 from isodiff_jax.analysis.sampling import real_images, real_x0, sampler
 from isodiff_jax.data import shapes
@@ -53,16 +53,16 @@ def load_resources(oracle_dir: str = "", inception_file: str = "", lpips_file: s
     """Networks from local files ("" or None: not used)."""
     resources = {}
     if oracle_dir:
-        from isodiff_jax.analysis import oracle
+        from isodiff_jax.analysis.networks import oracle
         resources["oracle"] = oracle.load(oracle_dir)
     if inception_file:
-        from isodiff_jax.analysis import inception
+        from isodiff_jax.analysis.networks import inception
         resources["inception"] = inception.load(inception_file)
     if lpips_file:
-        from isodiff_jax.analysis import lpips
+        from isodiff_jax.analysis.networks import lpips
         resources["lpips"] = lpips.load(lpips_file)
     if classifier_dir:
-        from isodiff_jax.analysis import digit_classifier
+        from isodiff_jax.analysis.networks import digit_classifier
         resources["classifier"] = digit_classifier.load(classifier_dir)
     return Resources(**resources)
 
@@ -262,21 +262,21 @@ def _inversion(c: Context) -> inversion.Inversion:
 def _reader(c: Context):
     """What reads edited images: the oracle's factors on shapes, the classifier's classes on digits."""
     if c.spec.data.name == "shapes":
-        return edit_scores.FactorReader(c.resources.oracle)
-    from isodiff_jax.analysis import digit_classifier
-    return edit_scores.ClassReader(c.resources.classifier, digit_classifier.CLASS_NAMES)
+        return scoring.FactorReader(c.resources.oracle)
+    from isodiff_jax.analysis.networks import digit_classifier
+    return scoring.ClassReader(c.resources.classifier, digit_classifier.CLASS_NAMES)
 
 
 def _reader_names(c: Context) -> tuple[str, ...]:
     if c.spec.data.name == "shapes":
         return tuple(shapes.FACTORS)
-    from isodiff_jax.analysis import digit_classifier
+    from isodiff_jax.analysis.networks import digit_classifier
     return tuple(digit_classifier.CLASS_NAMES)
 
 
-def _pullback(c: Context) -> directions.PullbackEditing:
+def _pullback(c: Context) -> pullback.PullbackEditing:
     o = c.options
-    return directions.PullbackEditing(c.spec, _reader(c), timesteps=o.pullback_timesteps, k=o.pullback_k,
+    return pullback.PullbackEditing(c.spec, _reader(c), timesteps=o.pullback_timesteps, k=o.pullback_k,
                                       num_samples=o.pullback_samples, sample_steps=o.sample_steps,
                                       num_iters=o.pullback_iters or None, seed=o.seed)
 
@@ -316,10 +316,10 @@ REGISTRY = {
                                                     image_shape=c.spec.image_shape, num_pairs=c.options.num_pairs,
                                                     seed=c.options.seed),
                         lambda c: factors.value_names(), needs=("oracle",), **_SHAPES),
-    "edit": Entry(lambda c: editing.Editing(c.spec, c.resources.oracle, num_label=c.options.num_label,
+    "edit": Entry(lambda c: supervised.Editing(c.spec, c.resources.oracle, num_label=c.options.num_label,
                                             num_edit=c.options.num_edit, sample_steps=c.options.sample_steps,
                                             h_min_t=c.options.h_min_t, h_edit=c.options.h_edit, seed=c.options.seed),
-                  lambda c: editing.value_names(), needs=("oracle",), **_SHAPES),
+                  lambda c: supervised.precision_names(), needs=("oracle",), **_SHAPES),
     "probe": Entry(lambda c: probe.LinearProbe(c.spec.encode, c.spec.noise_schedule, resolution=c.spec.data.resolution,
                                                timesteps=c.options.timesteps, pool=c.options.pool, seed=c.options.seed,
                                                mesh=c.mesh, to_x0=c.spec.to_x0),
@@ -327,12 +327,12 @@ REGISTRY = {
     "class_probe": Entry(_class_probe, lambda c: probe.class_value_names(c.options.timesteps), datasets=("digits",),
                          data_needed="the digits data set's class labels", timesteps=("timesteps",)),
     "rank_iso": Entry(_rank_iso, lambda c: rank_iso.value_names(c.options.timesteps), timesteps=("timesteps",)),
-    "linearity": Entry(lambda c: linearity.SupervisedEdits(c.spec, _reader(c), num_label=c.options.num_label,
+    "linearity": Entry(lambda c: supervised.SupervisedEdits(c.spec, _reader(c), num_label=c.options.num_label,
                                                            num_edit=c.options.num_edit,
                                                            sample_steps=c.options.sample_steps,
                                                            h_min_t=c.options.h_min_t, seed=c.options.seed),
-                       lambda c: linearity.value_names(), needs=("oracle",), **_SHAPES),
-    "pullback": Entry(_pullback, lambda c: directions.value_names(c.options.pullback_timesteps, c.options.pullback_k,
+                       lambda c: supervised.linearity_names(), needs=("oracle",), **_SHAPES),
+    "pullback": Entry(_pullback, lambda c: pullback.value_names(c.options.pullback_timesteps, c.options.pullback_k,
                                                                   _reader_names(c)),
                       datasets=("shapes", "digits"), data_needed="a data set whose edits a network reads (shapes "
                       "with the factor oracle, digits with the digit classifier)",

@@ -12,7 +12,7 @@ downloads the real weights; here its download is replaced by these weights and e
 torchvision's Inception3) runs as shipped, with a strict `load_state_dict`.
 
 `--check_converter` also saves the weights as a .pth in /tmp and runs
-`python -m isodiff_jax.analysis.inception convert` on it, then loads the .npz with `load`. That
+`python -m isodiff_jax.analysis.networks.inception convert` on it, then loads the .npz with `load`. That
 needs torch and jax in one interpreter, which only this offline set-up has (torch is not a
 project dependency), so the converter is checked here and not in the test suite; run it with
 PYTHONPATH=.:.venv/lib/python3.12/site-packages so the torch interpreter also sees jax.
@@ -95,9 +95,9 @@ def check_converter(state_dict, reference):
     with tempfile.TemporaryDirectory() as tmp:
         pth, npz = os.path.join(tmp, "fid_inception.pth"), os.path.join(tmp, "inception_fid.npz")
         torch.save({k: torch.from_numpy(np.asarray(v)) for k, v in state_dict.items()}, pth)
-        subprocess.run([sys.executable, "-m", "isodiff_jax.analysis.inception", "convert",
+        subprocess.run([sys.executable, "-m", "isodiff_jax.analysis.networks.inception", "convert",
                         "--torch", pth, "--out", npz], check=True)
-        from isodiff_jax.analysis import inception
+        from isodiff_jax.analysis.networks import inception
         small = np.asarray(inputs()["small"], np.float32).transpose(0, 2, 3, 1) / 127.5 - 1
         ours = inception.load(npz).features(small)
         print(f"converter round trip: {len(np.load(npz).files)} arrays, "

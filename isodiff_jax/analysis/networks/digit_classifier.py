@@ -1,12 +1,12 @@
 """A digit classifier for the built-in "digits" data set, the digits' counterpart of the shapes
 factor oracle: its features give a Fréchet distance (`fd_classifier`), its probabilities the
-confident share of samples and the class purity of edits (`edit_scores.ClassReader`).
+confident share of samples and the class purity of edits (`scoring.ClassReader`).
 
 Trained like the oracle (same trunk, `oracle.conv_features`; AdamW with cosine decay) on the
 first `digits.TEST_START` scans, with random shifts of up to one pixel at the scans' 8×8
 scale, and scored on the held-out rest:
 
-    python -m isodiff_jax.analysis.digit_classifier --out runs/digits_classifier --resolution 16
+    python -m isodiff_jax.analysis.networks.digit_classifier --out runs/digits_classifier --resolution 16
 """
 import argparse
 import dataclasses
@@ -21,7 +21,7 @@ import optax
 import tqdm
 
 from isodiff_jax import storage
-from isodiff_jax.analysis import oracle as oracle_lib
+from isodiff_jax.analysis.networks import oracle as oracle_lib
 from isodiff_jax.data import digits, pipeline
 
 CLASS_NAMES = tuple(f"digit_{c}" for c in range(digits.NUM_CLASSES))
@@ -122,7 +122,7 @@ def save(classifier: Classifier, directory: str, metrics: dict) -> None:
 
 def load(directory: str) -> Classifier:
     meta = oracle_lib.load_meta(directory, "classifier.json", "train a digit classifier with "
-                                f"`python -m isodiff_jax.analysis.digit_classifier --out {storage.absolute(directory)}`")
+                                f"`python -m isodiff_jax.analysis.networks.digit_classifier --out {storage.absolute(directory)}`")
     net = ClassifierNet(channels=tuple(meta["channels"]), features=meta["features"])
     r = meta["resolution"]
     return Classifier(net=net, params=oracle_lib.restore_params(directory, net, r), resolution=r)

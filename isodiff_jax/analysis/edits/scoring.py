@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from isodiff_jax.analysis import factors
+from isodiff_jax.analysis.edits import factors
 from isodiff_jax.data import shapes
 
 ALPHAS = (-2.0, -1.5, -1.0, -0.5, 0.5, 1.0, 1.5, 2.0)  # supervised edits, in stds of the latents along the direction
@@ -130,7 +130,7 @@ def alpha_response(reader, original: dict, edited: Sequence[dict], alphas: Seque
     change over the α (the direction's dominant one). Returns per-sample arrays (B,): purity
     (at each α, averaged over α), linearity, monotone, dominant (index into reader.names),
     target_change (mean |Δ| of the target), unintended (A, B) at each α, and precision
-    (Σ target / Σ all over the α, the editing precision of `editing.precision`, per sample),
+    (Σ target / Σ all over the α, the editing precision of `supervised.precision`, per sample),
     response (A + 1, B): the signed change of the target at each α with α = 0 inserted.
     """
     alphas = np.asarray(alphas, np.float64)

@@ -14,7 +14,7 @@ import tqdm
 from jax.sharding import Mesh
 
 from isodiff_jax import sharding
-from isodiff_jax.analysis import frechet
+from isodiff_jax.analysis.measures import frechet
 
 
 class Generator:

@@ -19,9 +19,9 @@ import numpy as np
 from jax.sharding import Mesh
 
 from isodiff_jax import diffusion, sharding
-from isodiff_jax.analysis import oracle as oracle_lib
-from isodiff_jax.analysis import spectrum
 from isodiff_jax.analysis.evaluator import Evaluator, Measured
+from isodiff_jax.analysis.measures import spectrum
+from isodiff_jax.analysis.networks import oracle as oracle_lib
 from isodiff_jax.data import shapes
 
 

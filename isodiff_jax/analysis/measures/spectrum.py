@@ -208,7 +208,7 @@ def bidiagonalize_fn(fn: Callable, x, *, num_iters: int, params_like=None, bases
     every sample at once; the upper bidiagonal matrix has diagonal alpha and superdiagonal
     beta[:, :-1]. fn(params, x (B, ...)) -> (B, ...). With bases, (alpha, beta, us, vs): also the
     Lanczos vectors, us (q, B, max(m, n)) and vs (q, B, min(m, n)), with L vs = us B (L as in
-    `_gkl_step`), from which `directions.local_basis` makes singular vectors.
+    `_gkl_step`), from which `pullback.local_basis` makes singular vectors.
 
     x and params_like give the shapes; the parameters are an argument, so new ones compile
     nothing. The linearization and one step are jitted (compiled at the first call) and the

@@ -19,8 +19,8 @@ from typing import Callable, Sequence
 import jax
 import numpy as np
 
-from isodiff_jax.analysis import rtl
 from isodiff_jax.analysis.evaluator import Evaluator, Measured
+from isodiff_jax.analysis.measures import rtl
 from isodiff_jax.data import shapes
 
 CONTINUOUS = ("object_hue", "background_hue", "scale", "x", "y")

@@ -21,7 +21,7 @@ and the lin layers that `pip install lpips` puts at `lpips/weights/v0.1/{alex,vg
 the GitHub repository under that path). Convert them once, where torch is installed (torch is not
 a dependency of this project):
 
-    python -m isodiff_jax.analysis.lpips convert --net alex \\
+    python -m isodiff_jax.analysis.networks.lpips convert --net alex \\
         --backbone alexnet-owt-7be5be79.pth --lin alex.pth --out lpips_alex.npz
 
 The .npz keeps torch names and layouts: torchvision's `features.{i}.weight` / `features.{i}.bias`
@@ -48,7 +48,7 @@ import numpy as np
 from flax import traverse_util
 
 from isodiff_jax import storage
-from isodiff_jax.analysis import torch_weights
+from isodiff_jax.analysis.networks import torch_weights
 from isodiff_jax.errors import InvalidValue, MissingPath
 
 BACKBONE_URLS = {"alex": "https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
@@ -168,7 +168,7 @@ def infer_net(names, source: str) -> str:
     overlap = {net: len(names & set(expected_shapes(net))) for net in NETS}
     if not any(overlap.values()):
         raise InvalidValue(f"{source} holds none of the LPIPS tensors (features.0.weight, lin0.model.1.weight, "
-                           f"...): was it written by `python -m isodiff_jax.analysis.lpips convert`?")
+                           f"...): was it written by `python -m isodiff_jax.analysis.networks.lpips convert`?")
     return max(overlap, key=overlap.get)
 
 
@@ -204,7 +204,7 @@ def _how_to_obtain(path: str) -> str:
     return (f"LPIPS needs torchvision's ImageNet AlexNet ({BACKBONE_URLS['alex']}) or VGG16 "
             f"({BACKBONE_URLS['vgg']}) and the lin layers lpips/weights/v0.1/{{alex,vgg}}.pth that "
             f"`pip install lpips` installs; convert them where torch is installed with `python -m "
-            f"isodiff_jax.analysis.lpips convert --net alex --backbone alexnet-owt-7be5be79.pth "
+            f"isodiff_jax.analysis.networks.lpips convert --net alex --backbone alexnet-owt-7be5be79.pth "
             f"--lin alex.pth --out {path}` (see docs/lpips.md)")
 
 
@@ -217,7 +217,7 @@ def load(path: str, net: str | None = None) -> Lpips:
     source = storage.absolute(path)
     state_dict = torch_weights.read_npz(path, what=f"LPIPS-{net or 'alex/vgg'} v0.1 weights",
                                         expected=expected_shapes(net or "alex"),
-                                        how="`python -m isodiff_jax.analysis.lpips convert` (docs/lpips.md)")
+                                        how="`python -m isodiff_jax.analysis.networks.lpips convert` (docs/lpips.md)")
     net = net or infer_net(state_dict, source)
     params = params_from_state_dict(state_dict, net, source)
     return Lpips(net=net, params=jax.device_put(params), source=source)

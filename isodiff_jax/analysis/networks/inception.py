@@ -17,7 +17,7 @@ Weights: the standard ones are pytorch-fid's port of TF's inception-2015-12-05,
 
 Convert them once, where torch is installed (torch is not a dependency of this project):
 
-    python -m isodiff_jax.analysis.inception convert \\
+    python -m isodiff_jax.analysis.networks.inception convert \\
         --torch pt_inception-2015-12-05-6726825d.pth --out inception_fid.npz
 
 The .npz keeps the torch state-dict names (`Mixed_5b.branch1x1.conv.weight`, ...) and layouts;
@@ -42,7 +42,7 @@ import numpy as np
 from flax import traverse_util
 
 from isodiff_jax import storage
-from isodiff_jax.analysis import torch_weights
+from isodiff_jax.analysis.networks import torch_weights
 from isodiff_jax.errors import MissingPath
 
 WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
@@ -263,10 +263,10 @@ def load(path: str) -> InceptionFeatures:
     if not storage.exists(path):
         raise MissingPath(
             f"{path} does not exist. FID needs pytorch-fid's Inception weights: download {WEIGHTS_URL} "
-            f"and convert them where torch is installed with `python -m isodiff_jax.analysis.inception "
+            f"and convert them where torch is installed with `python -m isodiff_jax.analysis.networks.inception "
             f"convert --torch pt_inception-2015-12-05-6726825d.pth --out {path}` (see docs/fid.md)")
     state_dict = torch_weights.read_npz(path, what="FID Inception-v3 weights", expected=expected_shapes(),
-                                        how="`python -m isodiff_jax.analysis.inception convert` (docs/fid.md)")
+                                        how="`python -m isodiff_jax.analysis.networks.inception convert` (docs/fid.md)")
     variables = variables_from_state_dict(state_dict, storage.absolute(path))
     return InceptionFeatures(variables=jax.device_put(variables), source=storage.absolute(path))
 

@@ -1,4 +1,6 @@
-"""Linear editing precision on the shapes data set, in x_T and in h.
+"""Supervised edits on the shapes data set, in x_T and in h: one labelled direction per factor,
+scored by its editing precision (`Editing`) and by the linearity and composition of its edits
+(`SupervisedEdits`, the paper's Figs. 7 and 8; method.md §6b).
 
 For each continuous factor f, a direction is estimated from `num_label` samples labelled by the
 factor oracle: the difference between the mean latent of the top and of the bottom quartile of the
@@ -20,20 +22,26 @@ the frozen autoencoder (`ModelSpec.to_images`) before the oracle reads it.
 The oracle reads every factor of the edited and original images; with `factors.change` (a common
 [0, 1] scale), target = mean change of f, others = sum of the mean changes of the other five
 factors (shape included), and precision = target / (target + others): 1 when only f moves.
+
+`SupervisedEdits` edits along the same directions at α ∈ `scoring.ALPHAS` (stds of the latents
+along it) and scores them with `scoring.supervised_family`: editing precision, the R² of the
+edited factor's response to α, its monotonicity, the unintended changes at each |α|, and the
+additivity error of two composed edits.
 """
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from isodiff_jax import diffusion, geometry
-from isodiff_jax.analysis import factors
+from isodiff_jax.analysis.edits import factors, scoring
+from isodiff_jax.analysis.edits.spaces import H, X_T
 from isodiff_jax.analysis.evaluator import Evaluator, Measured
 from isodiff_jax.analysis.options import H_EDITS
 from isodiff_jax.data import shapes
 from isodiff_jax.spec import ModelSpec
 
-ALPHAS = (-2.0, -1.0, 1.0, 2.0)
-SPACES = ("xT", "h")
+ALPHAS = (-2.0, -1.0, 1.0, 2.0)  # of `Editing`; `SupervisedEdits` takes scoring.ALPHAS
+SPACES = (X_T, H)
 
 
 def edit_coordinate(predicted: dict, name: str) -> np.ndarray:
@@ -135,7 +143,7 @@ class Editor:
         return shifts.reshape(self.sample_steps, *self.h_shape)
 
 
-def value_names() -> tuple[str, ...]:
+def precision_names() -> tuple[str, ...]:
     """The values `Editing` measures."""
     per_factor = tuple(f"edit_{space}_{name}_{kind}" for space in SPACES for name in factors.CONTINUOUS
                        for kind in ("target", "others", "precision"))
@@ -183,3 +191,52 @@ class Editing(Evaluator):
                                               + [e[0] for e in edited[2:]]))
         values.update({f"edit_{space}_precision": float(np.mean(precisions[space])) for space in SPACES})
         return Measured(values, {"edit_strips": {space: np.stack(rows) for space, rows in strips.items()}})
+
+
+# --- linearity and composition of the same directions ----------------------------------------
+
+def linearity_names() -> tuple[str, ...]:
+    """The values `SupervisedEdits` measures."""
+    return tuple(n for space in SPACES
+                 for n in scoring.supervised_names(factors.CONTINUOUS, prefix=f"linear_{space}_"))
+
+
+class SupervisedEdits(Evaluator):
+    """Evaluator: values linear_{xT,h}_<factor>_<score> and linear_{xT,h}_{precision, linearity,
+    monotone, additivity_error}; pictures linear_{space}_<factor>_response, the mean signed
+    response at each α (the linearity curves). Built once; `measure(params)` compiles nothing for
+    new parameters (the `Editor` kernels take them)."""
+
+    def __init__(self, spec: ModelSpec, reader, *, num_label: int = 256, num_edit: int = 32, sample_steps: int = 20,
+                 h_min_t: int = 500, batch_size: int = 64, seed: int = 0):
+        self.editor = Editor(spec, sample_steps, h_min_t)
+        self.reader, self.batch_size = reader, batch_size
+        self.image_shape = spec.image_shape
+        k_label, k_edit = jax.random.split(jax.random.PRNGKey(seed))
+        self.x_label = np.asarray(jax.random.normal(k_label, (num_label, *spec.image_shape), jnp.float32))
+        self.x_edit = np.asarray(jax.random.normal(k_edit, (num_edit, *spec.image_shape), jnp.float32))
+
+    def measure(self, params) -> Measured:
+        editor, reader = self.editor, self.reader
+        labelled = [editor.h_along_paths(params, self.x_label[i:i + self.batch_size])
+                    for i in range(0, len(self.x_label), self.batch_size)]
+        labels = reader.read(np.concatenate([images for images, _ in labelled]))
+        hs = np.concatenate([h for _, h in labelled], axis=1)
+        original_images = editor.decode(params, self.x_edit)
+        original = reader.read(original_images)
+        shifts = {"xT": {}, "h": {}}
+        for name in factors.CONTINUOUS:
+            coordinate = edit_coordinate(labels, name)
+            d, sigma = direction(self.x_label, coordinate)
+            shifts["xT"][name] = (sigma * d).reshape(self.image_shape).astype(np.float32)
+            shifts["h"][name] = editor.h_shifts(hs, coordinate)
+        decode = {"xT": lambda shift: editor.decode(params, edit_x_T(self.x_edit, shift)),
+                  "h": lambda shift: editor.decode(params, self.x_edit, shift)}
+        values, curves = {}, {}
+        for space in SPACES:
+            read = lambda shift, space=space: reader.read(decode[space](shift))
+            numbers, responses = scoring.numbers_and_curves(scoring.supervised_family(
+                reader, original, read, shifts[space], prefix=f"linear_{space}_"))
+            values.update(numbers)
+            curves.update(responses)
+        return Measured(values, curves)

@@ -8,7 +8,7 @@ singular values s_1 ≥ … ≥ s_k; u_i = J v_i / s_i are their images in h.
 `spectrum.bidiagonalize_fn` (full reorthogonalization), whose Lanczos vectors times the singular
 vectors of the small bidiagonal matrix are the Ritz vectors. `PullbackEditing` edits along
 them, x_t + α σ_t v_i decoded by DDIM from t to 0 (in h: u_i added to h at every DDIM step from
-t down, Asyrp-style), and scores each direction with a reader (`edit_scores`): which attribute
+t down, Asyrp-style), and scores each direction with a reader (`scoring`): which attribute
 it moves (purity), how many distinct attributes the top k cover, and whether the change is
 monotone and linear in α.
 """
@@ -19,12 +19,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from isodiff_jax import diffusion
-from isodiff_jax.analysis import edit_scores, editing, spectrum
+from isodiff_jax.analysis.edits import scoring, supervised
+from isodiff_jax.analysis.edits.spaces import H, X_t
 from isodiff_jax.analysis.evaluator import Evaluator, Measured
+from isodiff_jax.analysis.measures import spectrum
 from isodiff_jax.spec import ModelSpec
 
 ALPHAS = (-2.0, -1.0, 1.0, 2.0)  # edits of each direction (each α costs one DDIM decode per direction)
-SPACES = ("xt", "h")
+SPACES = (X_t, H)
 
 
 def ritz_vectors(alpha, beta, us, vs, *, k: int, x_is_u: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -74,7 +76,7 @@ def local_basis(encode: Callable, x, key, *, k: int, num_iters: int | None = Non
 
 
 def summarize_directions(per_direction: Sequence[dict], alphas, names: Sequence[str], prefix: str) -> dict:
-    """Scores of the top-k directions (one `edit_scores.alpha_response` dict each, on the same
+    """Scores of the top-k directions (one `scoring.alpha_response` dict each, on the same
     B samples): per direction i, prefix + f"v{i+1}_<score>" and the share of samples whose
     dominant attribute is each name (prefix + f"v{i+1}_moves_<name>") and the largest of those
     shares (consistency: 1 when direction i moves the same attribute at every sample, about
@@ -83,12 +85,12 @@ def summarize_directions(per_direction: Sequence[dict], alphas, names: Sequence[
     directions per sample (mean over samples; at most min(k, #names))."""
     out = {}
     for i, scores in enumerate(per_direction):
-        out.update(edit_scores.summarize(scores, alphas, f"{prefix}v{i + 1}_"))
+        out.update(scoring.summarize(scores, alphas, f"{prefix}v{i + 1}_"))
         shares = [float(np.mean(scores["dominant"] == j)) for j in range(len(names))]
         out.update({f"{prefix}v{i + 1}_moves_{name}": share for name, share in zip(names, shares)})
         out[f"{prefix}v{i + 1}_consistency"] = max(shares)
     for key in ("purity", "linearity", "monotone", "target_change", "consistency"):
-        out[prefix + key] = float(edit_scores.nanmean([out[f"{prefix}v{i + 1}_{key}"] for i in range(len(per_direction))]))
+        out[prefix + key] = float(scoring.nanmean([out[f"{prefix}v{i + 1}_{key}"] for i in range(len(per_direction))]))
     dominant = np.stack([scores["dominant"] for scores in per_direction])  # (k, B)
     out[prefix + "coverage"] = float(np.mean([len(set(column)) for column in dominant.T]))
     return out
@@ -97,7 +99,7 @@ def summarize_directions(per_direction: Sequence[dict], alphas, names: Sequence[
 def direction_names(alphas: Sequence[float], names: Sequence[str], k: int, prefix: str) -> tuple[str, ...]:
     """The numbers `summarize_directions` gives for k directions (their "response" lists aside)."""
     per_direction = tuple(n for i in range(k) for n in (
-        *edit_scores.summary_names(alphas, f"{prefix}v{i + 1}_"),
+        *scoring.summary_names(alphas, f"{prefix}v{i + 1}_"),
         *(f"{prefix}v{i + 1}_moves_{name}" for name in names), f"{prefix}v{i + 1}_consistency"))
     overall = ("purity", "linearity", "monotone", "target_change", "consistency", "coverage")
     return (*per_direction, *(prefix + key for key in overall))
@@ -122,7 +124,7 @@ class PullbackEditing(Evaluator):
     them); the original image is the same DDIM run continued from x_t. Edits:
       xt: x_t + α σ_t v_i, σ_t = sqrt(1 − ᾱ_t) (the noise's std at t, so α counts noise stds);
       h:  h + α ρ u_i at every DDIM step from t down (the shifted h enters only the predicted
-          x0, as in `editing`), u_i = J v_i / s_i, ρ the RMS of h's coordinates at x_t.
+          x0, as in `supervised`), u_i = J v_i / s_i, ρ the RMS of h's coordinates at x_t.
     Values pullback_{space}_t{t}_<score> (see `summarize_directions`; also the mean singular
     values s{i}), and pullback_{space}_<score> averaged over t; pictures "pullback_strips",
     {t: (k, len(alphas) + 1, H, W, C)} of the first sample's x_t edits, and each direction's
@@ -161,7 +163,7 @@ class PullbackEditing(Evaluator):
         spec, schedule = self.spec, self.spec.noise_schedule
 
         def decode(params, x_t, h_shift):
-            eps = lambda x, t: editing.eps_with_h_shift(spec, params, x, t, h_shift)
+            eps = lambda x, t: supervised.eps_with_h_shift(spec, params, x, t, h_shift)
             return spec.to_images(params, diffusion.ddim_sample(eps, schedule, x_t, sample_steps, clip_x0=spec.clip_x0,
                                                                 from_step=from_step))
         return decode
@@ -189,7 +191,7 @@ class PullbackEditing(Evaluator):
             per_direction = []
             for decode in decoders:
                 images = [np.asarray(decode(a)) for a in self.alphas]
-                per_direction.append(edit_scores.alpha_response(self.reader, original, [self.reader.read(im) for im in images],
+                per_direction.append(scoring.alpha_response(self.reader, original, [self.reader.read(im) for im in images],
                                                                 self.alphas))
                 if space == "xt":
                     strips.append(np.stack([im[0] for im in images[:below]] + [original_images[0]]
@@ -198,7 +200,7 @@ class PullbackEditing(Evaluator):
             values[space].update({f"s{i + 1}": float(np.mean(s[:, i])) for i in range(self.k)})
         if self.k >= 2:  # v_1 + v_2 against the two edits alone, in x_t
             read = lambda shift: self.reader.read(np.asarray(self._decode[t](params, x_t + self.sigma[t] * shift, zero)))
-            values["xt"]["additivity_error"] = edit_scores.composition_error(self.reader, original, read,
+            values["xt"]["additivity_error"] = scoring.composition_error(self.reader, original, read,
                                                                               v[:, 0], v[:, 1])
         return values, np.stack(strips)
 
@@ -208,7 +210,7 @@ class PullbackEditing(Evaluator):
         for t, i in self.steps.items():
             at_t, pictures["pullback_strips"][t] = self._at(params, t, jnp.asarray(paths[i]))
             for space, scores in at_t.items():
-                numbers, curves = edit_scores.numbers_and_curves(scores)
+                numbers, curves = scoring.numbers_and_curves(scores)
                 pictures.update({f"pullback_{space}_t{t}_{name}": curve for name, curve in curves.items()})
                 for name, value in numbers.items():
                     values[f"pullback_{space}_t{t}_{name}"] = value

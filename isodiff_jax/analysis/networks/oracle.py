@@ -4,7 +4,7 @@ what moves along interpolations and edits, and as the feature extractor of `fd_o
 
 Train it once with
 
-    python -m isodiff_jax.analysis.oracle --out runs/oracle --resolution 32
+    python -m isodiff_jax.analysis.networks.oracle --out runs/oracle --resolution 32
 
 which prints the held-out accuracy and R² per factor and writes `runs/oracle/` (Orbax
 parameters + oracle.json). Hues are circular, so they are regressed as (cos 2πh, sin 2πh) and
@@ -220,13 +220,13 @@ def save(oracle: Oracle, directory: str, metrics: dict) -> None:
 
 def load(directory: str) -> Oracle:
     meta = load_meta(directory, "oracle.json",
-                     f"train an oracle with `python -m isodiff_jax.analysis.oracle --out {storage.absolute(directory)}`")
+                     f"train an oracle with `python -m isodiff_jax.analysis.networks.oracle --out {storage.absolute(directory)}`")
     net = OracleNet(channels=tuple(meta["channels"]), features=meta["features"])
     return Oracle(net=net, params=restore_params(directory, net, meta["resolution"]), resolution=meta["resolution"])
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m isodiff_jax.analysis.oracle", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m isodiff_jax.analysis.networks.oracle", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/oracle", help="where the oracle is written")
     p.add_argument("--resolution", type=int, default=32)
