@@ -115,6 +115,17 @@ def test_notebook_runs_and_shows_results(executed):
     unet = _floats(r"^mRTL U-Net step \d: t=50 (\S+),", text)
     assert len(unet) == 2 and all(math.isfinite(v) and v >= 1 for v in unet)
 
+    values = [float(v) for v in re.findall(r"[\d.e+-]+", re.search(r"first sample: \[(.+)\]", text).group(1))]
+    assert len(values) == 3 and values == sorted(values, reverse=True) and values[-1] > 0
+    stretch = [float(v) for v in re.findall(r"[\d.e+-]+", re.search(r"/ \(δ s_1\): \[(.+)\]", text).group(1))]
+    assert len(stretch) == 4 and all(abs(v - 1) < 0.05 for v in stretch)  # |J v_1| = s_1
+    (declared,) = _floats(r"^(\d+) values declared by the registry", text)
+    assert declared > 10
+    scored = re.findall(r"^pullback step \d: x_t purity (\S+), coverage (\S+), s_1 (\S+)$", text, re.MULTILINE)
+    assert len(scored) == 2  # the older checkpoint and the newest, by one Suite
+    for purity, coverage, s1 in scored:
+        assert 0 < float(purity) <= 1 and 1 <= float(coverage) <= 2 and float(s1) > 0
+
     pngs = [out for cell in executed.cells if cell.cell_type == "code" for out in cell.outputs
             if "image/png" in out.get("data", {})]
-    assert len(pngs) >= 2, "the sample grid and the interpolation figure are shown inline"
+    assert len(pngs) >= 3, "the sample grid, the interpolation and the pullback edits are shown inline"
