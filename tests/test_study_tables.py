@@ -1,0 +1,63 @@
+"""The disentanglement study's tables from run records (pure functions, no training): a metric
+asked for and missing is an error, and the fine-tune runs are summarised beside the pairs."""
+import types
+
+import pytest
+from support import load_module
+
+
+@pytest.fixture(scope="module")
+def study():
+    return load_module("experiments/disentanglement.py")
+
+
+def record(data: str, weight: float, seed: int, from_scratch: bool = True, **metrics) -> dict:
+    name = f"{data}_{'scratch' if from_scratch else 'finetune'}_lam{weight:g}_seed{seed}"
+    return {"data": data, "weight": weight, "seed": seed, "from_scratch": from_scratch, "name": name,
+            "metrics": metrics}
+
+
+def test_paired_is_the_arithmetic_of_the_records(study):
+    runs = [record("shapes", 0.0, 0, probe_r2=0.2), record("shapes", 1.0, 0, probe_r2=0.5),
+            record("shapes", 0.0, 1, probe_r2=0.4), record("shapes", 1.0, 1, probe_r2=0.5)]
+    stats = study.paired(runs, "shapes", ["probe_r2"])["probe_r2"]
+    assert stats["lambda0"] == pytest.approx(0.3) and stats["regularized"] == pytest.approx(0.5)
+    assert stats["difference"] == pytest.approx(0.2) and stats["difference_se"] == pytest.approx(0.1)
+    assert stats["seeds"] == 2
+
+
+def test_a_metric_asked_for_and_missing_is_an_error_not_a_gap(study):
+    runs = [record("shapes", 0.0, 0, probe_r2=0.2), record("shapes", 1.0, 0, probe_r2=0.5)]
+    with pytest.raises(ValueError, match="shapes_scratch_lam0_seed0 has no 'pullback_xt_purity'"):
+        study.paired(runs, "shapes", ["probe_r2", "pullback_xt_purity"])
+
+
+def test_the_fine_tunes_are_summarised_against_lambda_zero(study):
+    runs = [record("shapes", 0.0, 0, probe_r2=0.2),  # a scratch run: not a fine-tune
+            record("shapes", 1.0, 0, False, probe_r2=0.7), record("shapes", 0.0, 0, False, probe_r2=0.4),
+            record("shapes", 0.1, 0, False, probe_r2=0.5)]
+    stats = study.finetuned(runs, ["probe_r2"])["probe_r2"]
+    assert stats == pytest.approx({"lambda0": 0.4, "lambda0.1": 0.5, "lambda1": 0.7,
+                                   "difference_lambda0.1": 0.1, "difference_lambda1": 0.3})
+    table = study.finetune_table({"probe_r2": stats})
+    assert table.splitlines()[0] == "| metric | λ = 0 | λ = 0.1 | λ = 1 |" and "| probe_r2 | 0.4 | 0.5 | 0.7 |" in table
+    assert study.finetuned(runs[:2], ["probe_r2"]) == {}  # no fine-tune at λ = 0: nothing to compare with
+
+
+def test_the_tables_ask_only_for_names_the_registry_declares(study):
+    """Every name of each table is among the values its registry entries declare for the study's
+    options (full and quick), with the derived means of `with_means`."""
+    from isodiff_jax.analysis import registry
+    from configs import test as test_config
+    from isodiff_jax import config as config_lib
+    for quick in (False, True):
+        options = study.options(quick)
+        for data in ("shapes", "digits"):
+            config = test_config.get_config()
+            config.data.name, config.diffusion.num_timesteps = data, 1000
+            network = types.SimpleNamespace(features=None, probabilities=None, shape_probabilities=None)  # names only
+            context = registry.Context(config_lib.model_spec(config), options, registry.Resources(
+                oracle=network if data == "shapes" else None, classifier=network if data == "digits" else None))
+            declared = [n for m in study.METRICS[data] for n in registry.REGISTRY[m].names(context)]
+            available = study.with_means(dict.fromkeys(declared, 0.0))
+            assert set(study.table_names(data, options)) <= set(available), (data, quick)
