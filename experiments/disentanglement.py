@@ -200,8 +200,9 @@ def _value(result: dict, name: str) -> float:
 
 def paired(results: list, data: str, names) -> dict:
     """Per metric of `names`: mean ± standard error over seeds of λ = 0, of the regularized runs,
-    and of their paired difference (regularized − λ = 0, same seed), with the number of seeds.
-    A name that a run's record lacks is an error, not a silent gap."""
+    and of their paired difference (regularized − λ = 0, same seed), with the number of seeds and
+    the smallest difference those seeds detect (`common.detectable_in_se` × its SE; NaN with one
+    seed). A name that a run's record lacks is an error, not a silent gap."""
     by_seed = {}
     for r in results:
         if r["data"] == data and r["from_scratch"]:
@@ -213,7 +214,8 @@ def paired(results: list, data: str, names) -> dict:
         reg = np.array([_value(p["reg"], name) for p in pairs])
         (m0, se0), (mr, ser), (md, sed) = _mean_se(zero), _mean_se(reg), _mean_se(reg - zero)
         out[name] = {"lambda0": m0, "lambda0_se": se0, "regularized": mr, "regularized_se": ser,
-                     "difference": md, "difference_se": sed, "seeds": len(pairs)}
+                     "difference": md, "difference_se": sed, "seeds": len(pairs),
+                     "detectable": common.detectable_in_se(len(pairs)) * sed}  # at 80 % power, 5 % two-sided
     return out
 
 
@@ -271,10 +273,12 @@ def controls_table(controls: dict) -> str:
 
 
 def table(stats: dict) -> str:
-    lines = ["| metric | λ = 0 | regularized | difference (reg − 0) | seeds |", "| --- | --- | --- | --- | --- |"]
+    lines = ["| metric | λ = 0 | regularized | difference (reg − 0) | detectable | seeds |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for name, v in stats.items():
         lines.append(f"| {name} | {v['lambda0']:.4g} ± {v['lambda0_se']:.2g} | {v['regularized']:.4g} ± "
-                     f"{v['regularized_se']:.2g} | {v['difference']:+.4g} ± {v['difference_se']:.2g} | {v['seeds']} |")
+                     f"{v['regularized_se']:.2g} | {v['difference']:+.4g} ± {v['difference_se']:.2g} | "
+                     f"{v.get('detectable', float('nan')):.2g} | {v['seeds']} |")
     return "\n".join(lines)
 
 
