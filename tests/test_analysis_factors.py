@@ -112,7 +112,7 @@ def test_frechet_evaluator_reports_the_real_floor_and_needs_enough_real_images()
 
 def test_editor_without_shift_is_the_plain_sampler_and_h_shifts_move_images(trained_workdir):
     spec, params, _ = load.load(trained_workdir)
-    editor = supervised.Editor(spec, sample_steps=4, h_min_t=50)
+    editor = supervised.Editor(spec, sample_steps=4, h_min_t=50, batch_size=4)
     x_T = jax.random.normal(jax.random.PRNGKey(0), (3, *spec.image_shape))
     plain = diffusion.ddim_sample(lambda x, t: spec.eps(params, x, t), spec.noise_schedule, x_T, 4, clip_x0=1.0)
     np.testing.assert_allclose(editor.decode(params, x_T), plain, atol=1e-5)
@@ -125,6 +125,11 @@ def test_editor_without_shift_is_the_plain_sampler_and_h_shifts_move_images(trai
     assert np.all(shifts[2:] == 0) and np.all(np.any(shifts[:2] != 0, axis=(1, 2, 3)))
     asyrp = editor.decode(params, x_T, 50 * shifts)
     assert not np.allclose(asyrp, plain, atol=1e-3)
+    # edits decoded together, 4 rows per call (the last call padded), each as if decoded alone
+    together = editor.decode_many(params, [(x_T, None), (x_T[:1], 50 * shifts), (x_T, 50 * shifts)])
+    assert [len(images) for images in together] == [3, 1, 3]
+    for images, alone in zip(together, (plain, asyrp[:1], asyrp)):
+        np.testing.assert_allclose(images, alone, atol=1e-5)
     both = supervised.Editor(spec, sample_steps=4, h_min_t=50, h_edit="both")  # the shifted ε̂ in both DDIM terms
     np.testing.assert_allclose(both.decode(params, x_T), plain, atol=1e-5)
     assert not np.allclose(both.decode(params, x_T, 50 * shifts), asyrp, atol=1e-3)

@@ -119,6 +119,32 @@ def test_additivity_error_is_zero_for_additive_edits_and_one_when_the_sum_does_n
     assert scoring.additivity_error(reader, original, a, b, original) == pytest.approx(1.0)
 
 
+def test_read_each_reads_once_and_splits_by_batch():
+    calls = []
+
+    class Counting(_Reader):
+        def read(self, images):
+            calls.append(len(images))
+            return _reading(images[:, 0], images[:, 1])
+    batches = [np.array([[0.1, 0.2]]), np.array([[0.3, 0.4], [0.5, 0.6]]), np.array([[0.7, 0.8]])]
+    readings = scoring.read_each(Counting(), batches)
+    assert calls == [4] and [len(r["x"]) for r in readings] == [1, 2, 1]
+    np.testing.assert_array_equal(readings[1]["y"], [0.4, 0.6])
+    np.testing.assert_array_equal(readings[2]["shape"], [0])
+
+
+def test_in_batches_calls_with_one_shape_pads_the_last_chunk_and_drops_the_padding():
+    from isodiff_jax.analysis.sampling import in_batches
+    x, y, shapes_seen = np.arange(10.0), np.arange(10.0) * 10, []
+
+    def fn(a, b):
+        shapes_seen.append(a.shape)
+        return a + b
+    out = in_batches(fn, lambda start, stop: (x[start:stop], y[start:stop]), 10, 4)
+    np.testing.assert_array_equal(out, x * 11)
+    assert shapes_seen == [(4,)] * 3  # 4 + 4 + 2 rows, the last two padded
+
+
 @pytest.fixture(scope="module")
 def control_scores(oracle16):
     """Every measure on each control, read by the tests' brief oracle on the continuous factors

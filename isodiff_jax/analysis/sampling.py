@@ -40,3 +40,19 @@ def real_x0(spec: ModelSpec, images: np.ndarray, batch_size: int = 16) -> np.nda
     encode = jax.jit(spec.to_x0)
     return np.concatenate([np.asarray(encode(ae_params, images[i:i + batch_size]))
                            for i in range(0, len(images), batch_size)])
+
+
+def in_batches(fn: Callable, take: Callable, rows: int, size: int) -> np.ndarray:
+    """fn(*take(start, stop)) over `rows` rows in chunks of exactly `size` rows, so that fn
+    compiles once whatever the number of rows: take(start, stop) gives the arrays of rows
+    start:stop (built chunk by chunk, so that a large edit set is never in memory whole); a short
+    chunk is padded with copies of its last row and the padding's outputs dropped. Returns the
+    outputs' rows concatenated, as NumPy."""
+    outputs = []
+    for start in range(0, rows, size):
+        chunk = take(start, min(start + size, rows))
+        missing = size - len(chunk[0])
+        if missing:
+            chunk = tuple(np.concatenate([c, np.repeat(c[-1:], missing, axis=0)]) for c in chunk)
+        outputs.append(np.asarray(fn(*chunk))[:size - missing])
+    return np.concatenate(outputs)

@@ -189,18 +189,21 @@ def _supervised(control: Control, reader, x_label, x_edit, original) -> dict:
     for name in factors.CONTINUOUS:
         d, sigma = supervised.direction(x_label, supervised.edit_coordinate(labels, name))
         shifts[name] = sigma * d
-    read = lambda shift: reader.read(control.decode(x_edit + shift))
-    return scoring.supervised_family(reader, original, read, shifts, prefix="supervised_")
+    return scoring.supervised_family(reader, original, _read_many(control, reader, x_edit), shifts,
+                                     prefix="supervised_")
+
+
+def _read_many(control: Control, reader, x_edit):
+    """shifts -> the reading of the control's images of x_edit + each shift, read together."""
+    return lambda shifts: scoring.read_each(reader, [control.decode(x_edit + shift) for shift in shifts])
 
 
 def _pullback(control: Control, reader, x_edit, original) -> Iterator:
     s, v = pullback.local_basis(control.encode, jnp.asarray(x_edit), jax.random.PRNGKey(0), k=control.dim)
-    v = np.asarray(v)
-    per_direction = []
-    for i in range(control.dim):
-        edited = [reader.read(control.decode(x_edit + a * v[:, i])) for a in ALPHAS]
-        per_direction.append(scoring.alpha_response(reader, original, edited, ALPHAS))
+    v, read_many = np.asarray(v), _read_many(control, reader, x_edit)
+    edited = read_many([a * v[:, i] for i in range(control.dim) for a in ALPHAS])
+    per_direction = [scoring.alpha_response(reader, original, edited[i * len(ALPHAS):(i + 1) * len(ALPHAS)], ALPHAS)
+                     for i in range(control.dim)]
     yield from pullback.summarize_directions(per_direction, ALPHAS, reader.names, "pullback_").items()
-    read = lambda shift: reader.read(control.decode(x_edit + shift))
-    error = scoring.composition_error(reader, original, read, v[:, 0], v[:, 1])
+    error = scoring.additivity_error(reader, original, *read_many(scoring.composition_shifts(v[:, 0], v[:, 1])))
     yield "pullback_additivity_error", error

@@ -23,6 +23,7 @@ from isodiff_jax.analysis.edits import scoring, supervised
 from isodiff_jax.analysis.edits.spaces import H, X_t
 from isodiff_jax.analysis.evaluator import Evaluator, Measured
 from isodiff_jax.analysis.measures import spectrum
+from isodiff_jax.analysis.sampling import in_batches
 from isodiff_jax.spec import ModelSpec
 
 ALPHAS = (-2.0, -1.0, 1.0, 2.0)  # edits of each direction (each α costs one DDIM decode per direction)
@@ -129,12 +130,13 @@ class PullbackEditing(Evaluator):
     values s{i}), and pullback_{space}_<score> averaged over t; pictures "pullback_strips",
     {t: (k, len(alphas) + 1, H, W, C)} of the first sample's x_t edits, and each direction's
     response curve pullback_{space}_t{t}_v{i}_response. Built once; `measure(params)` compiles
-    nothing for new parameters.
+    nothing for new parameters. Every edit at one t (and the originals) is decoded together,
+    `batch_size` samples per call.
     """
 
     def __init__(self, spec: ModelSpec, reader, *, timesteps: Sequence[int], k: int = 6, num_samples: int = 16,
                  alphas: Sequence[float] = ALPHAS, sample_steps: int = 20, num_iters: int | None = None,
-                 seed: int = 0):
+                 batch_size: int = 64, seed: int = 0):
         schedule = spec.noise_schedule
         descending = diffusion.ddim_timesteps(schedule.num_timesteps, sample_steps)[::-1]
         missing = [t for t in timesteps if t not in descending]
@@ -142,6 +144,7 @@ class PullbackEditing(Evaluator):
             raise ValueError(f"timesteps {missing} are not DDIM timesteps of {sample_steps} steps "
                              f"(those are {sorted(descending.tolist())})")
         self.spec, self.reader, self.k, self.alphas = spec, reader, k, tuple(alphas)
+        self.batch_size = min(batch_size, num_samples * self.num_edits)
         self.steps = {int(t): int(np.flatnonzero(descending == t)[0]) for t in timesteps}
         self.sigma = {t: float(np.sqrt(1 - schedule.alphas_cumprod[t])) for t in self.steps}
         self.x_T = np.asarray(jax.random.normal(jax.random.PRNGKey(seed), (num_samples, *spec.image_shape),
@@ -168,40 +171,58 @@ class PullbackEditing(Evaluator):
                                                                 from_step=from_step))
         return decode
 
-    def _edits(self, params, t: int, x_t, s, v, zero) -> dict:
-        """{space: [decode(α) for direction i]} with decode(α) -> images edited along direction i."""
-        h_and_jv = [self._encode_jvp[t](params, x_t, v[:, i]) for i in range(self.k)]
-        rms = float(np.sqrt(np.mean(np.square(np.asarray(h_and_jv[0][0])))))
-        edits = {space: [] for space in SPACES}
-        for i, (_, jv) in enumerate(h_and_jv):
-            u = jv / jnp.asarray(s[:, i], jv.dtype).reshape(-1, *([1] * (jv.ndim - 1)))
-            edits["xt"].append(lambda a, i=i: self._decode[t](params, x_t + a * self.sigma[t] * v[:, i], zero))
-            edits["h"].append(lambda a, u=u: self._decode[t](params, x_t, a * rms * u))
+    @property
+    def num_edits(self) -> int:
+        """Decodes per sample at each t: the original, each direction at each α in x_t and in h,
+        and (k ≥ 2) the three edits of the composition v_1 + v_2 in x_t."""
+        return 1 + 2 * self.k * len(self.alphas) + (3 if self.k >= 2 else 0)
+
+    def _edits(self, params, t: int, x_t, s, v) -> list:
+        """The (x_t, h shift) of every decode at t, in `num_edits`' order, as functions."""
+        x_t = np.asarray(x_t, np.float32)
+        zero = np.zeros((len(x_t), *self.spec.h_shape), np.float32)  # no shift of h
+        h_and_jv = [[np.asarray(a) for a in self._encode_jvp[t](params, x_t, v[:, i])] for i in range(self.k)]
+        rms = float(np.sqrt(np.mean(np.square(h_and_jv[0][0]))))
+        u = [jv / s[:, i].astype(np.float32).reshape(-1, *([1] * (jv.ndim - 1))) for i, (_, jv) in enumerate(h_and_jv)]
+        step = self.sigma[t] * v
+        edits = [lambda: (x_t, zero)]
+        edits += [lambda i=i, a=a: (x_t + a * step[:, i], zero) for i in range(self.k) for a in self.alphas]
+        edits += [lambda i=i, a=a: (x_t, a * rms * u[i]) for i in range(self.k) for a in self.alphas]
+        if self.k >= 2:  # v_1 + v_2 against the two edits alone, in x_t
+            edits += [lambda shift=shift: (x_t + shift, zero)
+                      for shift in scoring.composition_shifts(step[:, 0], step[:, 1])]
         return edits
 
     def _at(self, params, t: int, x_t) -> tuple[dict, np.ndarray]:
         """({space: scores}, strips (k, len(alphas) + 1, H, W, C) of the first sample's x_t edits)."""
         s, v = self._basis[t](params, x_t, self.key)
-        v = jnp.asarray(v, jnp.float32)
-        zero = jnp.zeros((x_t.shape[0], *self.spec.h_shape), jnp.float32)  # no shift of h
-        original_images = np.asarray(self._decode[t](params, x_t, zero))
-        original = self.reader.read(original_images)
+        v = np.asarray(v, np.float32)
+        edits, batch = self._edits(params, t, x_t, s, v), len(x_t)
+
+        def take(start, stop):  # rows start:stop of the edits' rows, one edit (batch rows) after another
+            first, last = start // batch, (stop - 1) // batch
+            parts = [edits[j]() for j in range(first, last + 1)]
+            offset = start - first * batch
+            return tuple(np.concatenate(p)[offset:offset + stop - start] for p in zip(*parts))
+        images = in_batches(lambda x, h: self._decode[t](params, x, h), take, len(edits) * batch, self.batch_size)
+        images = np.split(images, len(edits))
+        readings = scoring.read_each(self.reader, images)
+        original, per_alpha = readings[0], len(self.alphas)
         below, values, strips = sum(a < 0 for a in self.alphas), {}, []
-        for space, decoders in self._edits(params, t, x_t, s, v, zero).items():
+        for n, space in enumerate(SPACES):
             per_direction = []
-            for decode in decoders:
-                images = [np.asarray(decode(a)) for a in self.alphas]
-                per_direction.append(scoring.alpha_response(self.reader, original, [self.reader.read(im) for im in images],
-                                                                self.alphas))
+            for i in range(self.k):
+                first = 1 + (n * self.k + i) * per_alpha
+                per_direction.append(scoring.alpha_response(self.reader, original, readings[first:first + per_alpha],
+                                                            self.alphas))
                 if space == "xt":
-                    strips.append(np.stack([im[0] for im in images[:below]] + [original_images[0]]
-                                           + [im[0] for im in images[below:]]))
+                    edited = images[first:first + per_alpha]
+                    strips.append(np.stack([im[0] for im in edited[:below]] + [images[0][0]]
+                                           + [im[0] for im in edited[below:]]))
             values[space] = summarize_directions(per_direction, self.alphas, self.reader.names, "")
             values[space].update({f"s{i + 1}": float(np.mean(s[:, i])) for i in range(self.k)})
-        if self.k >= 2:  # v_1 + v_2 against the two edits alone, in x_t
-            read = lambda shift: self.reader.read(np.asarray(self._decode[t](params, x_t + self.sigma[t] * shift, zero)))
-            values["xt"]["additivity_error"] = scoring.composition_error(self.reader, original, read,
-                                                                              v[:, 0], v[:, 1])
+        if self.k >= 2:
+            values["xt"]["additivity_error"] = scoring.additivity_error(self.reader, original, *readings[-3:])
         return values, np.stack(strips)
 
     def measure(self, params) -> Measured:

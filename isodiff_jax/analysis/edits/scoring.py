@@ -82,6 +82,14 @@ class ClassReader:
         return {name: np.maximum(v, 0.0) for name, v in signed.items()}
 
 
+def read_each(reader, images: Sequence[np.ndarray]) -> list[dict]:
+    """reader.read of each batch of `images`, read together in one call."""
+    reading = reader.read(np.concatenate(images))
+    bounds = np.cumsum([len(batch) for batch in images])[:-1]
+    split = {name: np.split(np.asarray(values), bounds) for name, values in reading.items()}
+    return [{name: parts[i] for name, parts in split.items()} for i in range(len(images))]
+
+
 def _stack(per_name: dict, names) -> np.ndarray:
     """{name: (..., B)} -> (..., B, F) in the order of names."""
     return np.stack([np.asarray(per_name[n], np.float64) for n in names], axis=-1)
@@ -191,23 +199,28 @@ def summarize(scores: dict, alphas: Sequence[float], prefix: str) -> dict:
 
 
 
-def supervised_family(reader, original: dict, read: Callable, shifts: dict, *, alphas: Sequence[float] = ALPHAS,
-                      pairs=PAIRS, compose_alpha: float = COMPOSE_ALPHA, prefix: str = "") -> dict:
+def supervised_family(reader, original: dict, read_many: Callable, shifts: dict, *,
+                      alphas: Sequence[float] = ALPHAS, pairs=PAIRS, compose_alpha: float = COMPOSE_ALPHA,
+                      prefix: str = "") -> dict:
     """Scores of one labelled direction per attribute, edited additively.
 
-    read(shift) -> the reading of the edited images (shift added to the latent: x_T, h, a
-    control's latent); shifts {attribute: unit shift (one std along the direction)}. Returns
-    `summarize` per attribute (prefix + attribute + "_" + score), their means (prefix +
-    precision / linearity / monotone) and the mean additivity error over `pairs` at
-    compose_alpha (prefix + "additivity_error")."""
+    read_many([shift, ...]) -> the reading of the images edited by each shift (added to the
+    latent: x_T, h, a control's latent), all asked for at once; shifts {attribute: unit shift
+    (one std along the direction)}. Returns `summarize` per attribute (prefix + attribute + "_" +
+    score), their means (prefix + precision / linearity / monotone) and the mean additivity error
+    over `pairs` at compose_alpha (prefix + "additivity_error")."""
+    along = [a * shift for shift in shifts.values() for a in alphas]
+    composed = [s for a, b in pairs for s in composition_shifts(shifts[a], shifts[b], compose_alpha)]
+    readings = read_many(along + composed)
     out = {}
-    for name, shift in shifts.items():
-        edited = [read(a * shift) for a in alphas]
+    for j, name in enumerate(shifts):
+        edited = readings[j * len(alphas):(j + 1) * len(alphas)]
         out.update(summarize(alpha_response(reader, original, edited, alphas, target=name), alphas,
                              f"{prefix}{name}_"))
     for key in ("precision", "linearity", "monotone"):
         out[prefix + key] = float(np.mean([out[f"{prefix}{name}_{key}"] for name in shifts]))
-    errors = [composition_error(reader, original, read, shifts[a], shifts[b], compose_alpha) for a, b in pairs]
+    triples = readings[len(along):]
+    errors = [additivity_error(reader, original, *triples[3 * i:3 * i + 3]) for i in range(len(pairs))]
     out[prefix + "additivity_error"] = float(nanmean(errors))
     return out
 
@@ -224,8 +237,7 @@ def numbers_and_curves(scores: dict) -> tuple[dict, dict]:
     return {name: value for name, value in scores.items() if name not in curves}, curves
 
 
-def composition_error(reader, original: dict, read: Callable, shift_a, shift_b, alpha: float = COMPOSE_ALPHA):
-    """`additivity_error` of the edits α shift_a, α shift_b and α (shift_a + shift_b), with
-    read(shift) -> the reading of the images edited by shift."""
-    return additivity_error(reader, original, read(alpha * shift_a), read(alpha * shift_b),
-                            read(alpha * (shift_a + shift_b)))
+def composition_shifts(shift_a, shift_b, alpha: float = COMPOSE_ALPHA) -> list:
+    """The three edits whose readings `additivity_error` compares: α shift_a, α shift_b and
+    α (shift_a + shift_b)."""
+    return [alpha * shift_a, alpha * shift_b, alpha * (shift_a + shift_b)]

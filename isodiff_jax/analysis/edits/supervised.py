@@ -37,6 +37,7 @@ from isodiff_jax.analysis.edits import factors, scoring
 from isodiff_jax.analysis.edits.spaces import H, X_T
 from isodiff_jax.analysis.evaluator import Evaluator, Measured
 from isodiff_jax.analysis.options import H_EDITS
+from isodiff_jax.analysis.sampling import in_batches
 from isodiff_jax.data import shapes
 from isodiff_jax.spec import ModelSpec
 
@@ -90,12 +91,14 @@ def edit_x_T(x_T, shift) -> np.ndarray:
 
 class Editor:
     """Deterministic DDIM decoding of x_T, optionally with h moved at every step; its kernels take
-    the parameters and are jitted once."""
+    the parameters and are jitted once. Edits are decoded together, `batch_size` samples per
+    call, whichever edit each belongs to (one compiled program; few, full calls)."""
 
-    def __init__(self, spec: ModelSpec, sample_steps: int, h_min_t: int, h_edit: str = "asyrp"):
+    def __init__(self, spec: ModelSpec, sample_steps: int, h_min_t: int, h_edit: str = "asyrp",
+                 batch_size: int = 64):
         if h_edit not in H_EDITS:
             raise ValueError(f"h_edit={h_edit!r} is not one of {H_EDITS}")
-        self.spec, self.sample_steps = spec, sample_steps
+        self.spec, self.sample_steps, self.batch_size = spec, sample_steps, batch_size
         schedule = spec.noise_schedule
         self.timesteps = diffusion.ddim_timesteps(schedule.num_timesteps, sample_steps)[::-1]
         self.edit_steps = np.flatnonzero(self.timesteps >= h_min_t)
@@ -107,8 +110,8 @@ class Editor:
         step_of_t = jnp.asarray(step_of_t)
         self.h_shape = spec.h_shape
 
-        def decode(params, x_T, shifts):
-            eps_fn = lambda x, t: eps_with_h_shift(spec, params, x, t, shifts[step_of_t[t[0]]][None], h_edit)
+        def decode(params, x_T, shifts):  # shifts (B, S, *h shape): each sample's own
+            eps_fn = lambda x, t: eps_with_h_shift(spec, params, x, t, shifts[:, step_of_t[t[0]]], h_edit)
             return spec.to_images(params, diffusion.ddim_sample(eps_fn, schedule, x_T, sample_steps,
                                                                 clip_x0=spec.clip_x0))
 
@@ -123,9 +126,18 @@ class Editor:
     def decode(self, params, x_T, shifts=None) -> np.ndarray:
         """x_T (B, H, W, C), shifts (S, *h shape) in sampling order or None -> images (B, H', W', C')
         (decoded through the autoencoder for latent diffusion: params then carry its weights)."""
-        if shifts is None:
-            shifts = np.zeros((self.sample_steps, *self.h_shape), np.float32)
-        return np.asarray(self._decode(params, x_T, jnp.asarray(shifts, jnp.float32)))
+        return self.decode_many(params, [(x_T, shifts)])[0]
+
+    def decode_many(self, params, edits) -> list[np.ndarray]:
+        """`decode` of each (x_T, shifts) of `edits`, all decoded together in batches."""
+        x_T = np.concatenate([np.asarray(x, np.float32) for x, _ in edits])
+        zero = np.zeros((self.sample_steps, *self.h_shape), np.float32)
+        table = np.stack([zero if shifts is None else np.asarray(shifts, np.float32) for _, shifts in edits])
+        sizes = [len(x) for x, _ in edits]
+        edit_of_row = np.repeat(np.arange(len(edits)), sizes)
+        take = lambda start, stop: (x_T[start:stop], table[edit_of_row[start:stop]])
+        images = in_batches(lambda x, shifts: self._decode(params, x, shifts), take, len(x_T), self.batch_size)
+        return np.split(images, np.cumsum(sizes)[:-1])
 
     def h_along_paths(self, params, x_T) -> tuple[np.ndarray, np.ndarray]:
         """(images (B, H, W, C), h at the edited steps along each sample's own path (S_edit, B, D))."""
@@ -159,7 +171,7 @@ class Editing(Evaluator):
     def __init__(self, spec: ModelSpec, oracle, *, num_label: int = 256, num_edit: int = 32,
                  sample_steps: int = 20, h_min_t: int = 500, h_edit: str = "asyrp", batch_size: int = 64,
                  seed: int = 0):
-        self.editor = Editor(spec, sample_steps, h_min_t, h_edit)
+        self.editor = Editor(spec, sample_steps, h_min_t, h_edit, batch_size=min(batch_size, num_edit * len(ALPHAS)))
         self.oracle, self.image_shape = oracle, spec.image_shape
         k_label, k_edit = jax.random.split(jax.random.PRNGKey(seed))
         self.x_label = np.asarray(jax.random.normal(k_label, (num_label, *spec.image_shape)))
@@ -172,19 +184,23 @@ class Editing(Evaluator):
                     for i in range(0, len(x_label), self.batch_size)]
         label_factors = oracle.predict(np.concatenate([images for images, _ in labelled]))
         hs = np.concatenate([h for _, h in labelled], axis=1)
-        original_images = editor.decode(params, x_edit)
-        original = oracle.predict(original_images)
-        strips, precisions, values = {space: [] for space in SPACES}, {space: [] for space in SPACES}, {}
+        edits = [(x_edit, None)]  # the originals, then each factor's edits in each space at each α
         for name in factors.CONTINUOUS:
             coordinate = edit_coordinate(label_factors, name)
             d, sigma = direction(x_label, coordinate)
             x_shift = (sigma * d).reshape(self.image_shape).astype(np.float32)
             h_shifts = editor.h_shifts(hs, coordinate)
-            edit = {"xT": lambda a: editor.decode(params, edit_x_T(x_edit, a * x_shift)),  # this iteration only
-                    "h": lambda a: editor.decode(params, x_edit, a * h_shifts)}
-            for space in SPACES:
-                edited = [edit[space](a) for a in ALPHAS]
-                scores = precision(original, [oracle.predict(e) for e in edited], name)
+            edits += [(edit_x_T(x_edit, a * x_shift), None) for a in ALPHAS]
+            edits += [(x_edit, a * h_shifts) for a in ALPHAS]
+        images = editor.decode_many(params, edits)
+        original_images, readings = images[0], scoring.read_each(scoring.FactorReader(oracle), images)
+        original = readings[0]
+        strips, precisions, values = {space: [] for space in SPACES}, {space: [] for space in SPACES}, {}
+        for j, name in enumerate(factors.CONTINUOUS):
+            for s, space in enumerate(SPACES):
+                first = 1 + (2 * j + s) * len(ALPHAS)
+                edited = images[first:first + len(ALPHAS)]
+                scores = precision(original, readings[first:first + len(ALPHAS)], name)
                 precisions[space].append(scores["precision"])
                 values.update({f"edit_{space}_{name}_{kind}": value for kind, value in scores.items()})
                 strips[space].append(np.stack([e[0] for e in edited[:2]] + [original_images[0]]
@@ -209,7 +225,8 @@ class SupervisedEdits(Evaluator):
 
     def __init__(self, spec: ModelSpec, reader, *, num_label: int = 256, num_edit: int = 32, sample_steps: int = 20,
                  h_min_t: int = 500, batch_size: int = 64, seed: int = 0):
-        self.editor = Editor(spec, sample_steps, h_min_t)
+        self.editor = Editor(spec, sample_steps, h_min_t,
+                             batch_size=min(batch_size, num_edit * len(scoring.ALPHAS)))
         self.reader, self.batch_size = reader, batch_size
         self.image_shape = spec.image_shape
         k_label, k_edit = jax.random.split(jax.random.PRNGKey(seed))
@@ -230,13 +247,13 @@ class SupervisedEdits(Evaluator):
             d, sigma = direction(self.x_label, coordinate)
             shifts["xT"][name] = (sigma * d).reshape(self.image_shape).astype(np.float32)
             shifts["h"][name] = editor.h_shifts(hs, coordinate)
-        decode = {"xT": lambda shift: editor.decode(params, edit_x_T(self.x_edit, shift)),
-                  "h": lambda shift: editor.decode(params, self.x_edit, shift)}
+        edit = {"xT": lambda shift: (edit_x_T(self.x_edit, shift), None), "h": lambda shift: (self.x_edit, shift)}
         values, curves = {}, {}
         for space in SPACES:
-            read = lambda shift, space=space: reader.read(decode[space](shift))
+            read_many = lambda many, space=space: scoring.read_each(
+                reader, editor.decode_many(params, [edit[space](shift) for shift in many]))
             numbers, responses = scoring.numbers_and_curves(scoring.supervised_family(
-                reader, original, read, shifts[space], prefix=f"linear_{space}_"))
+                reader, original, read_many, shifts[space], prefix=f"linear_{space}_"))
             values.update(numbers)
             curves.update(responses)
         return Measured(values, curves)
