@@ -212,3 +212,44 @@ def test_class_purity_cannot_tell_the_digits_controls_apart(digit_control_scores
     purity of class gains is high on the entangled control too: the study does not judge by it."""
     assert digit_control_scores["mixed"]["pullback_purity"] > 0.8
     assert all(digit_control_scores[kind]["pullback_purity"] > 0.8 for kind in controls.POSITIVE)
+
+
+class _Independent(scoring.ClassReader):
+    """A reader whose change is a function of the edited reading alone (independent of the
+    original): each class probability of a flat Dirichlet (Beta(1, F − 1)) mapped to a standard
+    normal, so that under chance every direction's dominant attribute is uniform and independent
+    of the others' and each response's signs are fair coins."""
+
+    def signed_change(self, before, after):
+        from scipy.special import ndtri
+        f = len(self.names)
+        return {name: ndtri(1 - (1 - np.asarray(after[name])) ** (f - 1)) for name in self.names}
+
+    def magnitude(self, signed):
+        return {name: np.abs(v) for name, v in signed.items()}
+
+
+def test_chance_levels_match_their_closed_forms_where_the_draws_are_independent():
+    from isodiff_jax.analysis.edits import chance
+    reader, k, draws = _Independent(None, [f"c{i}" for i in range(5)]), 3, 400
+    levels = chance.pullback_chance(reader, samples=16, k=k, draws=draws)
+    se = lambda key: levels[key][1] / np.sqrt(draws)
+    assert abs(levels["coverage"][0] - 5 * (1 - 0.8 ** k)) < 4 * se("coverage")  # distinct of k uniform draws of 5
+    # a response (x1, x2, 0, x3, x4) of symmetric i.i.d. changes rises with probability (1/8)², falls as often
+    assert abs(levels["monotone"][0] - 2 / 64) < 4 * se("monotone")
+    # |Δ(a+b) − Δ(a) − Δ(b)| of three i.i.d. normal changes has mean √3 √(2/π), |Δ(a)| + |Δ(b)| 2 √(2/π)
+    assert abs(levels["additivity_error"][0] - np.sqrt(3) / 2) < 4 * se("additivity_error") + 0.01
+    assert 1 / 5 < levels["purity"][0] < 1
+
+
+def test_chance_levels_move_with_the_protocol_and_sit_below_a_perfect_edit():
+    from isodiff_jax.analysis.edits import chance
+    reader = scoring.FactorReader(None)
+    few, many = (chance.pullback_chance(reader, samples=n, k=4, draws=150) for n in (4, 64))
+    assert few["consistency"][1] > 2 * many["consistency"][1]  # fewer samples: a wider spread under chance
+    for key in ("purity", "linearity", "monotone"):
+        assert few[key][0] < 0.7  # a pure, linear, monotone edit scores 1
+    supervised = chance.supervised_chance(reader, factors.CONTINUOUS, samples=16, draws=50)
+    assert supervised["precision"][0] < 0.3 and supervised["monotone"][0] < 0.05
+    digits = chance.pullback_chance(scoring.ClassReader(None, [str(i) for i in range(10)]), samples=8, k=4, draws=100)
+    assert 1 <= digits["coverage"][0] <= 4

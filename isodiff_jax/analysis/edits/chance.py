@@ -1,0 +1,60 @@
+"""Chance levels of the edit scores under a measuring protocol (method.md §6b).
+
+What a score gives when an edit tells nothing: every edited image is read as an image unrelated to
+its original (a fresh draw of the data set's attributes: shapes factors drawn as the data set
+draws them, or class probabilities from a flat Dirichlet). The chance level of each score is its
+mean over `draws` such measurements, each with the protocol's samples, directions and α grid,
+scored by the same functions as a model's edits (`scoring`, `pullback.summarize_directions`), so
+that it moves with the protocol as the real scores do: consistency at 8 samples is about 0.36
+against 0.23 at 64, coverage over 4 directions cannot reach the 6 a control can show, and a
+monotone share over 5 points is easier than over 9. The spread over draws is the score's
+standard deviation under chance.
+"""
+import numpy as np
+
+from isodiff_jax.analysis.edits import pullback, scoring
+from isodiff_jax.data import shapes
+
+
+def random_readings(reader, count: int, rng: np.random.Generator) -> dict:
+    """Readings of `count` images unrelated to any other: {name: (count,)} for `reader`'s names."""
+    if isinstance(reader, scoring.FactorReader):
+        drawn = shapes.sample_factors(int(rng.integers(2**63)), np.arange(count))
+        return {name: drawn[name] for name in reader.names}
+    p = rng.dirichlet(np.ones(len(reader.names)), size=count)
+    return {name: p[:, i] for i, name in enumerate(reader.names)}
+
+
+def pullback_chance(reader, *, samples: int, k: int, alphas=pullback.ALPHAS, draws: int = 400,
+                    seed: int = 0) -> dict:
+    """{score: (mean, std)} of `summarize_directions`' overall scores (purity, linearity,
+    monotone, consistency, coverage) and the additivity error, for k directions on `samples`
+    samples whose every edit is read as an unrelated image."""
+    rng = np.random.default_rng(seed)
+    keys = ("purity", "linearity", "monotone", "consistency", "coverage", "additivity_error")
+    values = {key: [] for key in keys}
+    for _ in range(draws):
+        original = random_readings(reader, samples, rng)
+        per_direction = [scoring.alpha_response(reader, original, [random_readings(reader, samples, rng)
+                                                                    for _ in alphas], alphas) for _ in range(k)]
+        summary = pullback.summarize_directions(per_direction, alphas, reader.names, "")
+        for key in keys[:-1]:
+            values[key].append(summary[key])
+        values["additivity_error"].append(scoring.additivity_error(
+            reader, original, *(random_readings(reader, samples, rng) for _ in range(3))))
+    return {key: (float(np.nanmean(v)), float(np.nanstd(v))) for key, v in values.items()}
+
+
+def supervised_chance(reader, targets, *, samples: int, alphas=scoring.ALPHAS, draws: int = 400,
+                      seed: int = 0) -> dict:
+    """{score: (mean, std)} of the supervised scores (precision, linearity, monotone, means over
+    the `targets` attributes) on `samples` samples whose every edit is read as an unrelated image."""
+    rng = np.random.default_rng(seed)
+    values = {key: [] for key in ("precision", "linearity", "monotone")}
+    for _ in range(draws):
+        original = random_readings(reader, samples, rng)
+        scores = [scoring.alpha_response(reader, original, [random_readings(reader, samples, rng) for _ in alphas],
+                                         alphas, target=target) for target in targets]
+        for key in values:
+            values[key].append(np.mean([scoring.nanmean(s[key]) for s in scores]))
+    return {key: (float(np.nanmean(v)), float(np.nanstd(v))) for key, v in values.items()}
