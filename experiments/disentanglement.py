@@ -1,7 +1,10 @@
 """Does isometric regularization make the latent space more disentangled?
 
 Every measure is first run on controls whose answer is known (`analysis/edits/controls.py`: factors on
-axes, rotated, and a nonlinear mix), then on trained models:
+axes, rotated, and a nonlinear mix), at --control_seeds latent draws and beside its chance level
+(`analysis/edits/chance.py`), then on trained models, all under one measuring protocol (`protocol`:
+samples, directions, α grids, timesteps) recorded in every JSON; results measured under another are
+refused:
 
 - shapes, from scratch for --steps (the λ study's scratch pair): λ = 0 against --best_lambda
   (the λ study's best, 1), for every seed of --seeds, so each difference has a standard error;
@@ -85,9 +88,9 @@ def options(quick: bool):
     from isodiff_jax.analysis.options import Options
     if quick:
         return Options(num_pairs=4, timesteps=(50,), num_samples=8, num_fd_samples=16, sample_steps=4,
-                       fd_sample_steps=4, spectrum_method="matrix_free", spectrum_iters=8, num_label=16,
-                       num_edit=2, h_min_t=50, rank_iso_samples=1, pullback_timesteps=(50,), pullback_k=2,
-                       pullback_samples=2, pullback_iters=8, probe_scans=96)
+                       fd_sample_steps=4, spectrum_method="matrix_free", spectrum_iters=8, num_label=32,
+                       num_edit=4, h_min_t=50, rank_iso_samples=1, pullback_timesteps=(50,), pullback_k=2,
+                       pullback_samples=4, pullback_iters=8, probe_scans=96)
     # pullback at t = 500 and 900 (each costs ~2 min per model on 2 cores)
     return Options(num_pairs=32, timesteps=(500, 700, 900), num_samples=32, num_fd_samples=256, sample_steps=20,
                    fd_sample_steps=100, fd_sample_eta=1.0, num_label=128, num_edit=16, rank_iso_samples=4,
@@ -142,8 +145,8 @@ def measured(run: Run, args, measurers: dict) -> dict:
     key = (spec, spec.data.dataset)  # specs compare what compiles; the data set picks oracle or classifier
     if key not in measurers:
         measurers[key] = Measurer(spec, args)
-    result = {**dataclasses.asdict(run), "name": run.name, **measurers[key].measure(workdir),
-              "seconds": time.perf_counter() - started}
+    result = {**dataclasses.asdict(run), "name": run.name, "protocol": protocol(options(args.quick)),
+              **measurers[key].measure(workdir), "seconds": time.perf_counter() - started}
     write_json(path, result, indent=2)
     return result
 
@@ -154,21 +157,60 @@ def trained(run: Run, args) -> bool:
         os.path.isdir(os.path.join(args.out, run.name, "checkpoints", str(args.steps)))
 
 
+def protocol(o) -> dict:
+    """How edits are measured, on the controls and on the models alike (recorded with every
+    result; the study compares results measured under one protocol only): the pullback
+    directions' samples, number, α grid and timesteps, and the supervised edits' labelled and
+    edited samples and α grid."""
+    from isodiff_jax.analysis.edits import pullback, scoring
+    return {"pullback_samples": o.pullback_samples, "pullback_k": o.pullback_k, "pullback_alphas": list(pullback.ALPHAS),
+            "pullback_timesteps": list(o.pullback_timesteps), "supervised_num_label": o.num_label,
+            "supervised_num_edit": o.num_edit, "supervised_alphas": list(scoring.ALPHAS)}
+
+
+def check_protocol(results: list, expected: dict) -> None:
+    """Refuses run records measured under another protocol than `expected` (or before protocols
+    were recorded): their numbers do not compare with the controls'."""
+    for r in results:
+        if r.get("protocol") != expected:
+            raise ValueError(f"{r['name']} was measured under the protocol {r.get('protocol')}, not the study's "
+                             f"{expected}: its numbers do not compare with the controls'; delete its record in "
+                             f"--results to measure it again")
+
+
 def control_results(args) -> dict:
-    """Every measure on the three controls of each data set (controls.json in --results), read by
-    the oracle (shapes) and the digit classifier (digits)."""
-    path = os.path.join(args.results, "controls.json")
-    if (saved := read_saved(path)) is not None:
+    """Every measure on the three controls of each data set under the study's protocol, read by
+    the oracle (shapes) and the digit classifier (digits), at --control_seeds latent draws: the
+    mean ("shapes", "digits"), the spread of one measurement ("spread": the standard deviation
+    over draws) and the chance level of each edit score ("chance": mean and standard deviation of
+    edits read as unrelated images, `chance`). In controls.json of --results; measured again when
+    the saved one has another protocol or number of draws."""
+    o = options(args.quick)
+    path, wanted = os.path.join(args.results, "controls.json"), protocol(o)
+    saved = read_saved(path)
+    if saved is not None and saved.get("protocol") == wanted and saved.get("seeds") == args.control_seeds:
         return saved
-    from isodiff_jax.analysis.edits import controls, scoring
+    from isodiff_jax.analysis.edits import chance, controls, factors, pullback, scoring
     from isodiff_jax.analysis.networks import digit_classifier, oracle
-    reader = scoring.FactorReader(oracle.load(args.oracle))
-    classes = scoring.ClassReader(digit_classifier.load(args.classifier), digit_classifier.CLASS_NAMES)
-    sizes = dict(num_edit=8, num_probe=128) if args.quick else {}
-    result = {"shapes": {kind: controls.control_for(kind, "shapes", resolution=reader.oracle.resolution).measure(
-                             reader, **sizes, **(dict(num_label=32) if args.quick else {})) for kind in controls.CONTROLS},
-              "digits": {kind: controls.control_for(kind, "digits").measure(classes, **sizes)
-                         for kind in controls.CONTROLS}}
+    readers = {"shapes": scoring.FactorReader(oracle.load(args.oracle)),
+               "digits": scoring.ClassReader(digit_classifier.load(args.classifier), digit_classifier.CLASS_NAMES)}
+    edits = dict(num_edit=o.num_edit, pullback_samples=o.pullback_samples, pullback_k=o.pullback_k,
+                 pullback_alphas=pullback.ALPHAS, **(dict(num_probe=128) if args.quick else {}))
+    sizes = {"shapes": dict(edits, num_label=o.num_label), "digits": edits}
+    result = {"protocol": wanted, "seeds": args.control_seeds, "spread": {}, "chance": {}}
+    for data, reader in readers.items():
+        resolution = dict(resolution=reader.oracle.resolution) if data == "shapes" else {}
+        draws = {kind: [controls.control_for(kind, data, **resolution).measure(reader, **sizes[data], seed=seed)
+                        for seed in range(args.control_seeds)] for kind in controls.CONTROLS}
+        result[data] = {kind: {k: float(np.mean([d[k] for d in v])) for k in v[0]} for kind, v in draws.items()}
+        result["spread"][data] = {kind: {k: float(np.std([d[k] for d in v], ddof=1)) if len(v) > 1 else float("nan")
+                                         for k in v[0]} for kind, v in draws.items()}
+        levels = {f"pullback_{k}": v for k, v in chance.pullback_chance(
+            reader, samples=o.pullback_samples, k=o.pullback_k, draws=100 if args.quick else 1000).items()}
+        if data == "shapes":
+            levels |= {f"supervised_{k}": v for k, v in chance.supervised_chance(
+                reader, factors.CONTINUOUS, samples=o.num_edit, draws=20 if args.quick else 200).items()}
+        result["chance"][data] = levels
     write_json(path, result, indent=2)
     return result
 
@@ -262,13 +304,31 @@ CONTROL_KEYS = {
                "pullback_linearity", "pullback_monotone", "pullback_additivity_error")}
 
 
+def control_gaps(controls: dict, data: str, key: str) -> tuple:
+    """(axes, rotated): each positive control's distance from the negative one in standard errors
+    of the difference of one measurement each (NaN with one draw)."""
+    spread = controls["spread"][data]
+
+    def gap(kind):
+        difference = controls[data][kind][key] - controls[data]["mixed"][key]
+        with np.errstate(divide="ignore", invalid="ignore"):  # no spread: ±inf, or NaN when nothing differs
+            return float(np.float64(difference) / np.hypot(spread[kind][key], spread["mixed"][key]))
+    return gap("axes"), gap("rotated")
+
+
 def controls_table(controls: dict) -> str:
-    """One row per measure: its value on each control of each data set."""
-    lines = ["| data | measure | axes (+) | rotated (+) | mixed (−) |", "| --- | --- | --- | --- | --- |"]
+    """One row per measure: its chance level, its value on each control of each data set (mean ±
+    spread of one measurement over the draws) and the positive controls' gaps in standard errors."""
+    lines = ["| data | measure | chance | axes (+) | rotated (+) | mixed (−) | gap / SE (axes, rotated) |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
     for data, keys in CONTROL_KEYS.items():
         for key in keys:
-            values = " | ".join(f"{controls[data][kind][key]:.3g}" for kind in ("axes", "rotated", "mixed"))
-            lines.append(f"| {data} | {key} | {values} |")
+            values = " | ".join(f"{controls[data][kind][key]:.3g} ± {controls['spread'][data][kind][key]:.2g}"
+                                for kind in ("axes", "rotated", "mixed"))
+            level = controls["chance"][data].get(key)
+            shown = f"{level[0]:.3g} ± {level[1]:.2g}" if level else "—"
+            gaps = ", ".join(f"{g:+.1f}" for g in control_gaps(controls, data, key))
+            lines.append(f"| {data} | {key} | {shown} | {values} | {gaps} |")
     return "\n".join(lines)
 
 
@@ -316,6 +376,13 @@ def _listed(kind, what: str, allowed):
     return parse
 
 
+def COUNT(text: str) -> int:
+    """An argparse type: a whole number >= 1."""
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
+
+
 SEEDS = _listed(int, "seeds (integers in [0, 2**31))", lambda v: 0 <= v < 2**31)
 LAMBDAS = _listed(float, "weights λ (finite numbers >= 0)", lambda v: math.isfinite(v) and v >= 0)
 
@@ -340,6 +407,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--train_only", action="store_true", help="train the runs, measure nothing")
     p.add_argument("--measure_only", action="store_true",
                    help="measure the runs trained to --steps, train nothing (beside a --train_only process)")
+    p.add_argument("--control_seeds", type=COUNT, default=10,
+                   help="latent draws of each control measured (their spread is one measurement's error)")
     p.add_argument("--quick", action="store_true", help="tiny runs and measurements (for the test)")
     return p
 
@@ -378,6 +447,7 @@ def main(argv=None, measurers: dict | None = None) -> dict:
             results.append(result)
             print(f"{run.name}: measured", flush=True)
     o = options(args.quick)
+    check_protocol(results, summary["controls"]["protocol"])
     summary["shapes"] = paired(results, "shapes", table_names("shapes", o))
     summary["digits"] = paired(results, "digits", table_names("digits", o))
     summary["shapes_finetune"] = finetuned(results, table_names("shapes", o))

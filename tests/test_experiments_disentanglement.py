@@ -22,7 +22,7 @@ def study(oracle16, tmp_path_factory):
     from conftest import CompileCounter
     tmp = tmp_path_factory.mktemp("disentanglement")
     oracle.save(oracle16, str(tmp / "oracle"), {})
-    argv = ["--quick", "--config", "configs/test.py", "--steps", "2", "--digits_seeds", "0",
+    argv = ["--quick", "--config", "configs/test.py", "--steps", "2", "--digits_seeds", "0", "--control_seeds", "2",
             "--out", str(tmp / "runs"), "--results", str(tmp / "results"), "--pictures", str(tmp / "pictures"),
             "--oracle", str(tmp / "oracle"), "--classifier", str(tmp / "classifier")]
     script = load_module("experiments/disentanglement.py")
@@ -77,7 +77,7 @@ def test_the_summary_is_the_arithmetic_of_the_run_records(study):
 def test_the_controls_give_their_known_answers_under_the_quick_protocol(study):
     """The positive controls (factors on axes, rotated) beat the negative one (a nonlinear mix) on
     the measures that pass their controls (docs/results.md §6), at the test's small sizes."""
-    _, _, summary, tmp, _, _ = study
+    script, _, summary, tmp, _, _ = study
     controls = summary["controls"]
     assert set(controls["shapes"]) == set(controls["digits"]) == {"axes", "rotated", "mixed"}
     for positive in ("axes", "rotated"):
@@ -87,6 +87,16 @@ def test_the_controls_give_their_known_answers_under_the_quick_protocol(study):
         assert shapes["supervised_additivity_error"] < controls["shapes"]["mixed"]["supervised_additivity_error"]
         assert digits["probe_class_accuracy"] > 0.3 > controls["digits"]["mixed"]["probe_class_accuracy"]
         assert digits["pullback_monotone"] > controls["digits"]["mixed"]["pullback_monotone"] + 0.3
+    # one recorded protocol for controls and models, the spread of one measurement over the two
+    # draws, and chance levels from edits read as unrelated images
+    assert controls["protocol"] == script.protocol(script.options(True)) and controls["seeds"] == 2
+    for name in summary["runs"]:
+        assert json.load(open(tmp / "results" / f"{name}.json"))["protocol"] == controls["protocol"]
+    assert controls["spread"]["shapes"]["mixed"]["probe_r2"] > 0
+    for data in ("shapes", "digits"):
+        level, spread = controls["chance"][data]["pullback_monotone"]
+        assert 0 <= level < 0.5 and spread > 0
+    assert controls["chance"]["shapes"]["supervised_precision"][0] < shapes["supervised_precision"]
     for picture in summary["pictures"]:
         assert (tmp / "pictures" / picture).stat().st_size > 0
     assert "linearity_curves.png" in summary["pictures"]

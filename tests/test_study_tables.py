@@ -79,3 +79,31 @@ def test_the_detectable_effect_has_the_power_it_claims(seeds, expected):
     power = np.mean(np.abs(t) > stats.t.ppf(0.975, seeds - 1))
     assert power == pytest.approx(0.8, abs=0.01)
     assert common.detectable_in_se(1) == float("inf")
+
+
+def test_records_measured_under_another_protocol_are_refused(study):
+    wanted = study.protocol(study.options(False))
+    assert wanted["pullback_samples"] == 8 and wanted["pullback_alphas"] == [-2.0, -1.0, 1.0, 2.0]
+    same = dict(record("shapes", 0.0, 0, probe_r2=0.2), protocol=wanted)
+    study.check_protocol([same], wanted)
+    other = dict(record("shapes", 1.0, 0, probe_r2=0.5), protocol=dict(wanted, pullback_samples=64))
+    with pytest.raises(ValueError, match="shapes_scratch_lam1_seed0 was measured under the protocol .*'pullback_samples': 64"):
+        study.check_protocol([same, other], wanted)
+    with pytest.raises(ValueError, match="protocol None"):  # measured before protocols were recorded
+        study.check_protocol([record("shapes", 0.0, 1, probe_r2=0.2)], wanted)
+    assert study.protocol(study.options(True)) != wanted  # the quick test's protocol is its own
+
+
+def test_control_gaps_are_in_standard_errors_of_one_measurement_each(study):
+    controls = {"shapes": {"axes": {"m": 0.9}, "rotated": {"m": 0.5}, "mixed": {"m": 0.3}},
+                "spread": {"shapes": {"axes": {"m": 0.03}, "rotated": {"m": 0.0}, "mixed": {"m": 0.04}}}}
+    axes, rotated = study.control_gaps(controls, "shapes", "m")
+    assert axes == pytest.approx(0.6 / 0.05) and rotated == pytest.approx(0.2 / 0.04)
+    controls["spread"]["shapes"]["mixed"]["m"] = 0.0
+    assert study.control_gaps(controls, "shapes", "m")[1] == float("inf")  # no spread at all: any gap is certain
+
+
+def test_the_control_seeds_flag_refuses_zero(study, capsys):
+    with pytest.raises(SystemExit):
+        study.parser().parse_args(["--control_seeds", "0"])
+    assert "'0' is not a whole number >= 1" in capsys.readouterr().err

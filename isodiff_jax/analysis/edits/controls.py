@@ -111,15 +111,19 @@ class ShapesControl(Control):
         return pipeline.to_unit_range(shapes.render(self.factors_of(x), self.resolution))
 
     def measure(self, reader, *, num_label: int = 256, num_edit: int = 64, num_probe: int = 768,
+                pullback_samples: int | None = None, pullback_k: int | None = None, pullback_alphas=ALPHAS,
                 seed: int = 0) -> dict:
         """Every disentanglement measure of the study, read through `reader` (a
         `scoring.FactorReader` of the factor oracle, as for a model). Probes fit on 3/4 of
-        num_probe latents (ground-truth factors) and score the rest."""
+        num_probe latents (ground-truth factors) and score the rest. The pullback directions are
+        the top pullback_k (default: all) on pullback_samples latents (default: the num_edit
+        edited ones), edited at pullback_alphas: a model's protocol gives all three."""
         keys = jax.random.split(jax.random.PRNGKey(seed), 3)
         x_label, x_edit, x_probe = (self.latents(k, n) for k, n in zip(keys, (num_label, num_edit, num_probe)))
         original = reader.read(self.decode(x_edit))
         out = _supervised(self, reader, x_label, x_edit, original)
-        out.update(_pullback(self, reader, x_edit, original))
+        out.update(_pullback(self, reader, *_pullback_samples(self, reader, x_edit, original, seed, pullback_samples),
+                             pullback_k or self.dim, pullback_alphas))
         h, truth = np.asarray(self.encode(x_probe)), self.factors_of(x_probe)
         n = 3 * num_probe // 4
         scores = probe.probe_scores(h[:n], {k: v[:n] for k, v in truth.items()}, h[n:],
@@ -148,14 +152,16 @@ class DigitsControl(Control):
         weights /= weights.sum(axis=1, keepdims=True)
         return np.einsum("bc,chwk->bhwk", weights, digit_prototypes(self.resolution)).astype(np.float32)
 
-    def measure(self, reader, *, num_edit: int = 64, num_probe: int = 768, seed: int = 0) -> dict:
+    def measure(self, reader, *, num_edit: int = 64, num_probe: int = 768, pullback_samples: int | None = None,
+                pullback_k: int | None = None, pullback_alphas=ALPHAS, seed: int = 0) -> dict:
         """The digits study's measures, read through `reader` (a `scoring.ClassReader` of the
         digit classifier): the class purity, coverage, linearity and composition of the pullback
-        directions, and the held-out accuracy of a linear class probe from h to the dominant
-        prototype's class (fitted on 3/4 of num_probe latents)."""
+        directions (as `ShapesControl.measure`'s), and the held-out accuracy of a linear class
+        probe from h to the dominant prototype's class (fitted on 3/4 of num_probe latents)."""
         k_edit, k_probe = jax.random.split(jax.random.PRNGKey(seed))
         x_edit, x_probe = self.latents(k_edit, num_edit), self.latents(k_probe, num_probe)
-        out = dict(_pullback(self, reader, x_edit, reader.read(self.decode(x_edit))))
+        samples = _pullback_samples(self, reader, x_edit, None, seed, pullback_samples)
+        out = dict(_pullback(self, reader, *samples, pullback_k or self.dim, pullback_alphas))
         h, labels, n = np.asarray(self.encode(x_probe)), self.labels_of(x_probe), 3 * num_probe // 4
         out["probe_class_accuracy"], _ = probe.class_probe_accuracy(h[:n], labels[:n], h[n:], labels[n:],
                                                                     num_classes=digits.NUM_CLASSES)
@@ -198,12 +204,20 @@ def _read_many(control: Control, reader, x_edit):
     return lambda shifts: scoring.read_each(reader, [control.decode(x_edit + shift) for shift in shifts])
 
 
-def _pullback(control: Control, reader, x_edit, original) -> Iterator:
-    s, v = pullback.local_basis(control.encode, jnp.asarray(x_edit), jax.random.PRNGKey(0), k=control.dim)
-    v, read_many = np.asarray(v), _read_many(control, reader, x_edit)
-    edited = read_many([a * v[:, i] for i in range(control.dim) for a in ALPHAS])
-    per_direction = [scoring.alpha_response(reader, original, edited[i * len(ALPHAS):(i + 1) * len(ALPHAS)], ALPHAS)
-                     for i in range(control.dim)]
-    yield from pullback.summarize_directions(per_direction, ALPHAS, reader.names, "pullback_").items()
+def _pullback_samples(control: Control, reader, x_edit, original, seed: int, count: int | None) -> tuple:
+    """(latents, their reading) the pullback directions are measured at: `count` fresh latents
+    (their own draw of `seed`), or the edited ones when count is None."""
+    if count is None:
+        return x_edit, (reader.read(control.decode(x_edit)) if original is None else original)
+    x = control.latents(jax.random.fold_in(jax.random.PRNGKey(seed), 1), count)
+    return x, reader.read(control.decode(x))
+
+
+def _pullback(control: Control, reader, x_edit, original, k: int, alphas) -> Iterator:
+    s, v = pullback.local_basis(control.encode, jnp.asarray(x_edit), jax.random.PRNGKey(0), k=k)
+    v, read_many, n = np.asarray(v), _read_many(control, reader, x_edit), len(alphas)
+    edited = read_many([a * v[:, i] for i in range(k) for a in alphas])
+    per_direction = [scoring.alpha_response(reader, original, edited[i * n:(i + 1) * n], alphas) for i in range(k)]
+    yield from pullback.summarize_directions(per_direction, alphas, reader.names, "pullback_").items()
     error = scoring.additivity_error(reader, original, *read_many(scoring.composition_shifts(v[:, 0], v[:, 1])))
     yield "pullback_additivity_error", error
