@@ -87,10 +87,10 @@ def canonical(spec):
 def options(quick: bool):
     from isodiff_jax.analysis.options import Options
     if quick:
-        return Options(num_pairs=4, timesteps=(50,), num_samples=8, num_fd_samples=16, sample_steps=4,
-                       fd_sample_steps=4, spectrum_method="matrix_free", spectrum_iters=8, num_label=32,
+        return Options(num_pairs=4, timesteps=(50,), num_samples=8, num_fd_samples=8, sample_steps=2,
+                       fd_sample_steps=2, spectrum_method="matrix_free", spectrum_iters=4, num_label=32,
                        num_edit=4, h_min_t=50, rank_iso_samples=1, pullback_timesteps=(50,), pullback_k=2,
-                       pullback_samples=4, pullback_iters=8, probe_scans=96)
+                       pullback_samples=4, pullback_iters=4, probe_scans=96)
     # pullback at t = 500 and 900 (each costs ~2 min per model on 2 cores)
     return Options(num_pairs=32, timesteps=(500, 700, 900), num_samples=32, num_fd_samples=256, sample_steps=20,
                    fd_sample_steps=100, fd_sample_eta=1.0, num_label=128, num_edit=16, rank_iso_samples=4,

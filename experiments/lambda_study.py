@@ -81,8 +81,8 @@ class Measurer:
         self.spec, self.args = spec, args
         if args.quick:
             half = spec.schedule.num_timesteps // 2
-            options = Options(num_pairs=4, timesteps=(half,), num_samples=8, num_fd_samples=16, sample_steps=4,
-                              fd_sample_steps=4, spectrum_method="matrix_free", spectrum_iters=8, num_label=16,
+            options = Options(num_pairs=4, timesteps=(half,), num_samples=8, num_fd_samples=8, sample_steps=2,
+                              fd_sample_steps=2, spectrum_method="matrix_free", spectrum_iters=4, num_label=16,
                               num_edit=2, h_min_t=half, rank_iso_samples=1)
         else:
             options = Options(num_pairs=32, timesteps=(500, 700, 900), num_samples=64, num_fd_samples=512,
