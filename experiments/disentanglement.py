@@ -9,7 +9,10 @@ refused:
 - shapes, from scratch for --steps (the λ study's scratch pair): λ = 0 against --best_lambda
   (the λ study's best, 1), for every seed of --seeds, so each difference has a standard error;
 - digits (scikit-learn's real scans, configs/digits16.py), the same pair for --digits_seeds;
-- with --finetune, the λ study's fine-tunes of its base model at λ = 0, 0.1 and 1.
+- with --finetune, the paper's protocol: the base model (experiments/base_model.py) fine-tuned
+  for --finetune_steps with the paper's optimiser (AdamW lr 1e-5 constant, β = (0.95, 0.999),
+  weight decay 1e-6, clipping at 1, EMA 0.9999; method.md §4) at each of --finetune_lambdas
+  (0, the paper's 1e-3, and 1) for every seed of --finetune_seeds, each λ paired with λ = 0.
 
 Each model gets: geometry (exact rank·L_iso, mRTL / floor, the top singular values of the
 encoder), quality (fd_oracle and the confident share on 256 samples; on digits the digit
@@ -57,21 +60,48 @@ class Run:
         return f"{self.data}_{start}_lam{self.weight:g}_seed{self.seed}"
 
 
+# The paper's fine-tuning optimiser (method.md §4); its learning rate is --finetune_lr.
+PAPER_FINETUNE = dict(b1=0.95, b2=0.999, weight_decay=1e-6, clip_norm=1.0, ema_max_decay=0.9999, ema_power=0.75)
+
+
+def steps_of(run: Run, args) -> int:
+    return args.steps if run.from_scratch else args.finetune_steps
+
+
 def run_config(run: Run, args):
-    """The λ study's recipe for this run (--config, configs/shapes16.py, with its from-scratch or
-    fine-tuning schedule) on the run's data set and seed. Seed 0 on shapes is the λ study's own
-    scratch_lam{λ} / lam{λ}_p0.5 run; on digits it is configs/digits16.py."""
-    study_args = argparse.Namespace(config=args.config, steps=args.steps, checkpoint_every=250,
-                                    grid_steps=100, quick=args.quick, lr=1e-4, base=args.base)
+    """The λ study's recipe for this run (--config, configs/shapes16.py) on the run's data set and
+    seed: from scratch, its schedule for --steps (seed 0 on shapes is the λ study's own
+    scratch_lam{λ} run; on digits it is configs/digits16.py); a fine-tune starts from --base's EMA
+    parameters with the paper's optimiser for --finetune_steps, the seed drawing its data order
+    and every step's randomness."""
+    study_args = argparse.Namespace(config=args.config, steps=steps_of(run, args), checkpoint_every=250,
+                                    grid_steps=100, quick=args.quick, lr=args.finetune_lr, base=args.base)
     c = common.run_config(common.Run(run.name, run.weight, 0.5, from_scratch=run.from_scratch),
                                 study_args)
     c.seed, c.data.name = run.seed, run.data
+    if not run.from_scratch:
+        for field, value in PAPER_FINETUNE.items():
+            c.optim[field] = value
     return c
+
+
+def check_base(base: str) -> None:
+    """Refuses a base model that has not reached the steps its config plans (a fine-tune of a
+    model still training would start from whatever its newest checkpoint holds)."""
+    from isodiff_jax import checkpoint
+    from isodiff_jax import config as config_lib
+    planned = config_lib.from_json(checkpoint.saved_config_json(base)).training.num_steps
+    reached = max(checkpoint.all_steps(base), default=0)
+    if reached < planned:
+        raise SystemExit(f"error: the base model in {base} has reached step {reached} of {planned}: finish it first "
+                         f"(python -m experiments.base_model resumes it), then fine-tune")
 
 
 def train(run: Run, args) -> str:
     """Trains (or resumes, or finds finished) one run; returns its workdir."""
     from isodiff_jax import launch
+    if not run.from_scratch:
+        check_base(args.base)
     workdir = os.path.join(args.out, run.name)
     launch.train(run_config(run, args), workdir)
     return workdir
@@ -137,7 +167,7 @@ def measured(run: Run, args, measurers: dict) -> dict:
     started = time.perf_counter()
     if args.measure_only:
         workdir = os.path.join(args.out, run.name)
-        if not os.path.isdir(os.path.join(workdir, "checkpoints", str(args.steps))):
+        if not os.path.isdir(os.path.join(workdir, "checkpoints", str(steps_of(run, args)))):
             return None  # not trained to the end yet
     else:
         workdir = train(run, args)
@@ -154,7 +184,7 @@ def measured(run: Run, args, measurers: dict) -> dict:
 def trained(run: Run, args) -> bool:
     """Whether `run` is measured already, or trained to --steps."""
     return os.path.exists(os.path.join(args.results, f"{run.name}.json")) or \
-        os.path.isdir(os.path.join(args.out, run.name, "checkpoints", str(args.steps)))
+        os.path.isdir(os.path.join(args.out, run.name, "checkpoints", str(steps_of(run, args))))
 
 
 def protocol(o) -> dict:
@@ -240,15 +270,17 @@ def _value(result: dict, name: str) -> float:
     return metrics[name]
 
 
-def paired(results: list, data: str, names) -> dict:
-    """Per metric of `names`: mean ± standard error over seeds of λ = 0, of the regularized runs,
-    and of their paired difference (regularized − λ = 0, same seed), with the number of seeds and
-    the smallest difference those seeds detect (`common.detectable_in_se` × its SE; NaN with one
-    seed). A name that a run's record lacks is an error, not a silent gap."""
+def paired(results: list, data: str, names, *, from_scratch: bool = True, weight: float | None = None) -> dict:
+    """Per metric of `names`: mean ± standard error over seeds of λ = 0, of the regularized runs
+    (λ = `weight`; None: the one λ > 0 there is), and of their paired difference (regularized −
+    λ = 0, same seed), with the number of seeds and the smallest difference those seeds detect
+    (`common.detectable_in_se` × its SE; NaN with one seed), over the runs from scratch or the
+    fine-tunes. A name that a run's record lacks is an error, not a silent gap."""
+    wanted = lambda r: (r["data"] == data and r["from_scratch"] == from_scratch
+                        and (r["weight"] == 0 or weight is None or r["weight"] == weight))
     by_seed = {}
-    for r in results:
-        if r["data"] == data and r["from_scratch"]:
-            by_seed.setdefault(r["seed"], {})["zero" if r["weight"] == 0 else "reg"] = r
+    for r in filter(wanted, results):
+        by_seed.setdefault(r["seed"], {})["zero" if r["weight"] == 0 else "reg"] = r
     pairs = [v for v in by_seed.values() if len(v) == 2]
     out = {}
     for name in names if pairs else ():
@@ -262,15 +294,11 @@ def paired(results: list, data: str, names) -> dict:
 
 
 def finetuned(results: list, names) -> dict:
-    """The fine-tunes of the λ study's base model (one seed each): per metric of `names`, the value
-    at each λ and its difference from λ = 0 (no standard error: one seed)."""
-    runs = sorted((r for r in results if not r["from_scratch"]), key=lambda r: r["weight"])
-    zero = next((r for r in runs if r["weight"] == 0), None)
-    if zero is None:
-        return {}
-    return {name: {f"lambda{r['weight']:g}": _value(r, name) for r in runs}
-            | {f"difference_lambda{r['weight']:g}": _value(r, name) - _value(zero, name) for r in runs if r["weight"]}
-            for name in names}
+    """The fine-tunes of the base model (shapes): {f"lambda{λ:g}": `paired` over the seeds that
+    have both λ and λ = 0} for each fine-tuned λ > 0 with at least one such seed."""
+    weights = sorted({r["weight"] for r in results if not r["from_scratch"] and r["weight"] > 0})
+    stats = {f"lambda{w:g}": paired(results, "shapes", names, from_scratch=False, weight=w) for w in weights}
+    return {key: value for key, value in stats.items() if value}
 
 
 def table_names(data: str, o) -> tuple[str, ...]:
@@ -343,23 +371,22 @@ def table(stats: dict) -> str:
 
 
 def finetune_table(stats: dict) -> str:
-    weights = [key[len("lambda"):] for key in next(iter(stats.values())) if key.startswith("lambda")]
-    lines = ["| metric | " + " | ".join(f"λ = {w}" for w in weights) + " |", "| --- |" + " --- |" * len(weights)]
-    for name, v in stats.items():
-        lines.append(f"| {name} | " + " | ".join(f"{v[f'lambda{w}']:.4g}" for w in weights) + " |")
-    return "\n".join(lines)
+    """`table` for each fine-tuned λ against the fine-tunes at λ = 0."""
+    return "\n\n".join(f"λ = {key[len('lambda'):]} against λ = 0:\n" + table(value) for key, value in stats.items())
 
 
 def planned_runs(args) -> list:
     """The key pair (λ = 0 and --best_lambda from scratch on shapes) for every seed, the digits pair
-    for --digits_seeds, then the λ study's fine-tunes (λ = 0, 0.1, 1) when --finetune is on."""
+    for --digits_seeds, then with --finetune the fine-tunes at --finetune_lambdas for every seed of
+    --finetune_seeds."""
     runs = []
     for seed in args.seeds:
         runs += [Run("shapes", 0.0, seed), Run("shapes", args.best_lambda, seed)]
         if seed in args.digits_seeds:
             runs += [Run("digits", 0.0, seed), Run("digits", args.best_lambda, seed)]
     if args.finetune:
-        runs += [Run("shapes", w, 0, from_scratch=False) for w in args.finetune_lambdas]
+        runs += [Run("shapes", w, seed, from_scratch=False) for seed in args.finetune_seeds
+                 for w in args.finetune_lambdas]
     return runs
 
 
@@ -396,9 +423,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--digits_seeds", type=SEEDS, default="0", help="seeds of the digits pair")
     p.add_argument("--best_lambda", type=float, default=1.0, help="the λ study's best λ")
     p.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=False,
-                   help="also the λ study's fine-tunes of its base model (--base)")
-    p.add_argument("--finetune_lambdas", type=LAMBDAS, default="0,0.1,1")
-    p.add_argument("--base", default="runs/experiments/base_model/run", help="the λ study's base model")
+                   help="also fine-tune the base model (--base) with the paper's optimiser")
+    p.add_argument("--finetune_lambdas", type=LAMBDAS, default="0,0.001,1",
+                   help="λ of the fine-tunes: 0, the paper's 1e-3, and the from-scratch pair's 1")
+    p.add_argument("--finetune_seeds", type=SEEDS, default="0,1,2", help="seeds of the fine-tunes")
+    p.add_argument("--finetune_steps", type=int, default=1000, help="steps of every fine-tune")
+    p.add_argument("--finetune_lr", type=float, default=1e-5, help="the fine-tunes' constant learning rate (the paper's)")
+    p.add_argument("--base", default="runs/experiments/base_model/run",
+                   help="the base model (experiments/base_model.py, 8,000 steps without the loss)")
     p.add_argument("--oracle", default="runs/oracle16", help="the 16 px factor oracle (trained when missing)")
     p.add_argument("--classifier", default="runs/digits_classifier", help="the digit classifier (trained when missing)")
     p.add_argument("--results", default="experiments/results/disentanglement",
@@ -458,7 +490,8 @@ def main(argv=None, measurers: dict | None = None) -> dict:
     for data in ("shapes", "digits"):
         print(f"\n{data} (from scratch, λ = 0 against λ = {args.best_lambda:g}):\n" + table(summary[data]))
     if summary["shapes_finetune"]:
-        print("\nshapes, fine-tuned from the λ study's base model (one seed):\n" + finetune_table(summary["shapes_finetune"]))
+        print("\nshapes, fine-tuned from the base model with the paper's optimiser:\n" +
+              finetune_table(summary["shapes_finetune"]))
     return summary
 
 

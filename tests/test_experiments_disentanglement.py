@@ -5,6 +5,7 @@ values checked have known answers: the summary's arithmetic from the run records
 controls' order (positive above negative)."""
 import json
 import math
+import shutil
 
 import pytest
 from support import load_module
@@ -109,3 +110,15 @@ def test_a_second_seed_compiles_nothing_and_a_rerun_measures_nothing(study):
     rerun = script.main(argv)  # every record exists: nothing trains, nothing is measured
     assert rerun["shapes"] == summary["shapes"]
     assert json.load(open(tmp / "results" / "shapes_scratch_lam1_seed1.json")) == seed1
+
+
+def test_a_fine_tune_refuses_a_base_model_that_is_still_training(trained_workdir, tmp_path):
+    """The base model's newest checkpoint must be the step its config plans: a copy of a finished
+    4-step run passes, the same without its step-4 checkpoint is refused in one line."""
+    study = load_module("experiments/disentanglement.py")
+    study.check_base(trained_workdir)
+    base = tmp_path / "base"
+    shutil.copytree(trained_workdir, base)
+    shutil.rmtree(base / "checkpoints" / "4")
+    with pytest.raises(SystemExit, match=r"has reached step 2 of 4: finish it first"):
+        study.check_base(str(base))

@@ -33,16 +33,38 @@ def test_a_metric_asked_for_and_missing_is_an_error_not_a_gap(study):
         study.paired(runs, "shapes", ["probe_r2", "pullback_xt_purity"])
 
 
-def test_the_fine_tunes_are_summarised_against_lambda_zero(study):
+def test_the_fine_tunes_pair_each_lambda_with_lambda_zero_over_seeds(study):
+    """Known answers: per fine-tuned λ, the paired arithmetic of `paired` over the seeds that have
+    both λ and λ = 0 (a scratch run and a seed without its λ = 0 fine-tune are left out)."""
     runs = [record("shapes", 0.0, 0, probe_r2=0.2),  # a scratch run: not a fine-tune
-            record("shapes", 1.0, 0, False, probe_r2=0.7), record("shapes", 0.0, 0, False, probe_r2=0.4),
-            record("shapes", 0.1, 0, False, probe_r2=0.5)]
-    stats = study.finetuned(runs, ["probe_r2"])["probe_r2"]
-    assert stats == pytest.approx({"lambda0": 0.4, "lambda0.1": 0.5, "lambda1": 0.7,
-                                   "difference_lambda0.1": 0.1, "difference_lambda1": 0.3})
-    table = study.finetune_table({"probe_r2": stats})
-    assert table.splitlines()[0] == "| metric | λ = 0 | λ = 0.1 | λ = 1 |" and "| probe_r2 | 0.4 | 0.5 | 0.7 |" in table
-    assert study.finetuned(runs[:2], ["probe_r2"]) == {}  # no fine-tune at λ = 0: nothing to compare with
+            record("shapes", 0.0, 0, False, probe_r2=0.4), record("shapes", 0.001, 0, False, probe_r2=0.5),
+            record("shapes", 1.0, 0, False, probe_r2=0.7), record("shapes", 0.0, 1, False, probe_r2=0.6),
+            record("shapes", 0.001, 1, False, probe_r2=0.5), record("shapes", 1.0, 1, False, probe_r2=1.1),
+            record("shapes", 1.0, 2, False, probe_r2=9.0)]  # no λ = 0 at seed 2: unpaired
+    stats = study.finetuned(runs, ["probe_r2"])
+    assert list(stats) == ["lambda0.001", "lambda1"]
+    small, large = stats["lambda0.001"]["probe_r2"], stats["lambda1"]["probe_r2"]
+    assert small["lambda0"] == pytest.approx(0.5) and small["regularized"] == pytest.approx(0.5)
+    assert small["difference"] == pytest.approx(0.0) and small["difference_se"] == pytest.approx(0.1)
+    assert large["regularized"] == pytest.approx(0.9) and large["difference"] == pytest.approx(0.4)
+    assert large["difference_se"] == pytest.approx(0.1) and large["seeds"] == 2
+    table = study.finetune_table(stats)
+    assert "λ = 0.001 against λ = 0:" in table and "| probe_r2 | 0.5 ± 0.1 | 0.9 ± 0.2 | +0.4 ± 0.1 | 1.6 | 2 |" in table
+    assert study.finetuned(runs[:1] + runs[2:4], ["probe_r2"]) == {}  # no fine-tune at λ = 0: nothing to compare with
+
+
+def test_the_fine_tunes_use_the_papers_optimiser_and_their_own_length(study):
+    args = study.parser().parse_args(["--finetune", "--base", "/base", "--finetune_steps", "300", "--seeds", "0"])
+    runs = study.planned_runs(args)
+    tuned = [r for r in runs if not r.from_scratch]
+    assert [(r.weight, r.seed) for r in tuned] == [(w, s) for s in (0, 1, 2) for w in (0.0, 0.001, 1.0)]
+    c = study.run_config(tuned[4], args)
+    assert (c.training.init_from, c.training.num_steps, c.seed, c.regularizer.weight) == ("/base", 300, 1, 0.001)
+    assert (c.optim.lr, c.optim.decay, c.optim.warmup_steps) == (1e-5, "constant", 0)
+    assert (c.optim.b1, c.optim.b2, c.optim.weight_decay, c.optim.clip_norm, c.optim.ema_max_decay) == (
+        0.95, 0.999, 1e-6, 1.0, 0.9999)
+    scratch = study.run_config(runs[1], args)
+    assert (scratch.training.init_from, scratch.training.num_steps, scratch.optim.b1) == ("", 1000, 0.9)
 
 
 def test_the_tables_ask_only_for_names_the_registry_declares(study):
