@@ -71,9 +71,17 @@ def test_other_regularizers_run_and_update_state(setup, kind):
     assert (float(new_state.pl_mean) > 0) == (kind == "path_length")
 
 
-def test_plain_step_compiles_once_and_updates_ema(setup):
-    model, schedule, optimizer, state, x0 = setup
-    step = jax.jit(chex.assert_max_traces(train_step.make_train_step(model, schedule, optimizer), n=1))
+@pytest.fixture(scope="module")
+def plain_step(setup):
+    """The plain step with the EMA's warm-up power 1/2 (not the default 3/4, so that the test
+    below sees it reach the EMA), jitted once for the module's tests (a second trace raises)."""
+    model, schedule, optimizer, _, _ = setup
+    return jax.jit(chex.assert_max_traces(train_step.make_train_step(model, schedule, optimizer, ema_power=0.5), n=1))
+
+
+def test_plain_step_compiles_once_and_updates_ema(setup, plain_step):
+    _, _, _, state, x0 = setup
+    step = plain_step
     for _ in range(3):  # a second trace would raise
         state, metrics = step(state, x0, jax.random.PRNGKey(5))
     assert int(state.step) == 3 and "reg_loss" not in metrics
@@ -127,17 +135,17 @@ def test_loss_weights_over_t_weigh_each_samples_epsilon_loss(setup):
     assert float(metrics["diffusion_loss"]) == float(loss) and np.all(np.asarray(weights)[np.asarray(t)] < 1)
 
 
-def test_the_ema_warm_up_follows_its_power(setup):
-    """decay_s = min(max, 1 − (1 + s)^(−power)); step 0 copies the parameters, step 1 mixes."""
+def test_the_ema_warm_up_follows_its_power(setup, plain_step):
+    """decay_s = min(max, 1 − (1 + s)^(−power)); step 0 copies the parameters, step 1 mixes (with
+    the power 1/2 of the module's compiled plain step)."""
     for power in (0.5, 0.75, 0.9):
         for step in (0, 1, 10, 1800):
             expected = min(0.9999, 1 - (1 + step) ** -power)
             assert float(train_step.ema_decay(step, 0.9999, power)) == pytest.approx(expected, rel=1e-12)
     assert float(train_step.ema_decay(10**9, 0.99, 0.9)) == pytest.approx(0.99)
-    model, schedule, optimizer, state, x0 = setup
-    step = jax.jit(train_step.make_train_step(model, schedule, optimizer, ema_power=0.5))
-    first, _ = step(state, x0, jax.random.PRNGKey(9))
-    second, _ = step(first, x0, jax.random.PRNGKey(9))
+    _, _, _, state, x0 = setup
+    first, _ = plain_step(state, x0, jax.random.PRNGKey(9))
+    second, _ = plain_step(first, x0, jax.random.PRNGKey(9))
     decay = 1 - 2 ** -0.5
     expected = jax.tree.map(lambda e, p: decay * e + (1 - decay) * p, first.ema_params, second.params)
     chex.assert_trees_all_close(first.ema_params, first.params, rtol=0, atol=0)
