@@ -344,6 +344,45 @@ def control_gaps(controls: dict, data: str, key: str) -> tuple:
     return gap("axes"), gap("rotated")
 
 
+def control_key(data: str, name: str) -> str | None:
+    """The control measure a model metric corresponds to (linear_{xT,h}_X: supervised_X,
+    pullback_{xt,h}_X: pullback_X, the probes themselves), None when no control measures it."""
+    for model, control in (("linear_xT_", "supervised_"), ("linear_h_", "supervised_"), ("pullback_xt_", "pullback_"),
+                           ("pullback_h_", "pullback_")):
+        if name.startswith(model):
+            name = control + name[len(model):]
+            break
+    return name if name in CONTROL_KEYS[data] else None
+
+
+def judges(stats: dict, controls: dict, data: str, widen: float = 2.0) -> dict:
+    """Per metric of a pair's `stats` that a control measures: whether the measure can judge the
+    models, i.e. whether both arms' means lie within the range its controls span (each control's
+    mean ± `widen` spreads of one measurement). A measure whose models read outside it does not
+    place them between a disentangled and an entangled code, so its difference is no evidence
+    either way. -> {name: {"controls": [low, high], "models": [low, high], "judges": bool}}."""
+    out = {}
+    for name, v in stats.items():
+        key = control_key(data, name)
+        if key is None:
+            continue
+        means = [controls[data][kind][key] for kind in ("axes", "rotated", "mixed")]
+        spreads = [np.nan_to_num(controls["spread"][data][kind][key]) for kind in ("axes", "rotated", "mixed")]
+        low = min(m - widen * e for m, e in zip(means, spreads))
+        high = max(m + widen * e for m, e in zip(means, spreads))
+        models = sorted((v["lambda0"], v["regularized"]))
+        out[name] = {"controls": [float(low), float(high)], "models": [float(m) for m in models],
+                     "judges": bool(low <= models[0] and models[1] <= high)}
+    return out
+
+
+def judges_lines(verdicts: dict) -> str:
+    """One line per measure that cannot judge, naming the two ranges."""
+    return "\n".join(f"cannot judge {name}: the models read {v['models'][0]:.3g}–{v['models'][1]:.3g}, outside the "
+                     f"{v['controls'][0]:.3g}–{v['controls'][1]:.3g} its controls span"
+                     for name, v in verdicts.items() if not v["judges"])
+
+
 def controls_table(controls: dict) -> str:
     """One row per measure: its chance level, its value on each control of each data set (mean ±
     spread of one measurement over the draws) and the positive controls' gaps in standard errors."""
@@ -483,12 +522,15 @@ def main(argv=None, measurers: dict | None = None) -> dict:
     summary["shapes"] = paired(results, "shapes", table_names("shapes", o))
     summary["digits"] = paired(results, "digits", table_names("digits", o))
     summary["shapes_finetune"] = finetuned(results, table_names("shapes", o))
+    summary["judges"] = {data: judges(summary[data], summary["controls"], data) for data in ("shapes", "digits")}
     summary["runs"] = [r["name"] for r in results]
     summary["pictures"] = pictures(results, args)
     write_results(os.path.join(args.results, "summary.json"), summary)
     print("controls:\n" + controls_table(summary["controls"]))
     for data in ("shapes", "digits"):
         print(f"\n{data} (from scratch, λ = 0 against λ = {args.best_lambda:g}):\n" + table(summary[data]))
+        if lines := judges_lines(summary["judges"][data]):
+            print(lines)
     if summary["shapes_finetune"]:
         print("\nshapes, fine-tuned from the base model with the paper's optimiser:\n" +
               finetune_table(summary["shapes_finetune"]))

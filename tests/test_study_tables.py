@@ -67,6 +67,26 @@ def test_the_fine_tunes_use_the_papers_optimiser_and_their_own_length(study):
     assert (scratch.training.init_from, scratch.training.num_steps, scratch.optim.b1) == ("", 1000, 0.9)
 
 
+def test_a_measure_whose_models_read_outside_its_controls_cannot_judge(study):
+    """Known answers: the controls span each mean ± 2 spreads; consistency's models (0.47, 0.56)
+    lie below that range and cannot judge, purity's lie inside, and fd_oracle has no control."""
+    kinds = ("axes", "rotated", "mixed")
+    means = {"pullback_consistency": (0.9, 0.85, 0.7), "pullback_purity": (0.8, 0.75, 0.4)}
+    controls = {"shapes": {k: {key: v[i] for key, v in means.items()} for i, k in enumerate(kinds)},
+                "spread": {"shapes": {k: {key: 0.01 for key in means} for k in kinds}}}
+    stats = {"pullback_xt_consistency": {"lambda0": 0.56, "regularized": 0.47},
+             "pullback_h_purity": {"lambda0": 0.5, "regularized": 0.6}, "fd_oracle": {"lambda0": 30, "regularized": 31}}
+    verdicts = study.judges(stats, controls, "shapes")
+    assert set(verdicts) == {"pullback_xt_consistency", "pullback_h_purity"}
+    assert verdicts["pullback_xt_consistency"]["controls"] == pytest.approx([0.68, 0.92])
+    assert verdicts["pullback_xt_consistency"]["models"] == pytest.approx([0.47, 0.56])
+    assert not verdicts["pullback_xt_consistency"]["judges"] and verdicts["pullback_h_purity"]["judges"]
+    assert study.judges_lines(verdicts) == ("cannot judge pullback_xt_consistency: the models read 0.47–0.56, "
+                                           "outside the 0.68–0.92 its controls span")
+    assert study.control_key("shapes", "linear_h_additivity_error") == "supervised_additivity_error"
+    assert study.control_key("digits", "linear_h_precision") is None  # digits has no supervised edits
+
+
 def test_the_tables_ask_only_for_names_the_registry_declares(study):
     """Every name of each table is among the values its registry entries declare for the study's
     options (full and quick), with the derived means of `with_means`."""
