@@ -27,8 +27,9 @@ class purity). Seeds share compiled programs: evaluators are built for the spec 
 Resumable: runs train in runs/experiments/disentanglement/<name>/ (resumed if interrupted); each
 run's measurements go to --results/<name>.json and are not recomputed; the controls to
 controls.json. Writes --results/summary.json (per metric: mean ± standard error over seeds of
-λ = 0, of the regularized runs and of their paired difference), the pullback pictures and the
-linearity curves under --pictures, and prints the tables.
+λ = 0, of the regularized runs and of their paired difference, and whether the models read within
+the range the measure's controls span: `judges`), the pullback pictures and the linearity curves
+under --pictures, and prints the tables.
 """
 import argparse
 import dataclasses
