@@ -524,6 +524,8 @@ def main(argv=None, measurers: dict | None = None) -> dict:
     summary["digits"] = paired(results, "digits", table_names("digits", o))
     summary["shapes_finetune"] = finetuned(results, table_names("shapes", o))
     summary["judges"] = {data: judges(summary[data], summary["controls"], data) for data in ("shapes", "digits")}
+    summary["judges"]["shapes_finetune"] = {key: judges(stats, summary["controls"], "shapes")
+                                            for key, stats in summary["shapes_finetune"].items()}
     summary["runs"] = [r["name"] for r in results]
     summary["pictures"] = pictures(results, args)
     write_results(os.path.join(args.results, "summary.json"), summary)
@@ -535,6 +537,9 @@ def main(argv=None, measurers: dict | None = None) -> dict:
     if summary["shapes_finetune"]:
         print("\nshapes, fine-tuned from the base model with the paper's optimiser:\n" +
               finetune_table(summary["shapes_finetune"]))
+        for key, verdicts in summary["judges"]["shapes_finetune"].items():
+            if lines := judges_lines(verdicts):
+                print(f"{key}: " + lines.replace("\n", f"\n{key}: "))
     return summary
 
 
