@@ -361,7 +361,11 @@ def judges(stats: dict, controls: dict, data: str, widen: float = 2.0) -> dict:
     models, i.e. whether both arms' means lie within the range its controls span (each control's
     mean ± `widen` spreads of one measurement). A measure whose models read outside it does not
     place them between a disentangled and an entangled code, so its difference is no evidence
-    either way. -> {name: {"controls": [low, high], "models": [low, high], "judges": bool}}."""
+    either way. And whether the seeds resolve an effect as large as the control gap (the smaller
+    distance of a positive control from the negative one): `detectable` ≤ that gap; where not, a
+    difference of the size that separates a disentangled code from an entangled one could go
+    unseen, and the comparison is unresolved. -> {name: {"controls": [low, high], "models":
+    [low, high], "judges": bool, "control_gap": float, "resolves": bool}}."""
     out = {}
     for name, v in stats.items():
         key = control_key(data, name)
@@ -372,16 +376,27 @@ def judges(stats: dict, controls: dict, data: str, widen: float = 2.0) -> dict:
         low = min(m - widen * e for m, e in zip(means, spreads))
         high = max(m + widen * e for m, e in zip(means, spreads))
         models = sorted((v["lambda0"], v["regularized"]))
+        gap = min(abs(means[0] - means[2]), abs(means[1] - means[2]))  # the smaller positive-to-negative distance
         out[name] = {"controls": [float(low), float(high)], "models": [float(m) for m in models],
-                     "judges": bool(low <= models[0] and models[1] <= high)}
+                     "judges": bool(low <= models[0] and models[1] <= high), "control_gap": float(gap),
+                     "resolves": bool(v.get("detectable", float("inf")) <= gap)}
     return out
 
 
-def judges_lines(verdicts: dict) -> str:
-    """One line per measure that cannot judge, naming the two ranges."""
-    return "\n".join(f"cannot judge {name}: the models read {v['models'][0]:.3g}–{v['models'][1]:.3g}, outside the "
-                     f"{v['controls'][0]:.3g}–{v['controls'][1]:.3g} its controls span"
-                     for name, v in verdicts.items() if not v["judges"])
+def judges_lines(verdicts: dict, stats: dict | None = None) -> str:
+    """One line per measure that cannot judge, naming the two ranges, and (with the pair's
+    `stats`) one per measure the seeds do not resolve, naming the detectable effect and the gap."""
+    lines = [f"cannot judge {name}: the models read {v['models'][0]:.3g}–{v['models'][1]:.3g}, outside the "
+             f"{v['controls'][0]:.3g}–{v['controls'][1]:.3g} its controls span"
+             for name, v in verdicts.items() if not v["judges"]]
+    for name, v in verdicts.items():
+        if stats is None or not v["judges"] or v["resolves"]:
+            continue
+        seeds = stats[name]["seeds"]
+        power = (f"{seeds} seeds detect differences of {stats[name]['detectable']:.2g} or more" if seeds > 1 else
+                 "one seed, no paired test")
+        lines.append(f"unresolved {name}: {power}, its control gap is {v['control_gap']:.2g}")
+    return "\n".join(lines)
 
 
 def controls_table(controls: dict) -> str:
@@ -532,13 +547,13 @@ def main(argv=None, measurers: dict | None = None) -> dict:
     print("controls:\n" + controls_table(summary["controls"]))
     for data in ("shapes", "digits"):
         print(f"\n{data} (from scratch, λ = 0 against λ = {args.best_lambda:g}):\n" + table(summary[data]))
-        if lines := judges_lines(summary["judges"][data]):
+        if lines := judges_lines(summary["judges"][data], summary[data]):
             print(lines)
     if summary["shapes_finetune"]:
         print("\nshapes, fine-tuned from the base model with the paper's optimiser:\n" +
               finetune_table(summary["shapes_finetune"]))
         for key, verdicts in summary["judges"]["shapes_finetune"].items():
-            if lines := judges_lines(verdicts):
+            if lines := judges_lines(verdicts, summary["shapes_finetune"][key]):
                 print(f"{key}: " + lines.replace("\n", f"\n{key}: "))
     return summary
 

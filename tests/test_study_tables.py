@@ -74,8 +74,9 @@ def test_a_measure_whose_models_read_outside_its_controls_cannot_judge(study):
     means = {"pullback_consistency": (0.9, 0.85, 0.7), "pullback_purity": (0.8, 0.75, 0.4)}
     controls = {"shapes": {k: {key: v[i] for key, v in means.items()} for i, k in enumerate(kinds)},
                 "spread": {"shapes": {k: {key: 0.01 for key in means} for k in kinds}}}
-    stats = {"pullback_xt_consistency": {"lambda0": 0.56, "regularized": 0.47},
-             "pullback_h_purity": {"lambda0": 0.5, "regularized": 0.6}, "fd_oracle": {"lambda0": 30, "regularized": 31}}
+    stats = {"pullback_xt_consistency": {"lambda0": 0.56, "regularized": 0.47, "detectable": 0.1, "seeds": 3},
+             "pullback_h_purity": {"lambda0": 0.5, "regularized": 0.6, "detectable": 0.5, "seeds": 3},
+             "fd_oracle": {"lambda0": 30, "regularized": 31}}
     verdicts = study.judges(stats, controls, "shapes")
     assert set(verdicts) == {"pullback_xt_consistency", "pullback_h_purity"}
     assert verdicts["pullback_xt_consistency"]["controls"] == pytest.approx([0.68, 0.92])
@@ -83,6 +84,14 @@ def test_a_measure_whose_models_read_outside_its_controls_cannot_judge(study):
     assert not verdicts["pullback_xt_consistency"]["judges"] and verdicts["pullback_h_purity"]["judges"]
     assert study.judges_lines(verdicts) == ("cannot judge pullback_xt_consistency: the models read 0.47–0.56, "
                                            "outside the 0.68–0.92 its controls span")
+    # purity's control gap is min(0.8 − 0.4, 0.75 − 0.4) = 0.35: 3 seeds that detect only 0.5 do not resolve it
+    assert verdicts["pullback_h_purity"]["control_gap"] == pytest.approx(0.35)
+    assert not verdicts["pullback_h_purity"]["resolves"] and verdicts["pullback_xt_consistency"]["resolves"]
+    assert study.judges_lines(verdicts, stats).splitlines()[1] == (
+        "unresolved pullback_h_purity: 3 seeds detect differences of 0.5 or more, its control gap is 0.35")
+    one_seed = {name: dict(v, seeds=1, detectable=float("nan")) for name, v in stats.items()}
+    assert study.judges_lines(study.judges(one_seed, controls, "shapes"), one_seed).splitlines()[1] == (
+        "unresolved pullback_h_purity: one seed, no paired test, its control gap is 0.35")
     assert study.control_key("shapes", "linear_h_additivity_error") == "supervised_additivity_error"
     assert study.control_key("digits", "linear_h_precision") is None  # digits has no supervised edits
 
