@@ -345,6 +345,9 @@ def control_gaps(controls: dict, data: str, key: str) -> tuple:
     return gap("axes"), gap("rotated")
 
 
+CONTROL_KINDS = ("axes", "rotated", "mixed")  # two positive controls, then the negative one
+
+
 def control_key(data: str, name: str) -> str | None:
     """The control measure a model metric corresponds to (linear_{xT,h}_X: supervised_X,
     pullback_{xt,h}_X: pullback_X, the probes themselves), None when no control measures it."""
@@ -371,8 +374,8 @@ def judges(stats: dict, controls: dict, data: str, widen: float = 2.0) -> dict:
         key = control_key(data, name)
         if key is None:
             continue
-        means = [controls[data][kind][key] for kind in ("axes", "rotated", "mixed")]
-        spreads = [np.nan_to_num(controls["spread"][data][kind][key]) for kind in ("axes", "rotated", "mixed")]
+        means = [controls[data][kind][key] for kind in CONTROL_KINDS]
+        spreads = [np.nan_to_num(controls["spread"][data][kind][key]) for kind in CONTROL_KINDS]
         low = min(m - widen * e for m, e in zip(means, spreads))
         high = max(m + widen * e for m, e in zip(means, spreads))
         models = sorted((v["lambda0"], v["regularized"]))
@@ -407,7 +410,7 @@ def controls_table(controls: dict) -> str:
     for data, keys in CONTROL_KEYS.items():
         for key in keys:
             values = " | ".join(f"{controls[data][kind][key]:.3g} ± {controls['spread'][data][kind][key]:.2g}"
-                                for kind in ("axes", "rotated", "mixed"))
+                                for kind in CONTROL_KINDS)
             level = controls["chance"][data].get(key)
             shown = f"{level[0]:.3g} ± {level[1]:.2g}" if level else "—"
             gaps = ", ".join(f"{g:+.1f}" for g in control_gaps(controls, data, key))
