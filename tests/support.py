@@ -21,6 +21,11 @@ def load_module(relative_path: str):
     return module
 
 
+# XLA's optimising CPU back end, for the few tests whose running time is the longer part (the
+# suite compiles with JAX_DISABLE_MOST_OPTIMIZATIONS=1, see conftest.py):
+# `jax.jit(f).lower(*args).compile(OPTIMISED)`.
+OPTIMISED = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
+
 def json_numbers(tree) -> list:
     """Every number in a JSON tree (booleans excluded)."""
     if isinstance(tree, dict):
