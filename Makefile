@@ -26,7 +26,7 @@ analysis: install
 	$(PY) -m isodiff_jax.analysis --workdir runs/shapes16_iso --oracle runs/oracle16 --out runs/shapes16_iso/analysis
 
 # Everything (the README's and CI's test command), and the tier to run while working: all but the
-# tests marked slow (@pytest.mark.slow: several training runs, subprocesses, the studies).
+# tests marked slow (@pytest.mark.slow: training runs, subprocesses, benchmarks, the studies).
 test: install
 	$(PY) -m pytest -q
 

@@ -57,6 +57,7 @@ def test_peaks_by_device_kind():
     assert bench.peak_tflops("cpu") is None
 
 
+@pytest.mark.slow  # runs the benchmark
 def test_a_tiny_measurement(tmp_path):
     """The --quick path's measurement (a one-level U-Net, 8², plain step): FLOPs from the cost
     analysis, a time, a memory figure, the printed line."""

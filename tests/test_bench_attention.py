@@ -2,11 +2,13 @@
 pass the benchmark times (float32 tolerance), and the script runs at its smallest setting."""
 import jax
 import numpy as np
+import pytest
 from support import load_module
 
 bench = load_module("benchmarks/attention.py")
 
 
+@pytest.mark.slow  # runs the benchmark's timed passes
 def test_previous_and_current_attention_agree_in_every_timed_pass():
     shape = (2, 16, 4, 8)
     q, k, v, c = (jax.random.normal(jax.random.PRNGKey(i), shape) * 2 for i in range(4))
@@ -19,6 +21,7 @@ def test_previous_and_current_attention_agree_in_every_timed_pass():
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * scale, err_msg=name)
 
 
+@pytest.mark.slow  # runs the benchmark
 def test_the_benchmark_runs_at_its_smallest_setting(capsys):
     bench.main(["--iters", "1", "--batch", "1", "--positions", "4", "--heads", "2", "--head-dim", "2"])
     lines = capsys.readouterr().out.splitlines()

@@ -10,6 +10,7 @@ from support import load_module
 bench = load_module("benchmarks/conv_winograd.py")
 
 
+@pytest.mark.slow  # runs the benchmark's timed passes
 def test_winograd_is_the_convolution_in_every_timed_pass():
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     x = jax.random.normal(keys[0], (2, 6, 4, 3), jnp.float64)
@@ -39,6 +40,7 @@ def test_winograd_refuses_odd_sizes():
         bench.winograd_conv(jnp.zeros((1, 5, 4, 2)), jnp.zeros((3, 3, 2, 2)))
 
 
+@pytest.mark.slow  # runs the benchmark
 def test_the_benchmark_runs_at_its_smallest_setting(capsys):
     bench.main(["--iters", "1", "--batch", "1", "--shapes", "4x4x2x3"])
     lines = capsys.readouterr().out.splitlines()

@@ -83,6 +83,7 @@ def test_a_second_run_on_a_locked_bucket_workdir_stops(bucket):
     lock.release(lock.acquire(f"{bucket}/run"))
 
 
+@pytest.mark.slow  # starts train.py processes
 def test_a_missing_or_unreachable_bucket_is_one_line(gcs_server, tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     result = subprocess.run([sys.executable, os.path.join(ROOT, "train.py"), "--config",

@@ -71,6 +71,7 @@ def test_train_py_main_turns_a_user_error_of_training_into_one_line(train_py, tm
     assert one_error_line(capsys) == "error: config.optim.lr=inf is invalid: allowed a finite learning rate > 0"
 
 
+@pytest.mark.slow  # starts a train.py process
 def test_an_error_after_tensorboard_starts_prints_no_second_traceback_at_exit(tmp_path):
     """The real command, in a fresh interpreter: a config error raised once the Monitor (and
     tensorboardX's SummaryWriter, with its atexit hook) exists is one line and status 2; nothing
@@ -145,6 +146,7 @@ def test_an_analysis_with_no_metric_named_is_refused_before_anything_is_written(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow  # starts train.py processes
 @pytest.mark.parametrize("config, environment, status, message", [
     ("README.md", {}, 2, "error: --config README.md: not a Python config file (unterminated string literal"),
     ("configs/test.py:bogus_arg", {}, 2, "error: --config configs/test.py:bogus_arg: its get_config() failed: "

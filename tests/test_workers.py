@@ -91,6 +91,7 @@ def test_the_training_loop_loads_with_the_configured_workers(jpeg_folder):
     np.testing.assert_array_equal(got, pipeline.load_batch(jpeg_folder, 3, **kwargs))
 
 
+@pytest.mark.slow  # runs the benchmark
 def test_the_input_benchmark_runs_at_its_smallest(tmp_path, capsys):
     """benchmarks/input.py makes its JPEG folder and TFDS copy and times the thread and a worker."""
     from support import load_module
