@@ -197,15 +197,14 @@ class ModelSpec:
         return self.unet.init(key, x, jnp.zeros((1,), jnp.int32))
 
     def abstract_params(self) -> Params:
-        """Shapes and dtypes of the parameters (jax.ShapeDtypeStruct leaves), computed without work."""
-        return jax.eval_shape(self.init_params, jax.random.PRNGKey(0))
+        """Shapes and dtypes of the parameters (jax.ShapeDtypeStruct leaves), computed without work
+        (traced once per spec; each call returns its own containers)."""
+        return jax.tree.map(lambda leaf: leaf, _abstract_params(self))
 
     @property
     def h_shape(self) -> tuple[int, ...]:
         """The shape of one sample's h."""
-        x = jax.ShapeDtypeStruct((1, *self.image_shape), jnp.float32)
-        h = jax.eval_shape(lambda p, x: self.encode(p, x, jnp.zeros((1,), jnp.int32)), self.abstract_params(), x)
-        return tuple(h.shape[1:])
+        return _h_shape(self)
 
     def to_dict(self) -> dict:
         """A JSON-ready description (`from_dict` is its inverse); "latent" only for latent diffusion."""
@@ -224,3 +223,17 @@ class ModelSpec:
                                 values["latent"]["params_file"])
         return cls(unet=_module_from_dict(UNet, values["unet"], "U-Net"), schedule=ScheduleSpec(**values["schedule"]),
                    data=DataSpec(**values["data"]), latent=latent)
+
+
+# Tracing the U-Net takes about a second; the evaluators, checkpoint loads and training set-ups of
+# one process ask for the same shapes many times. Equal specs have equal shapes.
+@functools.lru_cache(maxsize=32)
+def _abstract_params(spec: ModelSpec) -> Params:
+    return jax.eval_shape(spec.init_params, jax.random.PRNGKey(0))
+
+
+@functools.lru_cache(maxsize=32)
+def _h_shape(spec: ModelSpec) -> tuple[int, ...]:
+    x = jax.ShapeDtypeStruct((1, *spec.image_shape), jnp.float32)
+    h = jax.eval_shape(lambda p, x: spec.encode(p, x, jnp.zeros((1,), jnp.int32)), _abstract_params(spec), x)
+    return tuple(h.shape[1:])

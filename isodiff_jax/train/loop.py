@@ -217,8 +217,7 @@ def _compile_steps(setup: TrainSetup, mesh: Mesh) -> tuple[dict, Callable]:
 
 
 def abstract_state(setup: TrainSetup, mesh: Mesh):
-    shapes = jax.eval_shape(lambda k: step_lib.state_from_params(setup.spec.init_params(k), setup.optimizer),
-                            setup.keys()["init"])
+    shapes = jax.eval_shape(lambda p: step_lib.state_from_params(p, setup.optimizer), setup.spec.abstract_params())
     return checkpoint.abstract(shapes, sharding.replicated(mesh))
 
 
