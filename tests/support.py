@@ -26,6 +26,23 @@ def load_module(relative_path: str):
 # `jax.jit(f).lower(*args).compile(OPTIMISED)`.
 OPTIMISED = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
 
+def random_params(shapes, seed: int, dtype=np.float32):
+    """Parameters of the given shapes (a tree of arrays or jax.ShapeDtypeStruct, e.g.
+    `spec.abstract_params()`) drawn with numpy, none of them zero: each kernel N(0, 1/fan-in),
+    each vector (bias, norm scale) 1 or 0 plus N(0, 0.1²). A model with these weights computes
+    something that depends on every layer, the zero-initialised output too, and nothing is
+    compiled to make them (flax's eager init compiles each initializer op, 10-20 s on 2 cores)."""
+    import jax
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        shape = tuple(leaf.shape)
+        if len(shape) >= 2:
+            return (rng.standard_normal(shape) / np.sqrt(np.prod(shape[:-1]))).astype(dtype)
+        centre = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
+        return (centre + 0.1 * rng.standard_normal(shape)).astype(dtype)
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
 def json_numbers(tree) -> list:
     """Every number in a JSON tree (booleans excluded)."""
     if isinstance(tree, dict):

@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import random_params
 
 from configs import test as test_config
 from isodiff_jax import config as config_lib
@@ -33,12 +34,9 @@ def untrained_classifier():
     return digit_classifier.Classifier(net, net.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))), 16)
 
 
-def perturbed(params, seed: int):
-    """Parameters with every leaf moved a little (the zero-initialised output layer too, so the
-    samples depend on them)."""
-    leaves, tree = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
-    return jax.tree.unflatten(tree, [p + 0.05 * jax.random.normal(k, p.shape, p.dtype) for p, k in zip(leaves, keys)])
+def some_params(spec, seed: int):
+    """Parameters with no leaf zero (the output layer too, so the samples depend on them)."""
+    return jax.tree.map(jnp.asarray, random_params(spec.abstract_params(), seed))
 
 
 def runnable(data: str, resources: Resources) -> list:
@@ -60,7 +58,7 @@ def test_every_entry_measures_exactly_its_names_and_compiles_once(data, resource
     metrics = runnable(data, resources)
     measures = suite.Suite(spec, metrics, OPTIONS, resources)
     context = registry.Context(spec, OPTIONS, resources)
-    first_params, second_params = (perturbed(spec.init_params(jax.random.PRNGKey(0)), seed) for seed in (1, 2))
+    first_params, second_params = (some_params(spec, seed) for seed in (1, 2))
     first = {}
     for metric, evaluator in measures.evaluators.items():
         declared = REGISTRY[metric].names(context)
@@ -108,7 +106,7 @@ def test_the_registry_builds_what_the_study_built_by_hand(resources):
     from isodiff_jax.analysis.edits import pullback, scoring, supervised
     from isodiff_jax.analysis.measures import probe, rank_iso, rtl
     spec, o = tiny_spec("shapes"), OPTIONS
-    params = perturbed(spec.init_params(jax.random.PRNGKey(0)), 1)
+    params = some_params(spec, 1)
     reader = scoring.FactorReader(resources.oracle)
     by_hand = [
         rtl.Mrtl(spec.encode, image_shape=spec.image_shape, timesteps=o.timesteps, num_pairs=o.num_pairs, seed=o.seed),

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from support import random_params
 
 from isodiff_jax import diffusion, isometry
 from isodiff_jax.train import step as train_step
@@ -19,13 +20,11 @@ def setup():
     model = UNet(**TINY, dtype=jnp.float64)
     schedule = diffusion.make_schedule("linear", 1000, dtype=jnp.float64)
     optimizer = train_step.make_optimizer(1e-3)
-    state = train_step.init_state(model, optimizer, jax.random.PRNGKey(0), (2, 8, 8, 3))
+    # every weight non-zero (the output convolution too, so eps depends on the whole network)
+    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((2, 8, 8, 3)), jnp.zeros((2,), jnp.int32))
+    params = jax.tree.map(jnp.asarray, random_params(shapes, seed=0, dtype=np.float64))
     cast = lambda tree: jax.tree.map(lambda a: a.astype(jnp.float64) if a.dtype == jnp.float32 else a, tree)
-    state = cast(state)
-    # a non-zero output convolution, so eps depends on the whole network
-    params = jax.tree_util.tree_map_with_path(
-        lambda path, p: p + 0.05 if "conv_out" in jax.tree_util.keystr(path) else p, state.params)
-    state = state.replace(params=params, ema_params=params, opt_state=optimizer.init(params))
+    state = cast(train_step.state_from_params(params, optimizer))
     x0 = jax.random.uniform(jax.random.PRNGKey(1), (2, 8, 8, 3), jnp.float64, -1, 1)
     return model, schedule, optimizer, state, x0
 

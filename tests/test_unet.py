@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from support import random_params
 
 from isodiff_jax import isometry
 from isodiff_jax.unet import UNet, timestep_embedding
@@ -18,10 +19,8 @@ def tiny():
     model = UNet(**TINY)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 8, 8, 3))
     t = jnp.array([10, 900])
-    params = model.init(jax.random.PRNGKey(1), x, t)
-    # conv_out starts at zero (eps ≡ 0); give it weights so eps depends on h
-    params = jax.tree_util.tree_map_with_path(
-        lambda path, p: p + 0.1 if "conv_out" in jax.tree_util.keystr(path) else p, params)
+    # every weight non-zero (flax's init leaves conv_out at zero, so that eps ≡ 0), drawn with numpy
+    params = random_params(jax.eval_shape(model.init, jax.random.PRNGKey(1), x, t), seed=1)
     return model, params, x, t
 
 
