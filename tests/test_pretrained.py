@@ -57,8 +57,8 @@ def test_a_wrong_option_is_visible_in_float64(imported):
     """The float64 check sees a GroupNorm epsilon off by 1 % (the float32 one at 1e-5 would not)."""
     model, ref = imported["cifar10"], reference("cifar10")
     unet = model.unet.clone(dtype=jnp.float64, norm_eps=model.unet.norm_eps * 1.01)
-    _, h = unet.apply(jax.tree.map(lambda p: p.astype(jnp.float64), model.params),
-                      jnp.asarray(ref["x"], jnp.float64), jnp.asarray(ref["t"]))
+    _, h = jax.jit(unet.apply)(jax.tree.map(lambda p: p.astype(jnp.float64), model.params),
+                               jnp.asarray(ref["x"], jnp.float64), jnp.asarray(ref["t"]))
     assert relative(h, ref["h64"]) > 1e-9
 
 
