@@ -245,11 +245,11 @@ def test_chance_levels_match_their_closed_forms_where_the_draws_are_independent(
 def test_chance_levels_move_with_the_protocol_and_sit_below_a_perfect_edit():
     from isodiff_jax.analysis.edits import chance
     reader = scoring.FactorReader(None)
-    few, many = (chance.pullback_chance(reader, samples=n, k=4, draws=150) for n in (4, 64))
+    few, many = (chance.pullback_chance(reader, samples=n, k=4, draws=60) for n in (4, 64))  # spreads ≈ 0.10, 0.03
     assert few["consistency"][1] > 2 * many["consistency"][1]  # fewer samples: a wider spread under chance
     for key in ("purity", "linearity", "monotone"):
         assert few[key][0] < 0.7  # a pure, linear, monotone edit scores 1
-    supervised = chance.supervised_chance(reader, factors.CONTINUOUS, samples=16, draws=50)
+    supervised = chance.supervised_chance(reader, factors.CONTINUOUS, samples=16, draws=20)  # means 0.15, 0
     assert supervised["precision"][0] < 0.3 and supervised["monotone"][0] < 0.05
     digits = chance.pullback_chance(scoring.ClassReader(None, [str(i) for i in range(10)]), samples=8, k=4, draws=100)
     assert 1 <= digits["coverage"][0] <= 4
