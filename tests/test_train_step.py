@@ -78,6 +78,7 @@ def plain_step(setup):
     return jax.jit(chex.assert_max_traces(train_step.make_train_step(model, schedule, optimizer, ema_power=0.5), n=1))
 
 
+@pytest.mark.slow  # compiles a full training step
 def test_plain_step_compiles_once_and_updates_ema(setup, plain_step):
     _, _, _, state, x0 = setup
     step = plain_step
@@ -134,14 +135,19 @@ def test_loss_weights_over_t_weigh_each_samples_epsilon_loss(setup):
     assert float(metrics["diffusion_loss"]) == float(loss) and np.all(np.asarray(weights)[np.asarray(t)] < 1)
 
 
-def test_the_ema_warm_up_follows_its_power(setup, plain_step):
-    """decay_s = min(max, 1 − (1 + s)^(−power)); step 0 copies the parameters, step 1 mixes (with
-    the power 1/2 of the module's compiled plain step)."""
+def test_the_ema_decay_follows_its_power():
+    """decay_s = min(max, 1 − (1 + s)^(−power))."""
     for power in (0.5, 0.75, 0.9):
         for step in (0, 1, 10, 1800):
             expected = min(0.9999, 1 - (1 + step) ** -power)
             assert float(train_step.ema_decay(step, 0.9999, power)) == pytest.approx(expected, rel=1e-12)
     assert float(train_step.ema_decay(10**9, 0.99, 0.9)) == pytest.approx(0.99)
+
+
+@pytest.mark.slow  # compiles a full training step
+def test_the_step_warms_its_ema_up_with_its_power(setup, plain_step):
+    """Step 0 copies the parameters, step 1 mixes with decay 1 − 2^(−1/2) (the power 1/2 of the
+    module's compiled plain step)."""
     _, _, _, state, x0 = setup
     first, _ = plain_step(state, x0, jax.random.PRNGKey(9))
     second, _ = plain_step(first, x0, jax.random.PRNGKey(9))
