@@ -119,6 +119,34 @@ def test_additivity_error_is_zero_for_additive_edits_and_one_when_the_sum_does_n
     assert scoring.additivity_error(reader, original, a, b, original) == pytest.approx(1.0)
 
 
+def test_the_continuous_view_scores_an_edit_without_its_shape_flips():
+    """Known answers: a direction that flips the shape at every α and moves x linearly a little.
+    Read with all six factors, the flip (1 on the 0/1 scale) dominates: the direction "moves the
+    shape" at every sample (consistency 1) and the supervised x edit's precision is small; read
+    through the continuous view it moves x alone (purity, linearity, precision 1)."""
+    reader, alphas = _Reader(), (-2.0, -1.0, 1.0, 2.0)
+    assert scoring.continuous_view(reader).names == factors.CONTINUOUS
+    assert scoring.continuous_view(scoring.FactorReader(None, factors.CONTINUOUS)) is None
+    assert scoring.continuous_view(scoring.ClassReader(None, ["0", "1"])) is None
+    original = _reading([0.5, 0.5], [0.5, 0.5])
+    flipped = lambda a: {**_reading([0.5 + 0.02 * a] * 2, [0.5, 0.5]), "shape": np.ones(2, np.int32)}
+    edited = [[flipped(a) for a in alphas]]
+    scores = pullback.score_directions(reader, original, edited, alphas, "p_")
+    assert scores["p_v1_moves_shape"] == 1.0 and scores["p_v1_moves_x"] == 0.0
+    assert scores["p_purity"] == pytest.approx((1 / 1.05 + 1 / 1.1) / 2)  # flip 1 against x's 0.05 |α|
+    for key in ("purity", "linearity", "monotone", "consistency"):
+        assert scores[f"p_continuous_{key}"] == pytest.approx(1.0), key
+    assert scores["p_continuous_target_change"] == pytest.approx(0.05 * 1.5)  # mean |0.02 α| / 0.4
+    a, b, ab = flipped(1.0), _reading([0.5], [0.5]), flipped(1.0)
+    a, b, ab = ({k: v[:1] for k, v in r.items()} for r in (a, b, ab))
+    errors = pullback.composition_error(reader, {k: v[:1] for k, v in original.items()}, a, b, ab, "")
+    assert errors["additivity_error"] == pytest.approx(0.0) and errors["continuous_additivity_error"] == 0.0
+    read_many = lambda shifts: [flipped(float(shift)) for shift in shifts]
+    family = scoring.supervised_family(reader, original, read_many, {"x": 1.0}, alphas=alphas, pairs=())
+    assert family["x_precision"] == pytest.approx(0.05 * 1.5 / (0.05 * 1.5 + 1.0))
+    assert family["continuous_precision"] == pytest.approx(1.0)
+
+
 def test_read_each_reads_once_and_splits_by_batch():
     calls = []
 

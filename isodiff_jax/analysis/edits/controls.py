@@ -217,7 +217,7 @@ def _pullback(control: Control, reader, x_edit, original, k: int, alphas) -> Ite
     s, v = pullback.local_basis(control.encode, jnp.asarray(x_edit), jax.random.PRNGKey(0), k=k)
     v, read_many, n = np.asarray(v), _read_many(control, reader, x_edit), len(alphas)
     edited = read_many([a * v[:, i] for i in range(k) for a in alphas])
-    per_direction = [scoring.alpha_response(reader, original, edited[i * n:(i + 1) * n], alphas) for i in range(k)]
-    yield from pullback.summarize_directions(per_direction, alphas, reader.names, "pullback_").items()
-    error = scoring.additivity_error(reader, original, *read_many(scoring.composition_shifts(v[:, 0], v[:, 1])))
-    yield "pullback_additivity_error", error
+    yield from pullback.score_directions(reader, original, [edited[i * n:(i + 1) * n] for i in range(k)], alphas,
+                                         "pullback_").items()
+    yield from pullback.composition_error(reader, original, *read_many(scoring.composition_shifts(v[:, 0], v[:, 1])),
+                                          "pullback_").items()

@@ -97,13 +97,46 @@ def summarize_directions(per_direction: Sequence[dict], alphas, names: Sequence[
     return out
 
 
+OVERALL = ("purity", "linearity", "monotone", "target_change", "consistency", "coverage")
+
+
 def direction_names(alphas: Sequence[float], names: Sequence[str], k: int, prefix: str) -> tuple[str, ...]:
     """The numbers `summarize_directions` gives for k directions (their "response" lists aside)."""
     per_direction = tuple(n for i in range(k) for n in (
         *scoring.summary_names(alphas, f"{prefix}v{i + 1}_"),
         *(f"{prefix}v{i + 1}_moves_{name}" for name in names), f"{prefix}v{i + 1}_consistency"))
-    overall = ("purity", "linearity", "monotone", "target_change", "consistency", "coverage")
-    return (*per_direction, *(prefix + key for key in overall))
+    return (*per_direction, *(prefix + key for key in OVERALL))
+
+
+def score_directions(reader, original: dict, edited: Sequence[Sequence[dict]], alphas, prefix: str) -> dict:
+    """`summarize_directions` of k directions, edited[i] holding direction i's reading at each α,
+    read through `reader`; where the reader has a continuous view (`scoring.continuous_view`:
+    shapes without the shape), also the overall scores through it, prefix + "continuous_<score>"."""
+    out = summarize_directions([scoring.alpha_response(reader, original, e, alphas) for e in edited], alphas,
+                               reader.names, prefix)
+    if (view := scoring.continuous_view(reader)) is not None:
+        through_view = summarize_directions([scoring.alpha_response(view, original, e, alphas) for e in edited],
+                                            alphas, view.names, "")
+        out.update({f"{prefix}continuous_{key}": through_view[key] for key in OVERALL})
+    return out
+
+
+def composition_error(reader, original: dict, edit_a: dict, edit_b: dict, edit_ab: dict, prefix: str) -> dict:
+    """prefix + "additivity_error" of v_1 + v_2 (`scoring.additivity_error`), and through the
+    reader's continuous view as prefix + "continuous_additivity_error" where it has one."""
+    out = {prefix + "additivity_error": scoring.additivity_error(reader, original, edit_a, edit_b, edit_ab)}
+    if (view := scoring.continuous_view(reader)) is not None:
+        out[prefix + "continuous_additivity_error"] = scoring.additivity_error(view, original, edit_a, edit_b, edit_ab)
+    return out
+
+
+def continuous_names(names: Sequence[str], k: int, prefix: str) -> tuple[str, ...]:
+    """The continuous view's numbers that `score_directions` and `composition_error` add for a
+    reader of attributes `names` (none unless it reads the shapes factors, shape among them)."""
+    if "shape" not in names:
+        return ()
+    return (*(f"{prefix}continuous_{key}" for key in OVERALL), *((f"{prefix}continuous_additivity_error",) if k >= 2
+                                                                   else ()))
 
 
 def value_names(timesteps: Sequence[int], k: int, names: Sequence[str], alphas: Sequence[float] = ALPHAS
@@ -111,8 +144,10 @@ def value_names(timesteps: Sequence[int], k: int, names: Sequence[str], alphas: 
     """The values `PullbackEditing` measures with a reader of attributes `names`."""
     per_space = {space: (*direction_names(alphas, names, k, ""), *(f"s{i + 1}" for i in range(k)))
                  for space in SPACES}
+    per_space["h"] += tuple(n for n in continuous_names(names, k, "") if not n.endswith("additivity_error"))
     if k >= 2:
         per_space["xt"] += ("additivity_error",)
+    per_space["xt"] += continuous_names(names, k, "")
     at_t = tuple(f"pullback_{space}_t{t}_{name}" for t in timesteps for space in SPACES for name in per_space[space])
     return (*at_t, *(f"pullback_{space}_{name}" for space in SPACES for name in per_space[space]))
 
@@ -210,19 +245,17 @@ class PullbackEditing(Evaluator):
         original, per_alpha = readings[0], len(self.alphas)
         below, values, strips = sum(a < 0 for a in self.alphas), {}, []
         for n, space in enumerate(SPACES):
-            per_direction = []
-            for i in range(self.k):
-                first = 1 + (n * self.k + i) * per_alpha
-                per_direction.append(scoring.alpha_response(self.reader, original, readings[first:first + per_alpha],
-                                                            self.alphas))
-                if space == "xt":
+            firsts = [1 + (n * self.k + i) * per_alpha for i in range(self.k)]
+            values[space] = score_directions(self.reader, original, [readings[f:f + per_alpha] for f in firsts],
+                                             self.alphas, "")
+            values[space].update({f"s{i + 1}": float(np.mean(s[:, i])) for i in range(self.k)})
+            if space == "xt":
+                for first in firsts:
                     edited = images[first:first + per_alpha]
                     strips.append(np.stack([im[0] for im in edited[:below]] + [images[0][0]]
                                            + [im[0] for im in edited[below:]]))
-            values[space] = summarize_directions(per_direction, self.alphas, self.reader.names, "")
-            values[space].update({f"s{i + 1}": float(np.mean(s[:, i])) for i in range(self.k)})
         if self.k >= 2:
-            values["xt"]["additivity_error"] = scoring.additivity_error(self.reader, original, *readings[-3:])
+            values["xt"].update(composition_error(self.reader, original, *readings[-3:], ""))
         return values, np.stack(strips)
 
     def measure(self, params) -> Measured:

@@ -65,6 +65,16 @@ class FactorReader:
         return {name: np.abs(v) for name, v in signed.items()}
 
 
+def continuous_view(reader):
+    """`reader` limited to the continuous factors (position, size, hues), or None when it reads
+    no shape. A shape flip scores 1 on the 0/1 scale and swamps the continuous changes in purity,
+    dominance, consistency and additivity; scored through this view, an edit is judged on what
+    it does to the continuous factors alone (docs/results.md §6)."""
+    if not isinstance(reader, FactorReader) or "shape" not in reader.names:
+        return None
+    return FactorReader(reader.oracle, names=[name for name in reader.names if name != "shape"])
+
+
 class ClassReader:
     """Class probabilities read by a classifier with `probabilities(images) -> (B, C)`."""
 
@@ -219,16 +229,26 @@ def supervised_family(reader, original: dict, read_many: Callable, shifts: dict,
                              f"{prefix}{name}_"))
     for key in ("precision", "linearity", "monotone"):
         out[prefix + key] = float(np.mean([out[f"{prefix}{name}_{key}"] for name in shifts]))
-    triples = readings[len(along):]
-    errors = [additivity_error(reader, original, *triples[3 * i:3 * i + 3]) for i in range(len(pairs))]
-    out[prefix + "additivity_error"] = float(nanmean(errors))
+    triples = [readings[len(along) + 3 * i:len(along) + 3 * i + 3] for i in range(len(pairs))]
+    out[prefix + "additivity_error"] = float(nanmean([additivity_error(reader, original, *t) for t in triples]))
+    if (view := continuous_view(reader)) is not None:  # precision and composition without shape flips
+        edited = lambda j: readings[j * len(alphas):(j + 1) * len(alphas)]
+        out[prefix + "continuous_precision"] = float(np.mean([
+            nanmean(alpha_response(view, original, edited(j), alphas, target=name)["precision"])
+            for j, name in enumerate(shifts)]))
+        out[prefix + "continuous_additivity_error"] = float(nanmean([additivity_error(view, original, *t)
+                                                                     for t in triples]))
     return out
 
 
-def supervised_names(names: Sequence[str], *, alphas: Sequence[float] = ALPHAS, prefix: str = "") -> tuple[str, ...]:
-    """The numbers `supervised_family` gives for attributes `names` (their "response" lists aside)."""
+def supervised_names(names: Sequence[str], *, alphas: Sequence[float] = ALPHAS, prefix: str = "",
+                     continuous: bool = False) -> tuple[str, ...]:
+    """The numbers `supervised_family` gives for attributes `names` (their "response" lists
+    aside); `continuous`: with a reader that has a continuous view (`continuous_view`)."""
     per_name = tuple(n for name in names for n in summary_names(alphas, f"{prefix}{name}_"))
-    return (*per_name, *(prefix + key for key in ("precision", "linearity", "monotone", "additivity_error")))
+    overall = ("precision", "linearity", "monotone", "additivity_error")
+    overall += ("continuous_precision", "continuous_additivity_error") if continuous else ()
+    return (*per_name, *(prefix + key for key in overall))
 
 
 def numbers_and_curves(scores: dict) -> tuple[dict, dict]:

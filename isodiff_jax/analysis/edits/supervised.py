@@ -214,7 +214,7 @@ class Editing(Evaluator):
 def linearity_names() -> tuple[str, ...]:
     """The values `SupervisedEdits` measures."""
     return tuple(n for space in SPACES
-                 for n in scoring.supervised_names(factors.CONTINUOUS, prefix=f"linear_{space}_"))
+                 for n in scoring.supervised_names(factors.CONTINUOUS, prefix=f"linear_{space}_", continuous=True))
 
 
 class SupervisedEdits(Evaluator):
