@@ -209,17 +209,23 @@ def check_protocol(results: list, expected: dict) -> None:
                              f"--results to measure it again")
 
 
+# What the control measures score, recorded in controls.json: a saved file without the current
+# scores is measured again (2: the shapes scores through the continuous view as well).
+CONTROL_SCORES = 2
+
+
 def control_results(args) -> dict:
     """Every measure on the three controls of each data set under the study's protocol, read by
     the oracle (shapes) and the digit classifier (digits), at --control_seeds latent draws: the
     mean ("shapes", "digits"), the spread of one measurement ("spread": the standard deviation
     over draws) and the chance level of each edit score ("chance": mean and standard deviation of
     edits read as unrelated images, `chance`). In controls.json of --results; measured again when
-    the saved one has another protocol or number of draws."""
+    the saved one has another protocol, number of draws or set of scores (CONTROL_SCORES)."""
     o = options(args.quick)
     path, wanted = os.path.join(args.results, "controls.json"), protocol(o)
     saved = read_saved(path)
-    if saved is not None and saved.get("protocol") == wanted and saved.get("seeds") == args.control_seeds:
+    if (saved is not None and saved.get("protocol") == wanted and saved.get("seeds") == args.control_seeds
+            and saved.get("scores") == CONTROL_SCORES):
         return saved
     from isodiff_jax.analysis.edits import chance, controls, factors, pullback, scoring
     from isodiff_jax.analysis.networks import digit_classifier, oracle
@@ -228,7 +234,7 @@ def control_results(args) -> dict:
     edits = dict(num_edit=o.num_edit, pullback_samples=o.pullback_samples, pullback_k=o.pullback_k,
                  pullback_alphas=pullback.ALPHAS, **(dict(num_probe=128) if args.quick else {}))
     sizes = {"shapes": dict(edits, num_label=o.num_label), "digits": edits}
-    result = {"protocol": wanted, "seeds": args.control_seeds, "spread": {}, "chance": {}}
+    result = {"protocol": wanted, "seeds": args.control_seeds, "scores": CONTROL_SCORES, "spread": {}, "chance": {}}
     for data, reader in readers.items():
         resolution = dict(resolution=reader.oracle.resolution) if data == "shapes" else {}
         draws = {kind: [controls.control_for(kind, data, **resolution).measure(reader, **sizes[data], seed=seed)
