@@ -1,8 +1,9 @@
-"""experiments/disentanglement.py at its smallest setting: the controls, a shapes pair over two
-seeds and a digits pair, trained from scratch for 2 steps, measured, summarised with standard
-errors, pictured, and skipped when run again; a second seed's model compiles nothing new. The
-values checked have known answers: the summary's arithmetic from the run records, and the
-controls' order (positive above negative)."""
+"""experiments/disentanglement.py at its smallest setting: the controls, a shapes pair and a
+digits pair, trained from scratch for 2 steps, measured, summarised, pictured, and skipped when
+run again; a model measured after its pair's first (a run that finishes later, --measure_only)
+compiles nothing new. The values checked have known answers: the summary's arithmetic from the
+run records (over several seeds in test_study_tables.py), and the controls' order (positive
+above negative)."""
 import json
 import math
 import shutil
@@ -13,33 +14,40 @@ from support import load_module
 from isodiff_jax.analysis.networks import oracle
 
 
-pytestmark = pytest.mark.slow  # the disentanglement study's smallest setting: six runs, controls
+pytestmark = pytest.mark.slow  # the disentanglement study's smallest setting: four runs, controls
+
+LATE = "shapes_scratch_lam1_seed0"  # the run that "finishes later"
 
 
 @pytest.fixture(scope="module")
 def study(oracle16, tmp_path_factory):
-    """The study with seed 0, then seed 1's pair trained, then the study with seeds 0 and 1 (which
-    only measures seed 1): (script, argv, summary, tmp, measurers, compiles of that last call)."""
+    """The four runs trained (--train_only), then measured (--measure_only) while LATE's workdir is
+    away, then measured again once it is back (only LATE is measured): (script, argv, summary,
+    tmp, measurers, compiles of that last call, the summary without LATE)."""
     from conftest import CompileCounter
     tmp = tmp_path_factory.mktemp("disentanglement")
     oracle.save(oracle16, str(tmp / "oracle"), {})
-    argv = ["--quick", "--config", "configs/test.py", "--steps", "2", "--digits_seeds", "0", "--control_seeds", "2",
-            "--out", str(tmp / "runs"), "--results", str(tmp / "results"), "--pictures", str(tmp / "pictures"),
-            "--oracle", str(tmp / "oracle"), "--classifier", str(tmp / "classifier")]
+    argv = ["--quick", "--config", "configs/test.py", "--steps", "2", "--seeds", "0", "--digits_seeds", "0",
+            "--control_seeds", "2", "--out", str(tmp / "runs"), "--results", str(tmp / "results"),
+            "--pictures", str(tmp / "pictures"), "--oracle", str(tmp / "oracle"), "--classifier", str(tmp / "classifier")]
     script = load_module("experiments/disentanglement.py")
     measurers = {}
-    script.main(argv + ["--seeds", "0"], measurers)
-    script.main(argv + ["--seeds", "1", "--digits_seeds", "", "--train_only"])
+    script.main(argv + ["--train_only"])
+    (tmp / "runs" / LATE).rename(tmp / "away")
+    without_late = script.main(argv + ["--measure_only"], measurers)
+    (tmp / "away").rename(tmp / "runs" / LATE)
     with CompileCounter() as counter:
-        summary = script.main(argv + ["--seeds", "0,1"], measurers)
-    return script, argv + ["--seeds", "0,1"], summary, tmp, measurers, counter.count
+        summary = script.main(argv + ["--measure_only"], measurers)
+    return script, argv, summary, tmp, measurers, counter.count, without_late
 
 
 def test_the_study_measures_every_run_with_one_set_of_evaluators_per_model(study):
-    _, _, summary, tmp, measurers, _ = study
+    _, _, summary, tmp, measurers, _, without_late = study
     assert summary["runs"] == ["shapes_scratch_lam0_seed0", "shapes_scratch_lam1_seed0", "digits_scratch_lam0_seed0",
-                               "digits_scratch_lam1_seed0", "shapes_scratch_lam0_seed1", "shapes_scratch_lam1_seed1"]
-    assert len(measurers) == 2  # shapes (both seeds share it) and digits
+                               "digits_scratch_lam1_seed0"]
+    assert without_late["runs"] == [name for name in summary["runs"] if name != LATE]
+    assert without_late["shapes"] == {} and summary["shapes"]  # no pair without LATE
+    assert len(measurers) == 2  # shapes (both λ share it) and digits
     for name in summary["runs"]:
         run = json.load(open(tmp / "results" / f"{name}.json"))
         assert run["step"] == 2
@@ -56,29 +64,23 @@ def test_the_study_measures_every_run_with_one_set_of_evaluators_per_model(study
 
 
 def test_the_summary_is_the_arithmetic_of_the_run_records(study):
-    """Known answers: with two seeds, each mean is the mean of the two records and each standard
-    error is half the spread (std with ddof=1 over sqrt(2)); digits has one seed, so no error."""
-    _, _, summary, tmp, _, _ = study
+    """Known answers: with one seed each mean is its record's value, the difference theirs, and
+    there is no standard error (several seeds: test_study_tables.py, on records)."""
+    _, _, summary, tmp, _, _, _ = study
     record = lambda name: json.load(open(tmp / "results" / f"{name}.json"))["metrics"]
-    for metric in ("pullback_xt_purity", "mrtl_over_floor", "probe_r2", "linear_xT_linearity"):
-        zero = [record(f"shapes_scratch_lam0_seed{s}")[metric] for s in (0, 1)]
-        reg = [record(f"shapes_scratch_lam1_seed{s}")[metric] for s in (0, 1)]
-        stats = summary["shapes"][metric]
-        assert stats["seeds"] == 2
-        assert stats["lambda0"] == pytest.approx((zero[0] + zero[1]) / 2, rel=1e-12)
-        assert stats["regularized_se"] == pytest.approx(abs(reg[1] - reg[0]) / 2, rel=1e-9, abs=1e-15)
-        assert stats["difference_se"] == pytest.approx(abs((reg[1] - zero[1]) - (reg[0] - zero[0])) / 2, rel=1e-9,
-                                                       abs=1e-15)
-        assert stats["difference"] == pytest.approx(stats["regularized"] - stats["lambda0"])
-    digits = summary["digits"]["probe_class_accuracy"]
-    assert digits["seeds"] == 1 and math.isnan(digits["difference_se"])
-    assert digits["lambda0"] == record("digits_scratch_lam0_seed0")["probe_class_accuracy"]
+    for data, metric in (("shapes", "pullback_xt_purity"), ("shapes", "mrtl_over_floor"), ("shapes", "probe_r2"),
+                         ("shapes", "linear_xT_linearity"), ("digits", "probe_class_accuracy")):
+        zero, reg = record(f"{data}_scratch_lam0_seed0")[metric], record(f"{data}_scratch_lam1_seed0")[metric]
+        stats = summary[data][metric]
+        assert stats["seeds"] == 1 and math.isnan(stats["difference_se"]) and math.isnan(stats["detectable"])
+        assert (stats["lambda0"], stats["regularized"]) == (zero, reg)
+        assert stats["difference"] == pytest.approx(reg - zero, rel=1e-12, abs=1e-15)
 
 
 def test_the_controls_give_their_known_answers_under_the_quick_protocol(study):
     """The positive controls (factors on axes, rotated) beat the negative one (a nonlinear mix) on
     the measures that pass their controls (docs/results.md §6), at the test's small sizes."""
-    script, _, summary, tmp, _, _ = study
+    script, _, summary, tmp, _, _, _ = study
     controls = summary["controls"]
     assert set(controls["shapes"]) == set(controls["digits"]) == {"axes", "rotated", "mixed"}
     for positive in ("axes", "rotated"):
@@ -103,13 +105,14 @@ def test_the_controls_give_their_known_answers_under_the_quick_protocol(study):
     assert "linearity_curves.png" in summary["pictures"]
 
 
-def test_a_second_seed_compiles_nothing_and_a_rerun_measures_nothing(study):
-    script, argv, summary, tmp, _, compiles = study
-    assert compiles == 0  # seed 1's models measured by seed 0's evaluators: nothing compiled
-    seed1 = json.load(open(tmp / "results" / "shapes_scratch_lam1_seed1.json"))
+def test_a_run_measured_later_compiles_nothing_and_a_rerun_measures_nothing(study):
+    script, argv, summary, tmp, _, compiles, _ = study
+    assert compiles == 0  # LATE measured by the evaluators its pair's first run built: nothing compiled
+    late = json.load(open(tmp / "results" / f"{LATE}.json"))
     rerun = script.main(argv)  # every record exists: nothing trains, nothing is measured
-    assert rerun["shapes"] == summary["shapes"]
-    assert json.load(open(tmp / "results" / "shapes_scratch_lam1_seed1.json")) == seed1
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # one seed: NaN errors
+    assert same(rerun["shapes"], summary["shapes"]) and same(rerun["digits"], summary["digits"])
+    assert json.load(open(tmp / "results" / f"{LATE}.json")) == late
 
 
 def test_a_fine_tune_refuses_a_base_model_that_is_still_training(trained_workdir, tmp_path):
