@@ -57,6 +57,7 @@ from PIL import Image
 
 from isodiff_jax import diffusion, isometry, storage
 from isodiff_jax.analysis import load, sampling
+from isodiff_jax.spec import INIT_COMPILER_OPTIONS
 from isodiff_jax.train.step import make_loss_fn
 
 ESTIMATORS = isometry.ESTIMATORS  # ("jvp_vjp", "jvp_jvp")
@@ -101,9 +102,7 @@ def _random_test_model():
     from isodiff_jax import config as config_lib
     spec = config_lib.model_spec(test_config.get_config())
     key = jax.random.PRNGKey(0)
-    # XLA's optimizing CPU compile of the initializers takes ~10× longer than at level 0 (same values)
-    init = jax.jit(spec.init_params).lower(key).compile({"xla_backend_optimization_level": 0,
-                                                         "xla_llvm_disable_expensive_passes": True})
+    init = jax.jit(spec.init_params).lower(key).compile(INIT_COMPILER_OPTIONS)
     return spec, init(key)
 
 

@@ -30,7 +30,7 @@ from isodiff_jax import checkpoint, diffusion, errors, runtime, sharding, storag
 from isodiff_jax.data import latent_cache, pipeline, workers
 from isodiff_jax.errors import InvalidValue
 from isodiff_jax.isometry import Regularizer
-from isodiff_jax.spec import ModelSpec, Params
+from isodiff_jax.spec import INIT_COMPILER_OPTIONS, ModelSpec, Params
 from isodiff_jax.train import latents, lock, preemption
 from isodiff_jax.train.profile import StepProfiler
 from isodiff_jax.train import step as step_lib
@@ -230,7 +230,9 @@ def fresh_state(setup: TrainSetup, mesh: Mesh):
         _check_same_structure(loaded.params, setup.spec.abstract_params(), source)
         params = loaded.params
     else:
-        params = jax.jit(setup.spec.init_params, out_shardings=sharding.replicated(mesh))(setup.keys()["init"])
+        key = setup.keys()["init"]
+        init = jax.jit(setup.spec.init_params, out_shardings=sharding.replicated(mesh)).lower(key)
+        params = init.compile(INIT_COMPILER_OPTIONS)(key)
     return jax.jit(lambda p: step_lib.state_from_params(p, setup.optimizer),
                    out_shardings=sharding.replicated(mesh))(params)
 
