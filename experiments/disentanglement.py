@@ -9,6 +9,10 @@ refused:
 - shapes, from scratch for --steps (the λ study's scratch pair): λ = 0 against --best_lambda
   (the λ study's best, 1), for every seed of --seeds, so each difference has a standard error;
 - digits (scikit-learn's real scans, configs/digits16.py), the same pair for --digits_seeds;
+- with --gate_seeds, the loss where the factors are visible: --best_lambda from scratch with the
+  regularizer's gate at p = --gate_p (0: at every t; the pair's p = 0.5 regularizes only
+  t ≥ 500, where at 16 px the probes read no factor), paired with the same seeds' λ = 0 runs,
+  which no gate touches;
 - with --finetune, the paper's protocol: the base model (experiments/base_model.py) fine-tuned
   for --finetune_steps with the paper's optimiser (AdamW lr 1e-5 constant, β = (0.95, 0.999),
   weight decay 1e-6, clipping at 1, EMA 0.9999; method.md §4) at each of --finetune_lambdas
@@ -47,18 +51,20 @@ from isodiff_jax.storage import read_saved, write_json, write_results
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One trained model of the study: data set, regularizer weight λ (sphere loss, p = 0.5), seed
-    (initialisation, data order and every step's randomness), from scratch or fine-tuned from the
-    λ study's base model."""
+    """One trained model of the study: data set, regularizer weight λ (sphere loss, gated at
+    t ≥ p T), seed (initialisation, data order and every step's randomness), from scratch or
+    fine-tuned from the λ study's base model."""
     data: str
     weight: float
     seed: int
     from_scratch: bool = True
+    p: float = 0.5
 
     @property
     def name(self) -> str:
         start = "scratch" if self.from_scratch else "finetune"
-        return f"{self.data}_{start}_lam{self.weight:g}_seed{self.seed}"
+        gate = "" if self.p == 0.5 else f"_p{self.p:g}"
+        return f"{self.data}_{start}{gate}_lam{self.weight:g}_seed{self.seed}"
 
 
 # The paper's fine-tuning optimiser (method.md §4); its learning rate is --finetune_lr.
@@ -77,7 +83,7 @@ def run_config(run: Run, args):
     and every step's randomness."""
     study_args = argparse.Namespace(config=args.config, steps=steps_of(run, args), checkpoint_every=250,
                                     grid_steps=100, quick=args.quick, lr=args.finetune_lr, base=args.base)
-    c = common.run_config(common.Run(run.name, run.weight, 0.5, from_scratch=run.from_scratch),
+    c = common.run_config(common.Run(run.name, run.weight, run.p, from_scratch=run.from_scratch),
                                 study_args)
     c.seed, c.data.name = run.seed, run.data
     if not run.from_scratch:
@@ -277,14 +283,16 @@ def _value(result: dict, name: str) -> float:
     return metrics[name]
 
 
-def paired(results: list, data: str, names, *, from_scratch: bool = True, weight: float | None = None) -> dict:
+def paired(results: list, data: str, names, *, from_scratch: bool = True, weight: float | None = None,
+           p: float = 0.5) -> dict:
     """Per metric of `names`: mean ± standard error over seeds of λ = 0, of the regularized runs
-    (λ = `weight`; None: the one λ > 0 there is), and of their paired difference (regularized −
-    λ = 0, same seed), with the number of seeds and the smallest difference those seeds detect
-    (`common.detectable_in_se` × its SE; NaN with one seed), over the runs from scratch or the
-    fine-tunes. A name that a run's record lacks is an error, not a silent gap."""
+    (λ = `weight`; None: the one λ > 0 there is; gated at `p`), and of their paired difference
+    (regularized − λ = 0, same seed), with the number of seeds and the smallest difference those
+    seeds detect (`common.detectable_in_se` × its SE; NaN with one seed), over the runs from
+    scratch or the fine-tunes. A name that a run's record lacks is an error, not a silent gap."""
     wanted = lambda r: (r["data"] == data and r["from_scratch"] == from_scratch
-                        and (r["weight"] == 0 or weight is None or r["weight"] == weight))
+                        and (r["weight"] == 0 or ((weight is None or r["weight"] == weight)
+                                                  and r.get("p", 0.5) == p)))  # records before the gate arm: 0.5
     by_seed = {}
     for r in filter(wanted, results):
         by_seed.setdefault(r["seed"], {})["zero" if r["weight"] == 0 else "reg"] = r
@@ -441,13 +449,17 @@ def finetune_table(stats: dict) -> str:
 
 def planned_runs(args) -> list:
     """The key pair (λ = 0 and --best_lambda from scratch on shapes) for every seed, the digits pair
-    for --digits_seeds, then with --finetune the fine-tunes at --finetune_lambdas for every seed of
+    for --digits_seeds, --best_lambda gated at --gate_p for every seed of --gate_seeds (with its
+    λ = 0 partner), then with --finetune the fine-tunes at --finetune_lambdas for every seed of
     --finetune_seeds."""
     runs = []
     for seed in args.seeds:
         runs += [Run("shapes", 0.0, seed), Run("shapes", args.best_lambda, seed)]
         if seed in args.digits_seeds:
             runs += [Run("digits", 0.0, seed), Run("digits", args.best_lambda, seed)]
+    for seed in args.gate_seeds:
+        runs += [Run("shapes", 0.0, seed)] if seed not in args.seeds else []
+        runs += [Run("shapes", args.best_lambda, seed, p=args.gate_p)]
     if args.finetune:
         runs += [Run("shapes", w, seed, from_scratch=False) for seed in args.finetune_seeds
                  for w in args.finetune_lambdas]
@@ -474,6 +486,17 @@ def COUNT(text: str) -> int:
     return int(text)
 
 
+def GATE(text: str) -> float:
+    """An argparse type: the regularizer's gate p, a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number in [0, 1)")
+    return value
+
+
 SEEDS = _listed(int, "seeds (integers in [0, 2**31))", lambda v: 0 <= v < 2**31)
 LAMBDAS = _listed(float, "weights λ (finite numbers >= 0)", lambda v: math.isfinite(v) and v >= 0)
 
@@ -486,6 +509,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=SEEDS, default="0,1,2", help="seeds of the key pair (λ = 0 against --best_lambda)")
     p.add_argument("--digits_seeds", type=SEEDS, default="0", help="seeds of the digits pair")
     p.add_argument("--best_lambda", type=float, default=1.0, help="the λ study's best λ")
+    p.add_argument("--gate_seeds", type=SEEDS, default="",
+                   help="seeds of the loss-where-visible arm: --best_lambda gated at --gate_p (none by default)")
+    p.add_argument("--gate_p", type=GATE, default=0.0, help="that arm's gate: the loss acts at t ≥ p T, p in [0, 1)")
     p.add_argument("--finetune", action=argparse.BooleanOptionalAction, default=False,
                    help="also fine-tune the base model (--base) with the paper's optimiser")
     p.add_argument("--finetune_lambdas", type=LAMBDAS, default="0,0.001,1",
@@ -546,8 +572,10 @@ def main(argv=None, measurers: dict | None = None) -> dict:
     check_protocol(results, summary["controls"]["protocol"])
     summary["shapes"] = paired(results, "shapes", table_names("shapes", o))
     summary["digits"] = paired(results, "digits", table_names("digits", o))
+    summary["shapes_gate"] = paired(results, "shapes", table_names("shapes", o), p=args.gate_p) if args.gate_seeds else {}
     summary["shapes_finetune"] = finetuned(results, table_names("shapes", o))
     summary["judges"] = {data: judges(summary[data], summary["controls"], data) for data in ("shapes", "digits")}
+    summary["judges"]["shapes_gate"] = judges(summary["shapes_gate"], summary["controls"], "shapes")
     summary["judges"]["shapes_finetune"] = {key: judges(stats, summary["controls"], "shapes")
                                             for key, stats in summary["shapes_finetune"].items()}
     summary["runs"] = [r["name"] for r in results]
@@ -557,6 +585,11 @@ def main(argv=None, measurers: dict | None = None) -> dict:
     for data in ("shapes", "digits"):
         print(f"\n{data} (from scratch, λ = 0 against λ = {args.best_lambda:g}):\n" + table(summary[data]))
         if lines := judges_lines(summary["judges"][data], summary[data]):
+            print(lines)
+    if summary["shapes_gate"]:
+        print(f"\nshapes (from scratch, λ = 0 against λ = {args.best_lambda:g} gated at p = {args.gate_p:g}):\n"
+              + table(summary["shapes_gate"]))
+        if lines := judges_lines(summary["judges"]["shapes_gate"], summary["shapes_gate"]):
             print(lines)
     if summary["shapes_finetune"]:
         print("\nshapes, fine-tuned from the base model with the paper's optimiser:\n" +

@@ -53,6 +53,28 @@ def test_the_fine_tunes_pair_each_lambda_with_lambda_zero_over_seeds(study):
     assert study.finetuned(runs[:1] + runs[2:4], ["probe_r2"]) == {}  # no fine-tune at λ = 0: nothing to compare with
 
 
+def test_the_gate_arm_pairs_its_runs_with_the_same_seeds_lambda_zero(study):
+    """Known answers: --gate_seeds adds λ = --best_lambda gated at --gate_p (and the λ = 0 partner
+    of a seed the key pair lacks); `paired` at p = 0 takes those runs and the shared λ = 0 runs,
+    at the default p = 0.5 the key pair's, and a record without "p" (before the arm) is p = 0.5."""
+    args = study.parser().parse_args(["--seeds", "0,1", "--digits_seeds", "", "--gate_seeds", "1,2"])
+    assert [r.name for r in study.planned_runs(args)] == [
+        "shapes_scratch_lam0_seed0", "shapes_scratch_lam1_seed0", "shapes_scratch_lam0_seed1",
+        "shapes_scratch_lam1_seed1", "shapes_scratch_p0_lam1_seed1", "shapes_scratch_lam0_seed2",
+        "shapes_scratch_p0_lam1_seed2"]
+    config = study.run_config(study.Run("shapes", 1.0, 1, p=0.0), args)
+    assert (config.regularizer.p, config.regularizer.weight, config.seed) == (0.0, 1.0, 1)
+    gated = lambda seed, value: {**record("shapes", 1.0, seed, probe_r2=value), "p": 0.0}
+    runs = [record("shapes", 0.0, 1, probe_r2=0.2), record("shapes", 1.0, 1, probe_r2=0.3), gated(1, 0.6),
+            record("shapes", 0.0, 2, probe_r2=0.4), gated(2, 0.6)]
+    gate = study.paired(runs, "shapes", ["probe_r2"], p=0.0)["probe_r2"]
+    assert gate["seeds"] == 2 and gate["difference"] == pytest.approx(0.3) and gate["difference_se"] == pytest.approx(0.1)
+    key = study.paired(runs, "shapes", ["probe_r2"])["probe_r2"]
+    assert key["seeds"] == 1 and key["difference"] == pytest.approx(0.1)
+    with pytest.raises(SystemExit):
+        study.parser().parse_args(["--gate_p", "1"])
+
+
 def test_the_fine_tunes_use_the_papers_optimiser_and_their_own_length(study):
     args = study.parser().parse_args(["--finetune", "--base", "/base", "--finetune_steps", "300", "--seeds", "0"])
     runs = study.planned_runs(args)
