@@ -26,6 +26,7 @@ def load_module(relative_path: str):
 # `jax.jit(f).lower(*args).compile(OPTIMISED)`.
 OPTIMISED = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
 
+
 def random_params(shapes, seed: int, dtype=np.float32):
     """Parameters of the given shapes (a tree of arrays or jax.ShapeDtypeStruct, e.g.
     `spec.abstract_params()`) drawn with numpy, none of them zero: each kernel N(0, 1/fan-in),
@@ -42,6 +43,7 @@ def random_params(shapes, seed: int, dtype=np.float32):
         centre = 1.0 if jax.tree_util.keystr(path).endswith("['scale']") else 0.0
         return (centre + 0.1 * rng.standard_normal(shape)).astype(dtype)
     return jax.tree_util.tree_map_with_path(draw, shapes)
+
 
 def json_numbers(tree) -> list:
     """Every number in a JSON tree (booleans excluded)."""

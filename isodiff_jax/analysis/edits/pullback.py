@@ -130,13 +130,13 @@ def composition_error(reader, original: dict, edit_a: dict, edit_b: dict, edit_a
     return out
 
 
-def continuous_names(names: Sequence[str], k: int, prefix: str) -> tuple[str, ...]:
-    """The continuous view's numbers that `score_directions` and `composition_error` add for a
-    reader of attributes `names` (none unless it reads the shapes factors, shape among them)."""
+def continuous_names(names: Sequence[str], additivity: bool) -> tuple[str, ...]:
+    """The continuous view's numbers that `score_directions` (and, with `additivity`,
+    `composition_error`) add for a reader of attributes `names`: none unless it reads the shapes
+    factors, shape among them."""
     if "shape" not in names:
         return ()
-    return (*(f"{prefix}continuous_{key}" for key in OVERALL), *((f"{prefix}continuous_additivity_error",) if k >= 2
-                                                                   else ()))
+    return (*(f"continuous_{key}" for key in OVERALL), *(("continuous_additivity_error",) if additivity else ()))
 
 
 def value_names(timesteps: Sequence[int], k: int, names: Sequence[str], alphas: Sequence[float] = ALPHAS
@@ -144,10 +144,10 @@ def value_names(timesteps: Sequence[int], k: int, names: Sequence[str], alphas: 
     """The values `PullbackEditing` measures with a reader of attributes `names`."""
     per_space = {space: (*direction_names(alphas, names, k, ""), *(f"s{i + 1}" for i in range(k)))
                  for space in SPACES}
-    per_space["h"] += tuple(n for n in continuous_names(names, k, "") if not n.endswith("additivity_error"))
+    per_space["h"] += continuous_names(names, additivity=False)
     if k >= 2:
         per_space["xt"] += ("additivity_error",)
-    per_space["xt"] += continuous_names(names, k, "")
+    per_space["xt"] += continuous_names(names, additivity=k >= 2)
     at_t = tuple(f"pullback_{space}_t{t}_{name}" for t in timesteps for space in SPACES for name in per_space[space])
     return (*at_t, *(f"pullback_{space}_{name}" for space in SPACES for name in per_space[space]))
 
