@@ -42,7 +42,9 @@ def test_restores_on_a_different_number_of_devices(reference):
 
 def test_a_run_resumes_on_fewer_and_then_more_devices(reference, tmp_path, capsys):
     """A pod that comes back as another slice, twice: the uninterrupted run's step 3 (4 devices)
-    resumed on 2 devices to step 5, then on 4 again to the end. The data of a step is a function
+    resumed on 1 device to step 5, then on 4 again to the end (1 device, not 2: the programs of
+    test_one_and_four_devices_agree, already in the compilation cache; the 2-device slice is
+    test_train_processes.py's two processes). The data of a step is a function
     of (seed, step) and the global batch is unchanged, so it is the same run; only the split of
     the batch's sums over devices changes, which float32 rounds differently. Bound: 2e-5 absolute
     on every parameter, EMA and moment after 6 Adam steps, as for one against four devices over
@@ -52,12 +54,12 @@ def test_a_run_resumes_on_fewer_and_then_more_devices(reference, tmp_path, capsy
     shutil.rmtree(workdir / "checkpoints" / "6")
     capsys.readouterr()
     launch.train(small_config(training__num_steps=5, checkpoint__every_steps=1, logging__profile_steps=(3, 5)),
-                 str(workdir), devices=jax.devices()[:2])
-    assert ("resumed from the checkpoint at step 3 (saved on 4 devices in 1 processes, resumed on 2 in 1: the "
+                 str(workdir), devices=jax.devices()[:1])
+    assert ("resumed from the checkpoint at step 3 (saved on 4 devices in 1 processes, resumed on 1 in 1: the "
             "global batch is unchanged)") in capsys.readouterr().out
     summary = launch.train(small_config(), str(workdir))
     assert summary["steps"] == 1
-    assert ("resumed from the checkpoint at step 5 (saved on 2 devices in 1 processes, resumed on 4 in 1: the "
+    assert ("resumed from the checkpoint at step 5 (saved on 1 devices in 1 processes, resumed on 4 in 1: the "
             "global batch is unchanged)") in capsys.readouterr().out
     assert_close(saved_state(workdir)[1], saved_state(reference[0])[1], atol=2e-5)
     # the profile of steps 3 and 4: a trace that TensorBoard's profile plugin and Perfetto open
@@ -66,7 +68,9 @@ def test_a_run_resumes_on_fewer_and_then_more_devices(reference, tmp_path, capsy
     assert os.path.getsize(xplane) > 1000
     with gzip.open(os.path.join(run, "perfetto_trace.json.gz")) as f:
         names = {event.get("name", "") for event in json.load(f)["traceEvents"]}
-    assert any("jit_run" in name for name in names), sorted(names)[:50]  # the compiled training step
+    # the compiled training step: its XLA module (jit_run) on several devices; on one device the
+    # CPU runs it inside its dispatch, PjitFunction(jit(run))
+    assert any("jit_run" in name or "jit(run)" in name for name in names), sorted(names)[:50]
 
 
 def test_a_resume_on_another_slice_still_refuses_another_global_batch(reference, tmp_path):
