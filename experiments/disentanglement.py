@@ -148,7 +148,7 @@ class Measurer:
                                             classifier_dir=args.classifier if data == "digits" else "")
         self.spec = spec
         self.suite = suite.Suite(spec, METRICS[data], options(args.quick), resources)
-        asked = set(table_names(data, self.suite.options)) - set(with_means(dict.fromkeys(self.suite.names, 0.0)))
+        asked = set(table_names(data, self.suite.options, continuous=True)) - set(with_means(dict.fromkeys(self.suite.names, 0.0)))
         if asked:
             raise ValueError(f"the {data} table asks for {sorted(asked)}, which {METRICS[data]} do not measure")
 
@@ -316,12 +316,16 @@ def finetuned(results: list, names) -> dict:
     return {key: value for key, value in stats.items() if value}
 
 
-def table_names(data: str, o) -> tuple[str, ...]:
-    """The metrics each table shows, as the registry names them for options `o`."""
+def table_names(data: str, o, continuous: bool = False) -> tuple[str, ...]:
+    """The metrics each table shows, as the registry names them for options `o`; with
+    `continuous`, the shapes tables also show the continuous view's scores (CONTINUOUS_KEYS),
+    which only records measured since scores version 2 hold (the fine-tunes and the gated arm)."""
     t, k = o.pullback_timesteps[0], o.pullback_k
     geometry = (*(f"rank_iso_t{s}" for s in o.timesteps), "mrtl_over_floor", f"pullback_xt_t{t}_s1",
                 f"pullback_xt_t{t}_s{k}")
-    return geometry + (SHAPES_KEYS if data == "shapes" else DIGITS_KEYS)
+    if data != "shapes":
+        return geometry + DIGITS_KEYS
+    return geometry + SHAPES_KEYS + (CONTINUOUS_KEYS if continuous else ())
 
 
 SHAPES_KEYS = (
@@ -332,6 +336,12 @@ SHAPES_KEYS = (
     "pullback_h_target_change", "pullback_xt_purity", "pullback_xt_coverage", "pullback_xt_consistency",
     "pullback_xt_linearity", "pullback_xt_monotone", "pullback_xt_additivity_error", "pullback_h_purity",
     "pullback_h_coverage", "pullback_h_consistency", "pullback_h_linearity", "pullback_h_monotone")
+CONTINUOUS_KEYS = (  # the shapes scores without the shape (scoring.continuous_view)
+    "linear_xT_continuous_precision", "linear_xT_continuous_additivity_error", "linear_h_continuous_precision",
+    "linear_h_continuous_additivity_error", "pullback_xt_continuous_purity", "pullback_xt_continuous_coverage",
+    "pullback_xt_continuous_consistency", "pullback_xt_continuous_linearity", "pullback_xt_continuous_monotone",
+    "pullback_xt_continuous_additivity_error", "pullback_h_continuous_purity", "pullback_h_continuous_coverage",
+    "pullback_h_continuous_consistency", "pullback_h_continuous_linearity", "pullback_h_continuous_monotone")
 DIGITS_KEYS = (
     "fd_classifier", "classifier_confident_fraction", "probe_class_accuracy", "pullback_xt_purity",
     "pullback_xt_coverage", "pullback_xt_consistency", "pullback_xt_linearity", "pullback_xt_monotone",
@@ -342,7 +352,10 @@ DIGITS_KEYS = (
 CONTROL_KEYS = {
     "shapes": ("supervised_precision", "supervised_linearity", "supervised_monotone", "supervised_additivity_error",
                "probe_r2", "probe_shape_accuracy", "pullback_purity", "pullback_consistency", "pullback_coverage",
-               "pullback_linearity", "pullback_monotone", "pullback_additivity_error"),
+               "pullback_linearity", "pullback_monotone", "pullback_additivity_error",
+               "supervised_continuous_precision", "supervised_continuous_additivity_error",
+               "pullback_continuous_purity", "pullback_continuous_consistency", "pullback_continuous_coverage",
+               "pullback_continuous_linearity", "pullback_continuous_monotone", "pullback_continuous_additivity_error"),
     "digits": ("probe_class_accuracy", "pullback_purity", "pullback_consistency", "pullback_coverage",
                "pullback_linearity", "pullback_monotone", "pullback_additivity_error")}
 
@@ -572,8 +585,9 @@ def main(argv=None, measurers: dict | None = None) -> dict:
     check_protocol(results, summary["controls"]["protocol"])
     summary["shapes"] = paired(results, "shapes", table_names("shapes", o))
     summary["digits"] = paired(results, "digits", table_names("digits", o))
-    summary["shapes_gate"] = paired(results, "shapes", table_names("shapes", o), p=args.gate_p) if args.gate_seeds else {}
-    summary["shapes_finetune"] = finetuned(results, table_names("shapes", o))
+    summary["shapes_gate"] = (paired(results, "shapes", table_names("shapes", o, continuous=True), p=args.gate_p)
+                              if args.gate_seeds else {})
+    summary["shapes_finetune"] = finetuned(results, table_names("shapes", o, continuous=True))
     summary["judges"] = {data: judges(summary[data], summary["controls"], data) for data in ("shapes", "digits")}
     summary["judges"]["shapes_gate"] = judges(summary["shapes_gate"], summary["controls"], "shapes")
     summary["judges"]["shapes_finetune"] = {key: judges(stats, summary["controls"], "shapes")

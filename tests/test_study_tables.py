@@ -134,7 +134,10 @@ def test_the_tables_ask_only_for_names_the_registry_declares(study):
                 oracle=network if data == "shapes" else None, classifier=network if data == "digits" else None))
             declared = [n for m in study.METRICS[data] for n in registry.REGISTRY[m].names(context)]
             available = study.with_means(dict.fromkeys(declared, 0.0))
-            assert set(study.table_names(data, options)) <= set(available), (data, quick)
+            assert set(study.table_names(data, options, continuous=True)) <= set(available), (data, quick)
+            for name in study.table_names(data, options, continuous=True):  # the shapes view's have controls
+                if "continuous" in name:
+                    assert study.control_key(data, name) in study.CONTROL_KEYS[data], name
 
 
 @pytest.mark.parametrize("seeds, expected", [(3, 5.653), (5, 3.761), (10, 3.150)])
