@@ -18,6 +18,7 @@ import os
 import shutil
 import time
 
+from experiments import common
 from experiments.common import load_config
 from isodiff_jax.storage import read_saved, write_json
 
@@ -57,7 +58,6 @@ def main(argv=None) -> dict:
     parser.add_argument("--quick", action="store_true", help="a few steps of everything (for the test)")
     args = parser.parse_args(argv)
 
-    from isodiff_jax import launch
     config = load_config(args.config)
     if args.quick:
         config.training.num_steps, config.training.global_batch_size = 4, 8
@@ -73,7 +73,7 @@ def main(argv=None) -> dict:
 
     started = time.perf_counter()
     train_oracle(args.oracle, args.oracle_steps)
-    training = launch.train(config, run_dir)
+    training = common.train(config, run_dir)
     previous = read_saved(summary_path) or {}
     if previous.get("scores", {}).get("step") == config.training.num_steps:
         scores = previous["scores"]

@@ -1,6 +1,6 @@
-"""What the studies share: a config file read by path, and the run recipe of the λ study (a
+"""What the studies share: a config file read by path, the run recipe of the λ study (a
 fine-tune of the base model or a run from scratch, with one regularizer), which the regularizer
-and disentanglement studies reuse."""
+and disentanglement studies reuse, and training a run so that a stop signal stops the study."""
 import dataclasses
 import importlib.util
 import os
@@ -42,6 +42,20 @@ def run_config(run: Run, args):
     if args.quick:
         c.training.global_batch_size, c.logging.num_samples = 8, 4
     return c
+
+
+def train(config, workdir: str) -> dict:
+    """launch.train, except that a run stopped by SIGTERM or SIGINT stops the whole study, with
+    train.py's exit status (0 or 130), instead of letting the study go on to its next run: a
+    preempted sweep should end, and the same command resumes it where it stopped."""
+    from isodiff_jax import launch
+    from isodiff_jax.train import preemption
+    summary = launch.train(config, workdir)
+    if summary["stopped_by"]:
+        print(f"stopped by {summary['stopped_by']} at step {summary['final_step']} of {workdir}: the same "
+              f"command resumes the study there", flush=True)
+        raise SystemExit(preemption.EXIT_STATUS[summary["stopped_by"]])
+    return summary
 
 
 def detectable_in_se(seeds: int, power: float = 0.8, alpha: float = 0.05) -> float:

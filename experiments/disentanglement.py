@@ -106,11 +106,10 @@ def check_base(base: str) -> None:
 
 def train(run: Run, args) -> str:
     """Trains (or resumes, or finds finished) one run; returns its workdir."""
-    from isodiff_jax import launch
     if not run.from_scratch:
         check_base(args.base)
     workdir = os.path.join(args.out, run.name)
-    launch.train(run_config(run, args), workdir)
+    common.train(run_config(run, args), workdir)
     return workdir
 
 

@@ -28,6 +28,7 @@ import time
 
 import numpy as np
 
+from experiments import common
 from experiments.common import Run, run_config
 from isodiff_jax.storage import read_saved, write_json, write_results
 from isodiff_jax.train import monitor
@@ -106,13 +107,12 @@ class Measurer:
 def measured(run: Run, args, measurers: dict) -> dict:
     """Trains (or resumes) and measures one run, unless its measurements are saved. `measurers`
     holds the evaluators once built, by model and measurement setting, for the next runs."""
-    from isodiff_jax import launch
     workdir = os.path.join(args.out, run.name)
     path = os.path.join(workdir, "measured.json")
     if (saved := read_saved(path)) is not None:
         return saved
     started = time.perf_counter()
-    launch.train(run_config(run, args), workdir)
+    common.train(run_config(run, args), workdir)
     from isodiff_jax import checkpoint
     spec = checkpoint.read_spec(workdir)[0]
     key = (spec, args.quick, os.path.abspath(args.oracle))

@@ -57,6 +57,30 @@ def test_sigint_saves_the_step_reached_and_the_resume_is_exact(reference, tmp_pa
     assert_identical(saved_state(tmp_path)[1], saved_state(reference[0])[1])
 
 
+def test_a_stopped_run_stops_its_study_and_the_same_call_resumes(reference, tmp_path, monkeypatch, capsys):
+    """experiments/common.train, through which every study trains: a SIGTERM during a run's first
+    save stops the study itself (SystemExit with train.py's status 0), naming the step and the
+    workdir, instead of letting it go on to its next run; the same call then finishes the run."""
+    from experiments import common
+    real_save = checkpoint.save
+
+    def save_and_signal(mngr, step, state, **kwargs):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_save(mngr, step, state, **kwargs)
+
+    monkeypatch.setattr(checkpoint, "save", save_and_signal)
+    with pytest.raises(SystemExit) as stopped:
+        common.train(small_config(), str(tmp_path))
+    assert stopped.value.code == 0
+    step = max(checkpoint.all_steps(str(tmp_path)))
+    assert 3 <= step < STEPS
+    assert f"stopped by SIGTERM at step {step} of {tmp_path}" in capsys.readouterr().out
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    assert common.train(small_config(), str(tmp_path))["final_step"] == STEPS
+    assert_identical(saved_state(tmp_path)[1], saved_state(reference[0])[1])
+
+
 def test_a_damaged_newest_step_is_moved_aside_and_trained_again(reference, tmp_path, caplog):
     """The newest step's data files deleted (as the pod-readiness issue did): the run resumes from
     step 3, keeps the damaged step as 6.damaged-<UTC time>, saves step 6 again (Orbax refused to
