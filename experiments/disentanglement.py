@@ -182,9 +182,20 @@ def measured(run: Run, args, measurers: dict) -> dict:
     if key not in measurers:
         measurers[key] = Measurer(spec, args)
     result = {**dataclasses.asdict(run), "name": run.name, "protocol": protocol(options(args.quick)),
-              **measurers[key].measure(workdir), "seconds": time.perf_counter() - started}
+              "reader": reader_record(run.data, args), **measurers[key].measure(workdir),
+              "seconds": time.perf_counter() - started}
     write_json(path, result, indent=2)
     return result
+
+
+def reader_record(data: str, args) -> dict:
+    """Which network read the run's images (the oracle for shapes, the classifier for digits) and
+    its held-out scores: each session that retrains one gets a slightly different network, and a
+    record says which one measured it (levels compare across readers only approximately; a
+    pair's paired differences share one)."""
+    directory, name = (args.oracle, "oracle.json") if data == "shapes" else (args.classifier, "classifier.json")
+    saved = read_saved(os.path.join(directory, name)) or {}
+    return {"path": os.path.abspath(directory), "held_out": saved.get("held_out", {})}
 
 
 def trained(run: Run, args) -> bool:

@@ -57,6 +57,9 @@ def test_the_study_measures_every_run_with_one_set_of_evaluators_per_model(study
         for key in keys:
             assert math.isfinite(run["metrics"][key]), (name, key)
         assert 0 < run["metrics"]["pullback_xt_purity"] <= 1
+        reader = "oracle" if run["data"] == "shapes" else "classifier"  # which network read it, and how well
+        saved = json.load(open(tmp / reader / f"{reader}.json"))
+        assert run["reader"] == {"path": str(tmp / reader), "held_out": saved["held_out"]}
         assert run["metrics"]["rank_iso_t50"] >= 1.0  # rank·E tr(A²) / (E tr A)² ≥ 1 (Cauchy–Schwarz)
         if run["data"] == "digits":
             for share in ("probe_class_accuracy", "classifier_confident_fraction"):
