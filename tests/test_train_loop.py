@@ -53,24 +53,22 @@ def test_a_run_resumes_on_fewer_and_then_more_devices(reference, tmp_path, capsy
     shutil.copytree(reference[0], workdir)
     shutil.rmtree(workdir / "checkpoints" / "6")
     capsys.readouterr()
-    launch.train(small_config(training__num_steps=5, checkpoint__every_steps=1, logging__profile_steps=(3, 5)),
-                 str(workdir), devices=jax.devices()[:1])
+    launch.train(small_config(training__num_steps=5, checkpoint__every_steps=1), str(workdir),
+                 devices=jax.devices()[:1])
     assert ("resumed from the checkpoint at step 3 (saved on 4 devices in 1 processes, resumed on 1 in 1: the "
             "global batch is unchanged)") in capsys.readouterr().out
-    summary = launch.train(small_config(), str(workdir))
+    summary = launch.train(small_config(logging__profile_steps=(5, 6)), str(workdir))
     assert summary["steps"] == 1
     assert ("resumed from the checkpoint at step 5 (saved on 1 devices in 1 processes, resumed on 4 in 1: the "
             "global batch is unchanged)") in capsys.readouterr().out
     assert_close(saved_state(workdir)[1], saved_state(reference[0])[1], atol=2e-5)
-    # the profile of steps 3 and 4: a trace that TensorBoard's profile plugin and Perfetto open
+    # the profile of step 5, on 4 devices: a trace that TensorBoard's profile plugin and Perfetto open
     (run,) = glob.glob(str(workdir / "profile" / "plugins" / "profile" / "*"))
     (xplane,) = glob.glob(os.path.join(run, "*.xplane.pb"))
     assert os.path.getsize(xplane) > 1000
     with gzip.open(os.path.join(run, "perfetto_trace.json.gz")) as f:
         names = {event.get("name", "") for event in json.load(f)["traceEvents"]}
-    # the compiled training step: its XLA module (jit_run) on several devices; on one device the
-    # CPU runs it inside its dispatch, PjitFunction(jit(run))
-    assert any("jit_run" in name or "jit(run)" in name for name in names), sorted(names)[:50]
+    assert any("jit_run" in name for name in names), sorted(names)[:50]  # the compiled training step
 
 
 def test_a_resume_on_another_slice_still_refuses_another_global_batch(reference, tmp_path):
