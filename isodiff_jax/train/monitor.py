@@ -12,10 +12,10 @@ import tempfile
 import time
 
 import jax
-import tqdm
 from tensorboardX import SummaryWriter
 
 from isodiff_jax import images, storage
+from isodiff_jax.progress import StepBar
 
 log = logging.getLogger(__name__)
 
@@ -35,29 +35,24 @@ class Monitor:
         self.staging = tempfile.mkdtemp(prefix="isodiff_tensorboard_") if self.lead and storage.is_url(workdir) \
             else None
         self.writer = SummaryWriter(self.staging or self.log_dir) if self.lead else None
-        self.bar = tqdm.tqdm(total=total_steps, initial=start_step, unit="step", dynamic_ncols=True,
-                             disable=not (self.lead and progress_bar))
+        self.bar = StepBar(total_steps, initial=start_step, disable=not (self.lead and progress_bar))
         self.last = {}  # the newest logged value of each metric (for the bar and the summary)
         self.interval_start, self.interval_steps = time.perf_counter(), 0
-        self.unshown = 0  # steps dispatched since the bar last moved
 
     def begin(self) -> None:
         """Called just before the first step: the bar's clock starts here, after the compiles."""
-        self.bar.unpause()
+        self.bar.start()
         self.interval_start = time.perf_counter()
 
     def step(self, step: int) -> None:
         """Counts the step that ended at `step` (its metrics stay on the device until `flush`)."""
         self.interval_steps += 1
-        self.unshown += 1
+        self.bar.dispatched()
 
     def synced(self) -> None:
-        """Moves the bar by the steps counted since the last call; called when the host has
-        waited for the device, so those steps are done. (Steps are dispatched asynchronously:
-        moving the bar at dispatch showed bursts of dispatches as jumps of the rate, and the
-        remaining time swung between 1:25 and 9:59 within a second.)"""
-        self.bar.update(self.unshown)
-        self.unshown = 0
+        """Called when the host has waited for the device: the steps so far are done, and the bar
+        moves by them (isodiff_jax.progress)."""
+        self.bar.synced()
 
     def flush(self, step: int, means: dict, extra: dict | None = None) -> dict:
         """Writes the interval's metric means (plus `extra`) at `step` and starts a new interval."""
@@ -77,7 +72,7 @@ class Monitor:
             postfix["iso"] = f"{self.last['reg_loss']:.3g}"
         if "steps_per_s" in self.last:
             postfix["steps/s"] = f"{self.last['steps_per_s']:.2f}"
-        self.bar.set_postfix(postfix, refresh=False)
+        self.bar.set_postfix(postfix)
         self.interval_start, self.interval_steps = time.perf_counter(), 0
         return means
 
@@ -115,7 +110,6 @@ class Monitor:
             storage.copy_tree(self.staging, self.log_dir)
 
     def close(self) -> None:
-        self.synced()
         self.bar.close()
         if self.writer is not None:
             self._flush_writer()

@@ -18,11 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import tqdm
 
 from isodiff_jax import storage
 from isodiff_jax.analysis.networks import oracle as oracle_lib
 from isodiff_jax.data import digits, pipeline
+from isodiff_jax.progress import StepBar
 
 CLASS_NAMES = tuple(f"digit_{c}" for c in range(digits.NUM_CLASSES))
 
@@ -97,12 +97,12 @@ def train(resolution: int, *, steps: int = 1500, batch_size: int = 64, learning_
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    bar = tqdm.trange(steps, desc="digit classifier", disable=not progress, dynamic_ncols=True)
-    for s in bar:
+    bar = StepBar(steps, desc="digit classifier", disable=not progress)
+    for s in range(steps):
         batch = rng.choice(len(images), batch_size, replace=False)
         params, opt_state, loss = step(params, opt_state, _shift(images[batch], rng, resolution // 8), labels[batch])
-        if s % 50 == 0:
-            bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+        bar.track(loss)
+    bar.close()
     return Classifier(net=net, params=params, resolution=resolution)
 
 

@@ -21,11 +21,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import orbax.checkpoint as ocp
-import tqdm
 
 from isodiff_jax import storage
 from isodiff_jax.data import pipeline, shapes
 from isodiff_jax.errors import MissingPath
+from isodiff_jax.progress import StepBar
 
 CIRCULAR = ("object_hue", "background_hue")
 LINEAR = ("scale", "x", "y")
@@ -173,12 +173,12 @@ def train(resolution: int, *, steps: int = 3000, batch_size: int = 64, learning_
         updates, opt_state = optimizer.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    bar = tqdm.trange(steps, desc="oracle", disable=not progress, dynamic_ncols=True)
-    for s in bar:
+    bar = StepBar(steps, desc="oracle", disable=not progress)
+    for s in range(steps):
         images, factors = images_of(seed, np.arange(s * batch_size, (s + 1) * batch_size), resolution)
         params, opt_state, loss = step(params, opt_state, images, *targets(factors))
-        if s % 50 == 0:
-            bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
+        bar.track(loss)
+    bar.close()
     return Oracle(net=net, params=params, resolution=resolution)
 
 
