@@ -1,6 +1,6 @@
 """Checks that the package's imports point one way, bottom to top:
 
-    core       geometry, isometry, unet, diffusion, images, runtime, quiet, errors, storage
+    core       geometry, isometry, unet, diffusion, images, runtime, quiet, errors, storage, progress
     data       isodiff_jax.data
     model      autoencoder (on the U-Net's layers), spec, sharding, checkpoint,
                                                 (what training and analysis share)
@@ -32,7 +32,8 @@ import sys
 
 PACKAGE = "isodiff_jax"
 LAYERS = {  # layer -> (rank, module prefixes)
-    "core": (0, ("geometry", "isometry", "unet", "diffusion", "images", "runtime", "quiet", "errors", "storage")),
+    "core": (0, ("geometry", "isometry", "unet", "diffusion", "images", "runtime", "quiet", "errors", "storage",
+                  "progress")),
     "data": (1, ("data",)),
     "model": (2, ("autoencoder", "spec", "sharding", "checkpoint", "pretrained")),
     "train": (3, ("train",)),
